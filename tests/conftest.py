@@ -1,0 +1,41 @@
+"""Shared fixtures. Every test runs offline: no hub, no dataset host (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+# Property tests: no per-example deadline (the first torch call of a process is slow), and the
+# same examples on every run so CI failures reproduce.
+settings.register_profile("workbench", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("workbench")
+
+# Set before any test module imports transformers, gradio or fiftyone.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+# The team's shared folder sits beside the repository (CI clones it there too).
+SHARED = REPO.parent / "shared"
+BCCD_VOC = SHARED / "data" / "bccd" / "BCCD"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own dataset cache, so none reads or writes the user's."""
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path_factory.mktemp("data_cache")))
+
+
+@pytest.fixture(scope="session")
+def bccd_voc() -> Path:
+    if not (BCCD_VOC / "Annotations").is_dir():
+        pytest.fail(
+            f"the BCCD VOC folder is missing at {BCCD_VOC}; ../shared must sit beside the repo"
+        )
+    return BCCD_VOC

@@ -1,0 +1,60 @@
+"""Data flows one way (DESIGN.md): a module imports only from modules to its left."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
+# Left to right along the data flow; a module may import its own layer and layers to its left.
+LAYERS = [
+    {"types", "boxes", "config", "doctor"},
+    {"data"},
+    {"model"},
+    {"matching"},
+    {"losses"},
+    {"rewards"},
+    {"objectives"},
+    {"trainer"},
+    {"predictor"},
+    {"evaluation"},
+    {"analysis"},
+    {"viz"},
+    {"integrations", "cli", "__main__", "__init__"},
+]
+FRONT_DOOR_ONLY = {
+    "gradio",
+    "gradio_client",
+    "fiftyone",
+    "IPython",
+    "ipywidgets",
+    "jupyter_bbox_widget",
+}
+
+
+def layer_of(parts):
+    for rank, names in enumerate(LAYERS):
+        if parts[0] in names:
+            return rank
+    raise AssertionError(f"workbench/{'/'.join(parts)} is in no layer; add it to LAYERS")
+
+
+def imports(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_imports_follow_the_data_flow():
+    problems = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        rank = layer_of(parts)
+        for name in imports(path):
+            top = name.split(".")
+            if top[0] == "workbench" and len(top) > 1 and layer_of(top[1:]) > rank:
+                problems.append(f"{'/'.join(parts)} imports {name}, which is to its right")
+            if top[0] in FRONT_DOOR_ONLY and parts[0] != "integrations":
+                problems.append(f"{'/'.join(parts)} imports {name}; only integrations/ may")
+    assert not problems, "\n".join(problems)

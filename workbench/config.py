@@ -1,0 +1,332 @@
+"""Experiment configuration: one dataclass per concern, YAML files of differences, dotted overrides.
+
+A YAML file lists only what differs from the defaults below; there is no inheritance between
+files. On the command line ``train.lr=1e-4 data.name=bccd`` overrides single fields. Every key is
+checked: an unknown one is an error that names it and suggests the closest valid key, and values
+are coerced to the field's type (``1e-4`` is a float even though YAML reads it as a string).
+
+    cfg = load_config("configs/tiny_shapes_sft.yaml", ["train.lr=1e-4"])
+    cfg.train.lr            # 0.0001
+    save_config(cfg, run_dir / "config.yaml")   # the resolved config, next to checkpoints
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it and says how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    """Which images and boxes to train and evaluate on.
+
+    ``name`` is a dataset of :mod:`workbench.data.sources` (``shapes``, ``bccd``, ``coco``,
+    ``lvis``, ``odinw/<name>``) or ``coco_json`` to read ``train_json`` / ``val_json`` directly.
+    """
+
+    name: str = "shapes"
+    root: str | None = None  # overrides the source's default location
+    train_json: str | None = None
+    val_json: str | None = None
+    train_images: str | None = None  # image folder; default: the json's folder
+    val_images: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    # Synthetic shapes, rendered on the fly (see workbench.data.synthetic). Training images show
+    # only base categories by default, validation images all, to measure base -> novel transfer.
+    shapes_train_images: int = 2000
+    shapes_val_images: int = 200
+    shapes_image_size: int = 256
+    shapes_seed: int = 0
+    shapes_train_categories: Literal["all", "base", "novel"] = "base"
+    novel_categories: tuple[str, ...] | None = None  # None: the generator's default split
+    # Transforms (see workbench.data.transforms).
+    min_size: int = 256  # shorter side after resizing
+    max_size: int = 512  # cap on the longer side
+    train_scales: tuple[int, ...] = ()  # multi-scale training: shorter sides to draw from
+    hflip_prob: float = 0.5
+    crop_prob: float = 0.0
+    min_box_size: float = 1.0  # boxes thinner than this (pixels) are dropped, with a warning
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.min_size > 0, "data.min_size", "must be a positive number of pixels")
+        _require(self.max_size >= self.min_size, "data.max_size", "must be >= data.min_size")
+        for name in ("hflip_prob", "crop_prob"):
+            _require(0.0 <= getattr(self, name) <= 1.0, f"data.{name}", "must lie in [0, 1]")
+
+
+@dataclass
+class PromptConfig:
+    """How visual prompts are drawn (DINO-R1 §3.1 for training, §8 for evaluation)."""
+
+    protocol: Literal["interactive", "cross_image"] = "cross_image"  # evaluation protocol
+    exemplars_per_class: int = 1  # K boxes averaged into one class embedding at evaluation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.exemplars_per_class >= 1, "prompts.exemplars_per_class", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """Which detector to build (named sizes live in workbench.model.build)."""
+
+    size: str = "tiny"
+    num_queries: int | None = None  # None: the size's default
+    init_from: str | None = None  # a workbench checkpoint or a Grounding-DINO path / hub id
+
+    def __post_init__(self) -> None:
+        _require(
+            self.num_queries is None or self.num_queries > 0, "model.num_queries", "must be > 0"
+        )
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop shared by every objective."""
+
+    objective: Literal["sft", "grqo"] = "sft"
+    epochs: int = 1
+    max_steps: int | None = None  # stop early after this many optimizer steps
+    batch_size: int = 4
+    lr: float = 1e-4
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    lr_drop_epochs: tuple[int, ...] = ()
+    lr_drop_factor: float = 0.1
+    clip_grad_norm: float = 0.1
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    device: str = "auto"
+    seed: int = 0
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    checkpoint_every: int = 100
+    eval_every_epochs: int = 1
+    max_nonfinite_streak: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _require(ok: bool, key: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}")
+
+
+# --- dict <-> dataclass ----------------------------------------------------------------------
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML / command-line value to the type ``hint``, or raise a ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {args}"
+        )
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
+    if origin in (tuple, list):
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping of {hint.__name__} fields, got {value!r}")
+        return from_dict(hint, value, prefix=f"{key}.")
+    return _coerce_scalar(value, hint, key)
+
+
+def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
+    if hint is Any:
+        return value
+    if isinstance(value, Mapping):
+        raise ConfigError(f"'{key}' is a value, not a section (got keys {list(value)})")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-4" as a string
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{key}={value!r} must be of type {name}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (partial) nested mapping; missing keys keep defaults."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from err
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples become lists) that ``from_dict`` turns back into ``cfg``."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def diff_from_defaults(cfg: Config) -> dict[str, Any]:
+    """Only the fields that differ from ``Config()``: what a YAML file of this config lists."""
+    out: dict[str, Any] = {}
+    for section, values in to_dict(cfg).items():
+        default = to_dict(Config())[section]
+        changed = {k: v for k, v in values.items() if default[k] != v}
+        if changed:
+            out[section] = changed
+    return out
+
+
+# --- files and overrides ---------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> ``(["train", "lr"], "1e-4")``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)"
+        )
+    dotted, raw = text.split("=", 1)
+    path = [p for p in dotted.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            key = ".".join(path[: depth + 1])
+            raise ConfigError(f"override {text!r}: '{key}' is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data)}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then dotted ``overrides``."""
+    tree = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(tree, keys, value, text)
+    source = f" (from {path})" if path else ""
+    try:
+        return from_dict(Config, tree)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{source}") from None
+
+
+def save_config(cfg: Config, path: str | Path, *, full: bool = True) -> Path:
+    """Write ``cfg`` as YAML: every field (``full``) or only the differences from defaults."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(cfg) if full else diff_from_defaults(cfg)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
