@@ -1,0 +1,181 @@
+"""``python -m workbench <group> <command>``: the command-line front door.
+
+    python -m workbench data make-shapes --out DIR --images 200 --seed 0
+    python -m workbench data convert-voc ../shared/data/bccd/BCCD --out DIR
+    python -m workbench data stats DIR/annotations.json
+    python -m workbench data show DIR/annotations.json --count 8 --out grid.png
+    python -m workbench data fetch coco          # users with a network
+    python -m workbench data sources
+
+Library errors (bad files, unknown datasets, wrong config keys) print as one clear line and
+exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workbench.config import ConfigError
+from workbench.data.dataset import DatasetError, DetectionDataset
+
+
+def _open_dataset(args: argparse.Namespace) -> DetectionDataset:
+    """The dataset named by ``JSON`` or ``--source NAME --split SPLIT``."""
+    from workbench.data.coco import CocoDetection
+
+    if args.source:
+        from workbench.data.sources import locate
+
+        found = locate(args.source, args.split, root=args.root, download=False)
+        return CocoDetection(found.json_path, found.image_root)
+    if not args.json:
+        raise DatasetError("name a COCO json file or pass --source NAME (see `data sources`)")
+    return CocoDetection(args.json, args.images)
+
+
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    from workbench.data.synthetic import ShapesConfig, write_shapes_dataset
+
+    novel = tuple(n.strip() for n in args.novel.split(",")) if args.novel else None
+    cats = args.categories if args.categories in ("all", "base", "novel") else tuple(
+        n.strip() for n in args.categories.split(",")
+    )  # fmt: skip
+    cfg = ShapesConfig(image_size=args.image_size, novel=novel, categories=cats)
+    path = write_shapes_dataset(args.out, args.images, args.seed, cfg, progress=True)
+    print(f"wrote {args.images} images and {path}")
+    return 0
+
+
+def cmd_convert_voc(args: argparse.Namespace) -> int:
+    from workbench.data.voc import convert_voc
+
+    written = convert_voc(args.voc_root, args.out, link_images=args.link_images, progress=True)
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from workbench.data.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(_open_dataset(args), check_images=not args.no_check_images, progress=True)
+    print(json.dumps(stats, indent=2, default=str) if args.as_json else format_stats(stats))
+    return 1 if stats.get("unreadable_images") else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from workbench import viz
+    from workbench.data.prompts import interactive_prompts
+
+    dataset = _open_dataset(args)
+    indices = args.index or list(range(min(args.count, len(dataset))))
+    for i in indices:
+        if not 0 <= i < len(dataset):
+            raise DatasetError(
+                f"--index {i} is out of range: the dataset has {len(dataset)} images"
+            )
+    tiles = []
+    for i in indices:
+        image, target = dataset.load_image(i), dataset.target(i)
+        tile = viz.draw_target(image, target, dataset.categories)
+        if args.prompts:
+            prompts = interactive_prompts(target, dataset.categories, seed=args.seed)
+            tile = viz.draw_prompts(tile, prompts)
+        tiles.append(tile)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viz.image_grid(tiles, columns=args.columns).save(out)
+    print(f"wrote {out} ({len(tiles)} images)")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from workbench.data.sources import data_root, fetch, get_source
+
+    src = get_source(args.name)
+    dest = Path(args.root) if args.root else data_root() / src.name
+    fetch(src, dest, progress=True)
+    print(f"{src.name} is ready in {dest}")
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from workbench.data.sources import ODINW_NAMES, SOURCES, data_root
+
+    print(f"cache: {data_root()}  (set WORKBENCH_DATA to move it)")
+    for src in SOURCES.values():
+        print(f"  {src.name:8s} {src.description}\n           splits {list(src.splits)}, "
+              f"local copy via ${src.env_var}, licence: {src.licence}")  # fmt: skip
+    print(f"  odinw/<name>  one of: {', '.join(ODINW_NAMES)}")
+    return 0
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("json", nargs="?", help="a COCO json file")
+    p.add_argument("--images", help="image folder (default: the json's folder)")
+    p.add_argument("--source", help="a named dataset instead of a json (see `data sources`)")
+    p.add_argument("--split", default="val", help="split of --source (default: val)")
+    p.add_argument("--root", help="local folder of --source")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
+    groups = parser.add_subparsers(dest="group", required=True)
+    data = groups.add_parser("data", help="datasets: make, convert, inspect, fetch")
+    sub = data.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-shapes", help="write a synthetic shapes dataset (PNGs + COCO json)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--categories", default="all", help="all | base | novel | name,name,...")
+    p.add_argument(
+        "--novel", help="comma-separated held-out category names (default: built-in split)"
+    )
+    p.set_defaults(run=cmd_make_shapes)
+
+    p = sub.add_parser("convert-voc", help="VOC XML folder -> COCO json per split")
+    p.add_argument("voc_root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--link-images", action="store_true", help="symlink images instead of copying")
+    p.set_defaults(run=cmd_convert_voc)
+
+    p = sub.add_parser("stats", help="counts, repairs and unreadable images of a dataset")
+    _dataset_args(p)
+    p.add_argument("--no-check-images", action="store_true", help="skip decoding every image")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_stats)
+
+    p = sub.add_parser("show", help="draw ground truth (and sampled prompts) to a PNG")
+    _dataset_args(p)
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument(
+        "--index", type=int, nargs="*", help="image indices (default: the first --count)"
+    )
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--prompts", action="store_true", help="also draw interactive prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw")
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("fetch", help="download a named dataset into the cache (needs a network)")
+    p.add_argument("name")
+    p.add_argument("--root", help="folder to put it in (default: the cache)")
+    p.set_defaults(run=cmd_fetch)
+
+    p = sub.add_parser("sources", help="list the named datasets")
+    p.set_defaults(run=cmd_sources)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (DatasetError, ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,141 @@
+"""Drawing boxes, prompts and detections onto images (PIL only; used by the CLI, app, notebooks).
+
+All boxes here are absolute xyxy pixels of the image drawn on.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from workbench.data.dataset import Category
+from workbench.types import Detections, Target, VisualPrompt
+
+
+def color_for(key: int) -> tuple[int, int, int]:
+    """A stable, well-separated colour per integer key (golden-ratio hue steps)."""
+    hue = (0.07 + 0.618033988749895 * key) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def to_pil(image: Tensor | np.ndarray | Image.Image) -> Image.Image:
+    """A ``[3, H, W]`` float tensor in [0, 1], ``[H, W, 3]`` uint8 array or PIL image -> RGB."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a [3, H, W] image tensor, got {tuple(image.shape)}")
+        array = (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(array, "RGB")
+    return Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
+
+
+def draw_boxes(
+    image: Tensor | np.ndarray | Image.Image,
+    boxes_xyxy: Tensor | Sequence[Sequence[float]],
+    labels: Sequence[str] = (),
+    color_keys: Sequence[int] = (),
+    scores: Sequence[float] | None = None,
+    width: int = 2,
+    dashed: bool = False,
+) -> Image.Image:
+    """A copy of ``image`` with each box outlined and captioned ``label`` (``score``)."""
+    out = to_pil(image).copy()
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    rows = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4).tolist()
+    for i, (x0, y0, x1, y1) in enumerate(rows):
+        color = color_for(color_keys[i] if i < len(color_keys) else i)
+        if dashed:
+            _dashed_rectangle(draw, (x0, y0, x1, y1), color, width)
+        else:
+            draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
+        caption = labels[i] if i < len(labels) else ""
+        if scores is not None:
+            caption = f"{caption} {scores[i]:.2f}".strip()
+        if caption:
+            tx, ty = x0 + 1, max(0.0, y0 - 11)
+            left, top, right, bottom = draw.textbbox((tx, ty), caption, font=font)
+            draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
+            draw.text((tx, ty), caption, fill=(0, 0, 0), font=font)
+    return out
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, color, width: int, dash: int = 6) -> None:
+    x0, y0, x1, y1 = box
+    for a, b in (
+        ((x0, y0), (x1, y0)),
+        ((x1, y0), (x1, y1)),
+        ((x1, y1), (x0, y1)),
+        ((x0, y1), (x0, y0)),
+    ):
+        length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+        steps = max(1, int(length // dash))
+        for s in range(0, steps, 2):
+            t0, t1 = s / steps, min(1.0, (s + 1) / steps)
+            p = (a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0)
+            q = (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)
+            draw.line((p, q), fill=color, width=width)
+
+
+def draw_target(
+    image: Tensor | Image.Image, target: Target, categories: Sequence[Category] = ()
+) -> Image.Image:
+    """Ground truth drawn on the image it belongs to (the target's ``size``); crowd boxes dashed."""
+    pil = to_pil(image)
+    boxes = target.boxes_xyxy((pil.height, pil.width))
+    names = {c.label: c.name for c in categories}
+    labels = [names.get(int(x), str(int(x))) for x in target.labels]
+    crowd = target.iscrowd.tolist()
+    keys = target.labels.tolist()
+    out = pil
+    for dashed in (False, True):  # crowd regions dashed
+        rows = [i for i, c in enumerate(crowd) if c == dashed]
+        out = draw_boxes(
+            out, boxes[rows], [labels[i] for i in rows], [keys[i] for i in rows], dashed=dashed
+        )
+    return out
+
+
+def draw_prompts(
+    image: Tensor | Image.Image, prompts: Sequence[VisualPrompt], image_id: int | str | None = None
+) -> Image.Image:
+    """The exemplar boxes of ``prompts`` that lie on this image (``image_id``), thick and dashed."""
+    boxes, labels, keys = [], [], []
+    for p in prompts:
+        for ex in p.exemplars:
+            if ex.image_id == image_id:
+                boxes.append(ex.box_xyxy)
+                labels.append(f"prompt: {p.name}")
+                keys.append(p.prompt_id)
+    return draw_boxes(image, boxes, labels, keys, width=3, dashed=True)
+
+
+def draw_detections(image: Tensor | Image.Image, detections: Detections) -> Image.Image:
+    return draw_boxes(
+        image,
+        detections.boxes_xyxy,
+        list(detections.names),
+        detections.prompt_index.tolist(),
+        scores=detections.scores.tolist(),
+    )
+
+
+def image_grid(images: Sequence[Image.Image], columns: int = 4, pad: int = 4) -> Image.Image:
+    """Tile images left to right, top to bottom, on a white canvas."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    cell_w = max(im.width for im in images) + pad
+    cell_h = max(im.height for im in images) + pad
+    canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), "white")
+    for i, im in enumerate(images):
+        canvas.paste(im, (pad + (i % columns) * cell_w, pad + (i // columns) * cell_h))
+    return canvas
