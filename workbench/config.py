@@ -95,33 +95,86 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """Hungarian matching costs and loss weights (DINO / DINO-R1 defaults).
+
+    Matching cost = ``cost_class`` * binary focal + ``cost_bbox`` * L1 + ``cost_giou`` * (-GIoU).
+    Loss = ``loss_class`` * sigmoid focal + ``loss_bbox`` * L1 + ``loss_giou`` * (1 - GIoU), on the
+    last decoder layer, every earlier layer (``aux_loss``), the selected encoder proposals
+    (``enc_loss``) and the denoising queries (``dn_loss``).
+    """
+
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    loss_class: float = 1.0
+    loss_bbox: float = 5.0
+    loss_giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    aux_loss: bool = True
+    enc_loss: bool = True
+    dn_loss: bool = True
+    # Text-visual contrastive alignment (DINO-R1 §4): weight 100 in the paper's configs; 0 = off.
+    align_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "cost_class",
+            "cost_bbox",
+            "cost_giou",
+            "loss_class",
+            "loss_bbox",
+            "loss_giou",
+        ):
+            _require(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
+        _require(0 <= self.focal_alpha <= 1, "loss.focal_alpha", "must lie in [0, 1]")
+
+
+@dataclass
 class TrainConfig:
-    """The optimisation loop shared by every objective."""
+    """The optimisation loop shared by every objective.
+
+    A step consumes ``batch_size`` images per process, in ``grad_accum`` micro-batches of
+    ``batch_size // grad_accum``; prompts are sampled per micro-batch (DINO-R1 samples them per
+    GPU). So one process with ``grad_accum=W`` computes exactly what W processes with
+    ``grad_accum=1`` compute under torchrun.
+    """
 
     objective: Literal["sft", "grqo"] = "sft"
     epochs: int = 1
     max_steps: int | None = None  # stop early after this many optimizer steps
     batch_size: int = 4
+    grad_accum: int = 1
     lr: float = 1e-4
     backbone_lr_mult: float = 0.1
     weight_decay: float = 1e-4
     warmup_steps: int = 0
+    warmup_factor: float = 0.1  # the warm-up starts at lr * warmup_factor
     lr_drop_epochs: tuple[int, ...] = ()
     lr_drop_factor: float = 0.1
-    clip_grad_norm: float = 0.1
+    clip_grad_norm: float = 0.1  # 0 = no clipping
     amp: Literal["off", "bf16", "fp16"] = "off"
     device: str = "auto"
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 10
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # optimizer steps; a checkpoint is also written at every epoch end
+    keep_checkpoints: int = 2
     eval_every_epochs: int = 1
     max_nonfinite_streak: int = 5
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _require(
+            self.batch_size % self.grad_accum == 0,
+            "train.batch_size",
+            f"({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})",
+        )
         _require(self.lr > 0, "train.lr", "must be > 0")
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.max_nonfinite_streak >= 1, "train.max_nonfinite_streak", "must be >= 1")
 
 
 @dataclass
@@ -129,6 +182,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
