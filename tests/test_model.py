@@ -187,3 +187,13 @@ def test_paper_size_t_builds_and_runs_a_forward_pass():
         out = model(one.images, one.pixel_mask, prompts)
     assert out["pred_logits"].shape == (1, 900, prompts.num_prompts)
     assert torch.isfinite(out["pred_boxes"]).all() and torch.isfinite(out["pred_logits"]).all()
+
+
+def test_a_trusted_legacy_state_dict_converts_to_safetensors(tmp_path, tiny):
+    from workbench.model.build import convert_legacy
+
+    torch.save({"model": tiny.state_dict()}, tmp_path / "legacy.pth")
+    convert_legacy(tmp_path / "legacy.pth", tiny.config, tmp_path / "converted")
+    loaded = from_pretrained(tmp_path / "converted")
+    pairs = zip(tiny.state_dict().values(), loaded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

@@ -15,6 +15,7 @@ loading never unpickles anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -143,3 +144,20 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(str(path))
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def convert_legacy(
+    pth_file: str | Path, config: DetectorConfig, out_folder: str | Path
+) -> VisualPromptDetector:
+    """Turn a trusted legacy ``torch.save`` state dict into a safetensors detector folder.
+
+    The file is read with ``torch.load(weights_only=True)``, which refuses any pickled object
+    other than tensors and plain containers, so even this path runs no code from the file.
+    """
+    state = torch.load(pth_file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint wrapping the weights
+    model = VisualPromptDetector(dataclasses.replace(config, backbone_pretrained=False))
+    model.load_state_dict(state, strict=True)
+    save_pretrained(model, out_folder)
+    return model
