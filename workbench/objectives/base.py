@@ -24,6 +24,9 @@ class StepInfo:
     epoch: int
     total_steps: int
     micro_batch: int = 0  # index of the micro-batch within the step (gradient accumulation)
+    # Loss normaliser: the step's non-crowd boxes over all micro-batches and processes, divided
+    # by their number, so accumulation and torchrun give the same loss. None: the batch's own.
+    num_boxes: float | None = None
 
 
 @dataclass

@@ -1,0 +1,407 @@
+"""One training loop for every objective: the objective turns (model, batch) into a loss.
+
+A step consumes ``batch_size`` images per process in ``grad_accum`` micro-batches. Micro-batch
+``m`` of rank ``r`` is global micro-batch ``g = r * grad_accum + m``, and everything random about
+it is a function of ``(seed, step, g)``: its images (data/loader.py), its prompts
+(``default_rng([seed, step, g])``) and torch's generator during its forward pass (dropout).
+Each micro-batch loss is scaled by ``1 / grad_accum`` before backward and DDP averages gradients
+over the W ranks, so every process applies ``(1 / (W * A)) * sum_g grad(loss_g)``: one process
+with ``grad_accum = W`` computes the update of W processes with ``grad_accum = 1``. Objectives
+that sum over boxes divide by ``StepInfo.num_boxes``, the step's box count over all W * A
+micro-batches divided by W * A; the step's gradient is then the sum over its boxes divided by
+their number, whatever the layout.
+
+A resumed run restores weights, optimizer, schedule, RNG states, objective state and the data
+position, so it ends with the same parameters as an uninterrupted run. A step whose loss or
+gradient norm is not finite applies no update but still consumes its data and advances the
+schedule and the step count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import workbench.checkpoint as ckpt
+from workbench.config import ConfigError, TrainConfig, to_dict
+from workbench.data.dataset import DetectionDataset
+from workbench.data.loader import SEED_FORWARD, derive_seed, make_loader, steps_per_epoch
+from workbench.data.prompts import sample_training_prompts
+from workbench.objectives.base import Objective, StepInfo, objective_hooks
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN/inf loss or gradient norm."""
+
+
+def _decays(module: nn.Module, name: str, param: nn.Parameter) -> bool:
+    """Weight decay on the weight matrices/kernels of layers (Linear, Conv, attention
+    projections) only: not on biases, normalisation parameters, nn.Embedding tables, or free
+    parameters such as query, level and position embeddings (DINO: none on absolute_pos_embed)."""
+    norm_or_table = "Norm" in type(module).__name__ or isinstance(module, nn.Embedding)
+    return param.ndim >= 2 and name.endswith("weight") and not norm_or_table
+
+
+def default_param_groups(model: nn.Module, cfg: TrainConfig, is_backbone=None) -> list[dict]:
+    """AdamW groups (backbone or not) x (decay or not); backbone lr = lr * backbone_lr_mult.
+
+    ``is_backbone(name)`` defaults to ``"backbone" in name``; bind another with
+    functools.partial and pass it as ``param_groups_fn``. Frozen parameters are left out.
+    """
+    is_backbone = is_backbone or (lambda name: "backbone" in name)
+    groups: dict[tuple[bool, bool], list] = defaultdict(list)
+    for prefix, module in model.named_modules():
+        for name, param in module.named_parameters(prefix=prefix, recurse=False):
+            if param.requires_grad:
+                leaf = name.rsplit(".", 1)[-1]
+                groups[is_backbone(name), _decays(module, leaf, param)].append(param)
+    return [
+        {
+            "name": ("backbone" if backbone else "main") + ("" if decay else "_no_decay"),
+            "params": params,
+            "lr": cfg.lr * (cfg.backbone_lr_mult if backbone else 1.0),
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (backbone, decay), params in sorted(groups.items())
+    ]
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_in_epoch: int) -> float:
+    """Multiplier of every group's lr at optimizer step ``step`` (from 0): linear warm-up from
+    ``warmup_factor`` to 1 over ``warmup_steps``, times ``lr_drop_factor`` for each epoch of
+    ``lr_drop_epochs`` reached (epoch e starts at step ``e * steps_in_epoch``)."""
+    warm = 1.0
+    if step < cfg.warmup_steps:
+        warm = cfg.warmup_factor + (1.0 - cfg.warmup_factor) * step / cfg.warmup_steps
+    return warm * cfg.lr_drop_factor ** sum(step >= e * steps_in_epoch for e in cfg.lr_drop_epochs)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool  # the trainer started the process group, so it ends it
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Join torchrun's process group (env RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, nccl on
+    CUDA). ``device="auto"``: cuda:LOCAL_RANK if CUDA is available, else cpu."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), dev, owns)
+    return DistInfo(0, 1, dev, False)
+
+
+# A resumed run must cut the data into the same steps and micro-batches.
+_SAME_ON_RESUME = ("global_batch", "micro_batch", "steps_per_epoch")
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+class Trainer:
+    """Trains ``model`` with ``objective`` on ``train_dataset`` (a DetectionDataset).
+
+    Args:
+        run_dir: metrics.jsonl, checkpoints/ and tensorboard/ go here (rank 0 writes).
+        model_config: JSON-able architecture config, saved with every checkpoint.
+        param_groups_fn: ``(model, cfg) -> AdamW param groups``; default: default_param_groups.
+        eval_fn: ``(model, epoch) -> {name: float}``, on rank 0 every ``eval_every_epochs``.
+        full_config: the resolved experiment config saved with checkpoints (default: ``cfg``).
+        resume: True: continue from the latest checkpoint in run_dir if any; a path: from it.
+        num_workers: DataLoader workers (the data is the same for any number).
+        find_unused_parameters: passed to DDP; only for models with unused parameters.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective, train_dataset: DetectionDataset,
+                 cfg: TrainConfig, *, run_dir: str | Path, model_config: dict,
+                 param_groups_fn=None, eval_fn=None, full_config: dict | None = None,
+                 resume: bool | str | Path = False, num_workers: int = 0,
+                 find_unused_parameters: bool = False) -> None:  # fmt: skip
+        self.cfg, self.objective, self.eval_fn = cfg, objective, eval_fn
+        self.dataset = train_dataset
+        self.run_dir, self.resume_from, self.num_workers = Path(run_dir), resume, num_workers
+        self.model_config, self.full_config = model_config, full_config or {"train": to_dict(cfg)}
+        self.dist = setup_distributed(cfg.device)
+        self.device, world = self.dist.device, self.dist.world_size
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                f"train.amp=fp16 needs a CUDA device (float16 autocast with a GradScaler); the "
+                f"device is {self.device}: use train.amp=bf16 or train.amp=off on CPU"
+            )
+        self.module = self.model = model.to(self.device)
+        groups = (param_groups_fn or default_param_groups)(self.module, cfg)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(
+                self.module, device_ids=ids, find_unused_parameters=find_unused_parameters
+            )
+        self.steps_per_epoch = spe = steps_per_epoch(len(train_dataset), cfg.batch_size, world)
+        self.total_steps = min(cfg.epochs * spe, cfg.max_steps or math.inf)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, cfg, spe)
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        self.hooks = objective_hooks(objective)
+        cats = sorted(getattr(train_dataset, "categories", []), key=lambda c: c.label)
+        self.names = [c.name for c in cats] or None
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.nonfinite_total = self.nonfinite_streak = 0
+        self.saved_step, self.last_checkpoint, self.last_record, self.last_eval = -1, None, {}, {}
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train for ``epochs`` (or up to ``max_steps``); returns a summary of the run."""
+        if self.resume_from:
+            self.resume(None if self.resume_from is True else self.resume_from)
+        self.module.train()
+        self._open_logs()
+        try:
+            while self.global_step < self.total_steps:
+                self._run_epoch()
+            if self.saved_step != self.global_step:
+                self._save()
+        finally:
+            self._close_logs()
+            if self.dist.owns_group:
+                dist.destroy_process_group()
+        return {"global_step": self.global_step, "epoch": self.epoch,
+                "loss": self.last_record.get("loss"), "nonfinite_steps": self.nonfinite_total,
+                "checkpoint": self.last_checkpoint, "eval": self.last_eval}  # fmt: skip
+
+    def _run_epoch(self) -> None:
+        epoch, start = self.epoch, self.step_in_epoch
+        if start == 0 and "on_epoch_start" in self.hooks:  # mid-epoch: state came from checkpoint
+            self.hooks["on_epoch_start"](self.module, epoch)
+        rank, world = self.dist.rank, self.dist.world_size
+        for micro_batches in make_loader(
+            self.dataset, self.cfg, epoch, start, rank, world, self.num_workers
+        ):
+            self._train_step(micro_batches)
+            if self.global_step >= self.total_steps:
+                break
+        if self.step_in_epoch == self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = epoch + 1, 0
+            self._evaluate(epoch)
+            self._save()
+
+    def _train_step(self, micro_batches: list) -> None:
+        step, started, accum = self.global_step, time.perf_counter(), len(micro_batches)
+        # Loss normaliser (StepInfo.num_boxes): non-crowd boxes per micro-batch over the step.
+        boxes = sum(int((~t.iscrowd).sum()) for b in micro_batches for t in b.targets)
+        num_boxes = max(self._sum_over_ranks(boxes) / (accum * self.dist.world_size), 1.0)
+        sums: dict[str, list] = defaultdict(lambda: [0.0, 0])  # name -> [sum, count]
+        for m, batch in enumerate(micro_batches):
+            g = self.dist.rank * accum + m  # global micro-batch index
+            info = StepInfo(step, self.epoch, self.total_steps, g, num_boxes)
+            loss, metrics = self._micro_step(batch, info)
+            for key, value in {**metrics, "loss": loss}.items():
+                sums[key][0] += float(value)
+                sums[key][1] += 1
+        applied, grad_norm = self._update(sums["loss"][0], step)
+        self.scheduler.step()
+        self.global_step, self.step_in_epoch = step + 1, self.step_in_epoch + 1
+        self.bar.update(1)
+        if (step + 1) % max(1, self.cfg.log_every) == 0 or step + 1 == self.total_steps:
+            self._log(step, sums, grad_norm, applied, time.perf_counter() - started)
+        every, epoch_end = self.cfg.checkpoint_every, self.step_in_epoch == self.steps_per_epoch
+        if every > 0 and self.global_step % every == 0 and not epoch_end:  # epoch end saves too
+            self._save()
+
+    def _micro_step(self, batch, info: StepInfo) -> tuple[float, dict]:
+        """Forward and backward of global micro-batch ``info.micro_batch`` (the same index
+        under any process layout, so are its prompts and its dropout masks)."""
+        step, g, accum = info.step, info.micro_batch, self.cfg.grad_accum
+        rng = np.random.default_rng([self.cfg.seed, step, g])
+        batch.prompts = sample_training_prompts(batch.targets, rng, self.names)
+        batch = batch.to(self.device)
+        torch.manual_seed(derive_seed(SEED_FORWARD, self.cfg.seed, step, g))
+        last = (g + 1) % accum == 0  # DDP all-reduces the gradients in the last backward only
+        with self.model.no_sync() if self.dist.world_size > 1 and not last else nullcontext():
+            with self._autocast():
+                out = self.objective(self.model, batch, info)
+            if not out.loss.requires_grad:
+                raise RuntimeError("the objective's loss has no gradient; was it detached?")
+            loss = out.loss.float() / accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return float(out.loss.detach()), out.metrics
+
+    def _sum_over_ranks(self, value: float) -> float:
+        if self.dist.world_size == 1:
+            return float(value)
+        total = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return float(total.item())
+
+    def _autocast(self):
+        if self.cfg.amp == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _update(self, local_loss: float, step: int) -> tuple[bool, float]:
+        """Clip and step, unless the loss (on any rank) or the gradient norm is not finite."""
+        bad = self._sum_over_ranks(not math.isfinite(local_loss)) > 0
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        clip = self.cfg.clip_grad_norm
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else
+                     torch.nn.utils.get_total_norm([p.grad for p in params]))  # fmt: skip
+        bad = bad or (self.scaler is None and not math.isfinite(norm))  # fp16: the scaler's job
+        if not bad:
+            self.scaler.step(self.optimizer) if self.scaler else self.optimizer.step()
+        if self.scaler:
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_total += bad
+        self.nonfinite_streak = self.nonfinite_streak + 1 if bad else 0
+        if self.nonfinite_streak >= self.cfg.max_nonfinite_streak:
+            raise NonFiniteLossError(
+                f"the loss or gradient norm was NaN/inf at {self.nonfinite_streak} consecutive "
+                f"steps ({step - self.nonfinite_streak + 1}..{step}; train.max_nonfinite_streak="
+                f"{self.cfg.max_nonfinite_streak}); those steps applied no update. Lower train.lr, "
+                "keep train.clip_grad_norm > 0, try train.amp=off, or check the data. Latest "
+                f"checkpoint: {ckpt.find_latest(self.run_dir)}"
+            )
+        return not bad, norm
+
+    def _evaluate(self, epoch: int) -> None:
+        every = self.cfg.eval_every_epochs
+        if self.eval_fn is None or every <= 0 or (epoch + 1) % every:
+            return
+        if self.dist.rank == 0:
+            self.module.eval()
+            self.last_eval = {k: float(v) for k, v in self.eval_fn(self.module, epoch).items()}
+            self.module.train()
+            evals = {f"eval/{k}": _finite(v) for k, v in self.last_eval.items()}
+            self._write({"step": self.global_step - 1, "epoch": epoch, **evals})
+        if self.dist.world_size > 1:
+            dist.barrier()
+
+    # --- logs ----------------------------------------------------------------------------------
+
+    def _open_logs(self) -> None:
+        rank0, self.metrics_file, self.tb = self.dist.rank == 0, None, None
+        if rank0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            try:  # optional: tensorboard is not a dependency
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step)
+            except ImportError:
+                pass
+        self.bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not rank0,
+                        desc="train", dynamic_ncols=True)  # fmt: skip
+        self.last_log_time, self.last_log_step = time.perf_counter(), self.global_step
+
+    def _close_logs(self) -> None:
+        for handle in (self.bar, self.metrics_file, self.tb):
+            if handle is not None:
+                handle.close()
+
+    def _write(self, record: dict) -> None:
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        for key, value in record.items() if self.tb else ():
+            if key not in ("step", "epoch") and isinstance(value, int | float):
+                self.tb.add_scalar(key, value, record["step"])
+
+    def _log(self, step: int, sums: dict, grad_norm: float, applied: bool, seconds: float) -> None:
+        """One metrics.jsonl line for ``step``: means over the micro-batches of all ranks."""
+        if self.dist.world_size > 1:
+            parts: list = [None] * self.dist.world_size
+            dist.all_gather_object(parts, dict(sums))
+            sums = defaultdict(lambda: [0.0, 0])
+            for part in parts:  # rank order: the same sums as one process accumulating them
+                for key, (total, count) in part.items():
+                    sums[key] = [sums[key][0] + total, sums[key][1] + count]
+        now, images = time.perf_counter(), self.cfg.batch_size * self.dist.world_size
+        record = {k: _finite(total / count) for k, (total, count) in sums.items()} | {
+            "step": step, "epoch": self.epoch, "grad_norm": _finite(grad_norm),
+            "lr": self.cfg.lr * lr_factor(step, self.cfg, self.steps_per_epoch),
+            "skipped": not applied, "nonfinite_steps": self.nonfinite_total, "step_time": seconds,
+            "samples_per_s": images * (self.global_step - self.last_log_step)
+            / max(now - self.last_log_time, 1e-9),
+        }  # fmt: skip
+        self.last_log_time, self.last_log_step, self.last_record = now, self.global_step, record
+        if self.dist.rank == 0:
+            self._write(record)
+            self.bar.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
+                "global_batch": self.cfg.batch_size * self.dist.world_size,
+                "micro_batch": self.cfg.batch_size // self.cfg.grad_accum}  # fmt: skip
+
+    def _save(self) -> None:
+        self.saved_step = self.global_step
+        if self.dist.rank != 0:
+            return
+        state = ckpt.training_state(
+            self.optimizer, self.scheduler, self.scaler, position=self._position(),
+            nonfinite={"total": self.nonfinite_total, "streak": self.nonfinite_streak},
+        )  # fmt: skip
+        objective_state = self.hooks["state_dict"]() if "state_dict" in self.hooks else None
+        path = ckpt.save_run_checkpoint(
+            self.run_dir, self.global_step, self.module, self.model_config, state, objective_state,
+            full_config=self.full_config, keep=self.cfg.keep_checkpoints,
+        )  # fmt: skip
+        self.last_checkpoint = str(path)
+
+    def resume(self, checkpoint: str | Path | None = None) -> bool:
+        """Restore everything from ``checkpoint`` (default: the latest in run_dir). Returns
+        False, changing nothing, when run_dir holds no checkpoint."""
+        path = ckpt.find_latest(self.run_dir) if checkpoint is None else Path(checkpoint)
+        if path is None:
+            return False
+        loaded = ckpt.load_checkpoint(path, self.module, device=self.device)
+        state = loaded.trainer_state
+        if state is None:
+            raise ckpt.CheckpointError(f"{loaded.path} holds weights only; it cannot resume a run")
+        here = {k: self._position()[k] for k in _SAME_ON_RESUME}
+        ckpt.restore_training_state(
+            state, loaded.path, self.optimizer, self.scheduler, self.scaler, expect=here
+        )
+        pos = state["position"]
+        if loaded.objective_state is not None and "load_state_dict" in self.hooks:
+            self.hooks["load_state_dict"](loaded.objective_state)
+        self.epoch, self.step_in_epoch = pos["epoch"], pos["step_in_epoch"]
+        self.global_step = self.saved_step = pos["global_step"]
+        counts = state["nonfinite"]
+        self.nonfinite_total, self.nonfinite_streak = counts["total"], counts["streak"]
+        self.last_checkpoint = str(loaded.path)
+        if self.dist.rank == 0:
+            ckpt.truncate_jsonl(self.run_dir / "metrics.jsonl", self.global_step)
+        return True
