@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Left to right along the data flow; a module may import its own layer and layers to its left.
 LAYERS = [
-    {"types", "boxes", "config", "doctor"},
+    {"types", "boxes", "config", "doctor", "checkpoint"},
     {"data"},
     {"model"},
     {"matching"},
@@ -14,11 +14,11 @@ LAYERS = [
     {"rewards"},
     {"objectives"},
     {"trainer"},
-    {"predictor"},
-    {"evaluation"},
+    {"predictor", "inputs", "postprocess", "prompt_bank"},
+    {"evaluation", "coco_eval"},
     {"analysis"},
     {"viz"},
-    {"integrations", "cli", "__main__", "__init__"},
+    {"integrations", "experiment", "cli", "__main__", "__init__"},
 ]
 FRONT_DOOR_ONLY = {
     "gradio",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from workbench.checkpoint import CheckpointError
 from workbench.data.collate import collate
 from workbench.data.prompts import assign_targets, sample_training_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
@@ -148,21 +149,21 @@ def test_a_pickled_checkpoint_is_refused_without_running_it(tmp_path, tiny):
     exploit = _Exploit()
     exploit.marker = str(tmp_path / "pwned")
     (folder / "model.safetensors").write_bytes(pickle.dumps(exploit))
-    with pytest.raises(ValueError, match="pickle"):
+    with pytest.raises(CheckpointError, match="pickle"):
         from_pretrained(folder)
     assert not (tmp_path / "pwned").exists()
 
 
-def test_truncated_weights_and_bad_config_are_named(tmp_path, tiny):
+def test_truncated_weights_and_bad_manifests_are_named(tmp_path, tiny):
     folder = save_pretrained(tiny, tmp_path / "det")
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         from_pretrained(folder)
-    (folder / "config.json").write_text("{")
-    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+    (folder / "checkpoint.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.json"):
         from_pretrained(folder)
-    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         from_pretrained(tmp_path / "nowhere")
 
 

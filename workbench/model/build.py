@@ -9,28 +9,24 @@ Sizes (``build_detector(size)``):
 - ``T`` / ``B`` / ``L``: Swin-T / Swin-B / Swin-L, d=256, 900 queries, 6 + 6 layers, CDN with 100
   denoising queries: the paper's models (dino-r1.md §2.1).
 
-A saved detector is a folder with ``config.json`` (the DetectorConfig) and ``model.safetensors``;
-loading never unpickles anything.
+A saved detector is a checkpoint directory (workbench.checkpoint): ``checkpoint.json`` holding
+the DetectorConfig and ``model.safetensors``; trainer checkpoints have the same layout plus the
+training state. Loading never unpickles anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_model
 
+from workbench import checkpoint as ckpt
 from workbench.model.config import DetectorConfig
 from workbench.model.detector import VisualPromptDetector
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT = "workbench-detector/1"
+FORMAT = "workbench-detector/1"  # marks a model_config as a DetectorConfig
 
 
 def _swin(embed: int, depths: list[int], heads: list[int], window: int) -> dict[str, Any]:
@@ -71,79 +67,33 @@ def build_detector(size: str = "tiny", **overrides: Any) -> VisualPromptDetector
 
 
 def save_pretrained(model: VisualPromptDetector, folder: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder``, each atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f".{WEIGHTS_FILE}.tmp"
-    save_model(model, str(weights), metadata={"format": FORMAT})
-    os.replace(weights, folder / WEIGHTS_FILE)
-    config = folder / f".{CONFIG_FILE}.tmp"
-    config.write_text(json.dumps({"format": FORMAT, **model.config.to_dict()}, indent=2))
-    os.replace(config, folder / CONFIG_FILE)
-    return folder
+    """Save weights and architecture as a checkpoint directory (``checkpoint.json`` +
+    ``model.safetensors``), atomically: the same format the trainer writes."""
+    return ckpt.save_checkpoint(
+        folder, _unwrap(model), {"format": FORMAT, **model.config.to_dict()}
+    )
 
 
-def read_config(folder: str | Path) -> DetectorConfig:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: a detector folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "
-            "(written by save_pretrained or the trainer)"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+def read_config(path: str | Path) -> DetectorConfig:
+    """The DetectorConfig of a saved detector, a trainer checkpoint or a run (its latest)."""
+    manifest = ckpt.load_checkpoint(path, verify=False)
+    data = dict(manifest.model_config)
     if data.pop("format", None) != FORMAT:
-        raise ValueError(f"{path} is not a workbench detector config (format {FORMAT!r} expected)")
+        raise ckpt.CheckpointError(
+            f"{manifest.path} holds no workbench detector (its model_config lacks format "
+            f"{FORMAT!r}); load it with the code that wrote it"
+        )
     return DetectorConfig.from_dict(data)
 
 
-def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> VisualPromptDetector:
-    """Load a detector saved by :func:`save_pretrained` (or a trainer checkpoint folder)."""
-    folder = Path(folder)
-    cfg = read_config(folder)
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> VisualPromptDetector:
+    """A detector from a folder written by :func:`save_pretrained`, a trainer checkpoint, or a
+    run folder (its latest checkpoint). Reads safetensors and JSON only; a pickle is refused."""
+    cfg = read_config(path)
     cfg.backbone_pretrained = False  # every weight comes from the file
     model = VisualPromptDetector(cfg)
-    weights = folder / WEIGHTS_FILE
-    refuse_pickle(weights)
-    try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(
-            f"cannot read {weights} ({err}); the file is truncated or corrupt: restore it or "
-            "use an earlier checkpoint"
-        ) from err
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights} does not match its config.json: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    ckpt.load_checkpoint(path, model)
     return model.to(device).eval()
-
-
-def refuse_pickle(path: Path) -> None:
-    """Raise unless ``path`` exists and is a safetensors file (never executes its content)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; the detector folder is incomplete")
-    with path.open("rb") as f:
-        head = f.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol opcode, or a torch zip
-        raise ValueError(
-            f"{path} is a pickle / torch.save file, which can run arbitrary code when loaded; "
-            "the workbench only loads safetensors. Convert a trusted file with "
-            "`workbench.model.build.convert_legacy(path, out_folder)`"
-        )
-    if len(head) < 8 or int.from_bytes(head, "little") > os.path.getsize(path):
-        raise ValueError(f"{path} is truncated or not a safetensors file; restore the checkpoint")
-
-
-def load_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: safetensors directly; a legacy ``.pth`` / ``.bin`` only
-    through ``torch.load(weights_only=True)``, which refuses anything but tensors and containers."""
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def convert_legacy(
@@ -154,10 +104,12 @@ def convert_legacy(
     The file is read with ``torch.load(weights_only=True)``, which refuses any pickled object
     other than tensors and plain containers, so even this path runs no code from the file.
     """
-    state = torch.load(pth_file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a training checkpoint wrapping the weights
+    state = ckpt.load_legacy_state_dict(pth_file)
     model = VisualPromptDetector(dataclasses.replace(config, backbone_pretrained=False))
     model.load_state_dict(state, strict=True)
     save_pretrained(model, out_folder)
     return model
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)

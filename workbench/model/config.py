@@ -52,6 +52,7 @@ class DetectorConfig:
     # or "bert" (a Grounding-DINO checkpoint's BERT, config in text_config).
     text_encoder: str | None = None
     text_config: dict[str, Any] | None = None
+    text_tokenizer: str | None = None  # "bert": folder or hub id of its tokenizer
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

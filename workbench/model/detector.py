@@ -115,6 +115,8 @@ class PromptGroundingModel(nn.Module):
             self.text_backbone, self.text_projection = build_text_modules(
                 cfg.text_encoder, cfg.text_config, d
             )
+            # The alignment loss's learnable temperature, exp() of it starting at 1 / 0.07.
+            self.align_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
 
 class VisualPromptDetector(nn.Module):
@@ -298,12 +300,20 @@ class VisualPromptDetector(nn.Module):
         pixel_mask: Tensor,
         prompts: PromptSet,
         targets: list[Target] | None = None,
+        align_boxes: PromptSet | None = None,
     ) -> dict:
-        """Training / evaluation forward: the prompts' exemplars lie on the batch's own images."""
+        """Training / evaluation forward: the prompts' exemplars lie on the batch's own images.
+
+        ``align_boxes`` (every instance of the batch, for the alignment loss) are embedded too,
+        into ``out["align_embeddings"]`` ``[E', d]``; going through ``forward`` keeps
+        DistributedDataParallel's gradient hooks in charge of everything trained.
+        """
         features = self.extract_features(images, pixel_mask)
         embedded = self.encode_prompts(features, prompts)
         out = self.detect(features, embedded.classes, targets)
         out["prompt_embeddings"] = {"exemplars": embedded.exemplars, "classes": embedded.classes}
+        if align_boxes is not None:
+            out["align_embeddings"] = self.encode_prompts(features, align_boxes).exemplars
         return out
 
 

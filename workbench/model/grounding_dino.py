@@ -62,6 +62,7 @@ def from_grounding_dino(
     # transformers reads the checkpoint (its files, shards and the renames between its saved and
     # in-memory parameter names); its in-memory names are the ones ours mirror.
     reference = GroundingDinoForObjectDetection.from_pretrained(path_or_id)
+    overrides.setdefault("text_tokenizer", str(path_or_id))  # hub repos ship the BERT tokenizer
     model = VisualPromptDetector(config_from_grounding_dino(reference.config, **overrides))
     state = reference.state_dict()
     del reference

@@ -58,6 +58,20 @@ class NameEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
         self._cache: dict[str, Tensor] = {}
 
+    @classmethod
+    def for_detector(cls, detector: nn.Module) -> NameEncoder:
+        """The name encoder of a detector built with a text encoder (``text_encoder`` set)."""
+        cfg = detector.config
+        if cfg.text_encoder is None:
+            raise ValueError(
+                "this detector has no text encoder; build it with text_encoder='minilm' to use "
+                "the text-visual alignment loss (loss.align_weight > 0)"
+            )
+        folder = minilm_folder() if cfg.text_encoder == "minilm" else cfg.text_tokenizer
+        if folder is None:
+            raise ValueError("text_encoder='bert' needs text_tokenizer (a folder or hub id)")
+        return cls(detector.model.text_backbone, detector.model.text_projection, folder)
+
     @torch.no_grad()
     def __call__(self, names: list[str]) -> Tensor:
         """``[N, d]`` embeddings of ``names``, float32, on the projection's device."""
