@@ -284,3 +284,29 @@ def _dn_positives(
             f"target has {len(target)} boxes; pass the criterion the same targets as the model"
         )
     return query, which
+
+
+def text_visual_alignment_loss(
+    visual: Tensor, visual_labels: Tensor, text_by_label: Tensor, logit_scale: Tensor
+) -> Tensor:
+    """DINO-R1's text-visual contrastive loss (§4), symmetric InfoNCE over the batch's classes.
+
+    Args:
+        visual: ``[E, d]`` prompt-encoder embeddings of every instance in the batch.
+        visual_labels: ``[E]`` int64 dataset label of each instance.
+        text_by_label: ``[C, d]`` frozen text embedding of each dataset label's name.
+        logit_scale: learnable log-temperature (initialised to log(1 / 0.07)).
+
+    For each class present, the class-mean visual embedding and its name embedding are L2
+    normalised; ``logits = exp(scale) * t @ v.T`` and the loss is (CE(logits) + CE(logits.T)) / 2.
+    A batch with fewer than two classes gives 0 (nothing to contrast), still attached to the graph.
+    """
+    labels, inverse = torch.unique(visual_labels, return_inverse=True)
+    if len(labels) < 2:
+        return visual.sum() * 0.0 + logit_scale * 0.0
+    sums = visual.new_zeros(len(labels), visual.shape[1]).index_add(0, inverse, visual.float())
+    v = F.normalize(sums / torch.bincount(inverse)[:, None], dim=-1)
+    t = F.normalize(text_by_label[labels].to(v), dim=-1)
+    logits = logit_scale.exp() * t @ v.T
+    target = torch.arange(len(labels), device=v.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
