@@ -1,0 +1,340 @@
+"""COCO AP under the visual-prompt protocols (dino-r1.md §8), with per-image records.
+
+Protocols (prompt sampling in :mod:`workbench.data.prompts`):
+
+- ``interactive``: each image is searched with prompts drawn from its own ground truth, K boxes
+  per class present; classes absent from the image are not prompted (so they cannot produce
+  false positives there).
+- ``cross_image``: one generic prompt per category, K exemplars from other images averaged into
+  one class embedding. With ``prompt_pool=None`` the exemplars come from the evaluated dataset
+  minus the searched image, so every image has its own bank; each exemplar is embedded once and
+  cached, each pool image encoded once. With a separate pool, one bank serves every image.
+  Categories without any exemplar get no prompt; ``EvalResult.unprompted`` lists them.
+
+Ground truth is the dataset's own untransformed annotations in original pixels
+(:func:`~workbench.coco_eval.ground_truth_coco`); the Predictor returns boxes in the same frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
+from workbench.data.dataset import DetectionDataset
+from workbench.data.prompts import cross_image_prompts, interactive_prompts
+from workbench.predictor import Predictor
+from workbench.prompt_bank import PromptBank, model_fingerprint
+from workbench.types import Detections, VisualPrompt
+
+PROTOCOLS = ("interactive", "cross_image")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One evaluated image, for error analysis: counts at IoU 0.5 (``coco_eval.match_counts``)."""
+
+    index: int
+    image_id: int
+    num_prompts: int
+    num_gt: int
+    num_detections: int
+    tp50: int
+    fp50: int
+    ignored50: int
+
+    @property
+    def missed50(self) -> int:
+        return self.num_gt - self.tp50
+
+
+@dataclass
+class EvalResult:
+    """COCO numbers of one evaluation; NaN marks an undefined value (no ground truth).
+
+    Attributes:
+        stats: the 12 COCO numbers by name (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ...).
+        per_category: AP of each category, by name.
+        split_stats: ``{"base": stats, "novel": stats}`` when the categories carry a split.
+        unprompted: category name -> number of images searched without a prompt for it.
+        records: one :class:`ImageRecord` per image.
+    """
+
+    protocol: str
+    evaluator: str
+    exemplars_per_class: int
+    num_images: int
+    stats: dict[str, float]
+    per_category: dict[str, float]
+    split_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    unprompted: dict[str, int] = field(default_factory=dict)
+    records: list[ImageRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __getattr__(self, name: str) -> float:  # result.AP, result.AP50, result.AR100 ...
+        stats = self.__dict__.get("stats", {})
+        if name in stats:
+            return stats[name]
+        raise AttributeError(name)
+
+    def scalars(self) -> dict[str, float]:
+        """Flat numbers for logs: every stat, and ``AP_base`` / ``AP50_novel`` style splits."""
+        out = dict(self.stats)
+        for split, stats in self.split_stats.items():
+            out.update({f"{k}_{split}": stats[k] for k in ("AP", "AP50", "AP75")})
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-ready (NaN becomes None)."""
+        clean = lambda d: {k: None if math.isnan(v) else v for k, v in d.items()}  # noqa: E731
+        return {
+            **{k: getattr(self, k) for k in ("protocol", "evaluator", "exemplars_per_class",
+                                             "num_images", "seconds")},
+            "stats": clean(self.stats),
+            "per_category": clean(self.per_category),
+            "split_stats": {s: clean(v) for s, v in self.split_stats.items()},
+            "unprompted": dict(self.unprompted),
+            "records": [dataclasses.asdict(r) for r in self.records],
+        }  # fmt: skip
+
+
+class _DatasetImages(Mapping):
+    """Images of a dataset by image id, decoded only when asked for (reference images)."""
+
+    def __init__(self, dataset: DetectionDataset):
+        self.dataset = dataset
+        self.index_of = {inst.image_id: inst.image_index for inst in dataset.instances()}
+
+    def __getitem__(self, image_id):
+        return self.dataset.load_image(self.index_of[image_id])
+
+    def __iter__(self) -> Iterator:
+        return iter(self.index_of)
+
+    def __len__(self) -> int:
+        return len(self.index_of)
+
+
+def evaluate(
+    predictor_or_model,
+    dataset: DetectionDataset,
+    *,
+    protocol: str = "interactive",
+    exemplars_per_class: int = 1,
+    prompt_pool: DetectionDataset | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    evaluator: str = "faster",
+    progress: bool = False,
+    batch_size: int = 4,
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> EvalResult:
+    """COCO AP of a Predictor (or a detector, wrapped with ``min_size`` / ``max_size``) on the
+    first ``max_images`` images of ``dataset``; see the module docstring for the protocols.
+
+    Anything with the Predictor's ``predict(image, prompts, reference_images=...)`` works (used
+    by tests); ``predict_batch`` is used when present.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}: use one of {PROTOCOLS}")
+    start = time.perf_counter()
+    predictor = _as_predictor(predictor_or_model, min_size, max_size)
+    indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
+    targets = [dataset.target(i) for i in indices]
+    k, cats = exemplars_per_class, dataset.categories
+    references: Mapping | None = None
+    if protocol == "interactive":
+        prompts = [interactive_prompts(t, cats, exemplars_per_class=k, seed=seed) for t in targets]
+    elif prompt_pool is not None:
+        shared = _pool_prompts(prompt_pool, cats, k, seed)
+        references = _DatasetImages(prompt_pool)
+        if isinstance(predictor, Predictor) and shared:  # one bank for every image
+            size = _group_size(predictor, shared)
+            shared = PromptBank.concat([predictor.embed_prompts(shared[s : s + size], references)
+                                        for s in range(0, len(shared), size)])  # fmt: skip
+        prompts = [shared] * len(indices)
+    else:
+        instances = dataset.instances()
+        prompts = [
+            cross_image_prompts(instances, cats, exemplars_per_class=k, seed=seed,
+                                exclude_image_ids=[t.image_id])
+            for t in targets
+        ]  # fmt: skip
+        references = _DatasetImages(dataset)
+        if isinstance(predictor, Predictor):
+            prompts = _cached_banks(predictor, dataset, prompts, references.index_of, batch_size)
+    detections, category_ids = _predict_all(
+        predictor, dataset, indices, targets, prompts, references, batch_size, progress
+    )
+    gt = ground_truth_coco(dataset, indices)
+    return _summarise(
+        gt, coco_results(detections, category_ids), dataset, indices, targets, prompts,
+        protocol=protocol, evaluator=evaluator, k=k, seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _as_predictor(obj, min_size: int | None, max_size: int | None):
+    if isinstance(obj, nn.Module):
+        sizes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v}
+        return Predictor.from_model(obj, **sizes)
+    if not hasattr(obj, "predict"):
+        raise TypeError(f"evaluate needs a Predictor or a detector, got {type(obj).__name__}")
+    return obj
+
+
+def _pool_prompts(pool: DetectionDataset, categories, k: int, seed: int) -> list[VisualPrompt]:
+    """Generic prompts from a separate pool, relabelled to the evaluated dataset by category id."""
+    label_of = {c.id: c.label for c in categories}
+    pool_ids = {c.label: c.id for c in pool.categories}
+    prompts = cross_image_prompts(pool.instances(), pool.categories, exemplars_per_class=k,
+                                  seed=seed)  # fmt: skip
+    out = []
+    for p in prompts:
+        label = label_of.get(pool_ids[p.label])
+        if label is not None:
+            out.append(dataclasses.replace(p, label=label, prompt_id=label))
+    if not out:
+        raise ValueError("the prompt pool shares no category id with the evaluated dataset")
+    return out
+
+
+def _cached_banks(predictor: Predictor, dataset, prompts, index_of, batch_size: int) -> list:
+    """One PromptBank per image; every exemplar embedded once, every pool image encoded once."""
+    wanted: dict[int, dict[tuple, None]] = {}
+    for plist in prompts:
+        for p in plist:
+            for ex in p.exemplars:
+                wanted.setdefault(ex.image_id, {})[tuple(ex.box_xyxy)] = None
+    cache: dict[tuple, object] = {}
+    image_ids = list(wanted)
+    for s in range(0, len(image_ids), batch_size):
+        chunk = image_ids[s : s + batch_size]
+        images = [dataset.load_image(index_of[i]) for i in chunk]
+        for image_id, enc in zip(chunk, predictor.encode_batch(images), strict=True):
+            boxes = list(wanted[image_id])
+            for box, emb in zip(boxes, predictor.embed_exemplars(enc, boxes), strict=True):
+                cache[image_id, box] = emb
+    fingerprint = model_fingerprint(predictor.model)
+    banks = []
+    for plist in prompts:
+        rows = [torch.stack([cache[e.image_id, tuple(e.box_xyxy)] for e in p.exemplars])
+                for p in plist]  # fmt: skip
+        banks.append(PromptBank.from_exemplar_embeddings(plist, rows, fingerprint) if plist else [])
+    return banks
+
+
+def _labels(prompts) -> list:
+    return list(prompts.labels) if isinstance(prompts, PromptBank) else [p.label for p in prompts]
+
+
+def _predict_all(predictor, dataset, indices, targets, prompts, references, batch_size, progress):
+    """Detections and prompt -> category id maps, by image id; unprompted images are skipped."""
+    cat_id = {c.label: c.id for c in dataset.categories}
+    todo = [n for n in range(len(indices)) if len(prompts[n])]
+    detections, category_ids = {}, {}
+    steps = range(0, len(todo), batch_size)
+    for s in tqdm(steps, desc="evaluate", disable=not progress):
+        chunk = todo[s : s + batch_size]
+        images = [dataset.load_image(indices[n]) for n in chunk]
+        chunk_prompts = [prompts[n] for n in chunk]
+        dets = _predict_grouped(predictor, images, chunk_prompts, references, batch_size)
+        for n, d in zip(chunk, dets, strict=True):
+            image_id = targets[n].image_id
+            detections[image_id] = d
+            category_ids[image_id] = [cat_id.get(lab) for lab in _labels(prompts[n])]
+    return detections, category_ids
+
+
+def _call(predictor, images, prompts, references, batch_size) -> list[Detections]:
+    if hasattr(predictor, "predict_batch"):
+        return predictor.predict_batch(images, prompts, reference_images=references,
+                                       batch_size=batch_size)  # fmt: skip
+    return [predictor.predict(im, p, reference_images=references)
+            for im, p in zip(images, prompts, strict=True)]  # fmt: skip
+
+
+def _predict_grouped(predictor, images, prompts, references, batch_size) -> list[Detections]:
+    """Detections of several images. Classes beyond the Predictor's ``max_prompts`` (LVIS has
+    1203) are searched in groups of that size, as Grounding DINO splits long text prompts;
+    the groups' detections are merged by score and cut to ``max_detections``."""
+    limit = min(_group_size(predictor, p) for p in prompts)
+    if all(len(p) <= limit for p in prompts):
+        return _call(predictor, images, prompts, references, batch_size)
+    if hasattr(predictor, "encode_batch"):  # the backbone once for every group
+        images = predictor.encode_batch(images)
+    groups = [[_take(p, s, limit) for s in range(0, len(p), limit)] for p in prompts]
+    found: list[list] = [[] for _ in images]
+    for g in range(max(len(x) for x in groups)):
+        members = [i for i, x in enumerate(groups) if g < len(x)]
+        dets = _call(predictor, [images[i] for i in members], [groups[i][g] for i in members],
+                     references, batch_size)  # fmt: skip
+        for i, d in zip(members, dets, strict=True):
+            found[i].append((g * limit, d))
+    return [_merge(parts, getattr(predictor, "max_detections", 300)) for parts in found]
+
+
+def _group_size(predictor, prompts) -> int:
+    """How many classes one call may search: the Predictor's class limit, and its exemplar limit
+    divided by the most exemplars any class has (irrelevant for an embedded bank)."""
+    size = getattr(predictor, "max_prompts", None) or len(prompts) or 1
+    if not isinstance(prompts, PromptBank) and hasattr(predictor, "max_exemplars") and prompts:
+        most = max(len(p.exemplars) for p in prompts)
+        size = min(size, max(1, predictor.max_exemplars // most))
+    return size
+
+
+def _take(prompts, start: int, size: int):
+    if isinstance(prompts, PromptBank):
+        return prompts.select(range(start, min(start + size, len(prompts))))
+    return list(prompts[start : start + size])
+
+
+def _merge(parts: list[tuple[int, Detections]], k: int) -> Detections:
+    """Detections of prompt groups (with the prompt offset of each) -> best ``k`` by score."""
+    scores = torch.cat([d.scores for _, d in parts])
+    order = scores.argsort(descending=True, stable=True)[:k]
+    names = [n for _, d in parts for n in d.names]
+    return Detections(
+        boxes_xyxy=torch.cat([d.boxes_xyxy for _, d in parts])[order],
+        scores=scores[order],
+        prompt_index=torch.cat([d.prompt_index + offset for offset, d in parts])[order],
+        names=tuple(names[i] for i in order.tolist()),
+        image_size=parts[0][1].image_size,
+        query_index=torch.cat([d.query_index for _, d in parts])[order],
+    )
+
+
+def _summarise(gt, results, dataset, indices, targets, prompts, *, protocol, evaluator, k,
+               seconds) -> EvalResult:  # fmt: skip
+    overall = coco_stats(gt, results, evaluator=evaluator)
+    name_of = {c.id: c.name for c in dataset.categories}
+    split_stats = {}
+    for split in sorted({c.split for c in dataset.categories if c.split}):
+        ids = [c.id for c in dataset.categories if c.split == split]
+        split_stats[split] = coco_stats(gt, results, evaluator=evaluator, cat_ids=ids).as_dict()
+    prompted = Counter(lab for plist in prompts for lab in _labels(plist))
+    unprompted = {}
+    if protocol == "cross_image":
+        missing = {c.name: len(indices) - prompted[c.label] for c in dataset.categories}
+        unprompted = {name: n for name, n in missing.items() if n > 0}
+    counts = match_counts(gt, results)
+    records = []
+    for i, t, p in zip(indices, targets, prompts, strict=True):
+        c = counts[t.image_id]
+        records.append(ImageRecord(i, t.image_id, len(p), c.num_gt, c.num_detections, c.tp, c.fp,
+                                   c.ignored))  # fmt: skip
+    return EvalResult(
+        protocol=protocol, evaluator=evaluator, exemplars_per_class=k, num_images=len(indices),
+        stats=overall.as_dict(),
+        per_category={name_of[c]: v for c, v in overall.per_category.items()},
+        split_stats=split_stats, unprompted=unprompted, records=records, seconds=seconds,
+    )  # fmt: skip
