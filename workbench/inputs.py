@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from workbench.data.images import _to_rgb_tensor
+from workbench.data.images import pil_to_rgb_tensor
 from workbench.prompt_bank import PromptBank
 from workbench.types import VisualPrompt
 
@@ -49,7 +49,7 @@ def to_rgb_tensor(image: ImageInput, name: str = "image") -> Tensor:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise InputError(f"{name} is empty ({image.width}x{image.height} pixels)")
-        return _to_rgb_tensor(image)
+        return pil_to_rgb_tensor(image)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = image[..., None]

@@ -79,7 +79,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _to_rgb_tensor(img: Image.Image) -> Tensor:
+def pil_to_rgb_tensor(img: Image.Image) -> Tensor:
     """Decoded PIL image of any mode -> ``[3, H, W]`` float32 RGB in [0, 1]."""
     if img.mode in _HIGH_BIT_MODES:
         gray = np.array(img, dtype=np.float32) / _FULL_16_BIT
@@ -126,7 +126,7 @@ def read_image(
             img.load()
             if apply_exif:
                 img = ImageOps.exif_transpose(img)
-            return _to_rgb_tensor(img)
+            return pil_to_rgb_tensor(img)
         except DatasetError:
             raise
         except Exception as err:  # PIL decoders raise OSError, SyntaxError, ValueError, ...
