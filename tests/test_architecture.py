@@ -11,7 +11,7 @@ LAYERS = [
     {"model"},
     {"matching"},
     {"losses"},
-    {"rewards"},
+    {"rewards", "vision_r1"},
     {"objectives"},
     {"trainer"},
     {"predictor", "inputs", "postprocess", "prompt_bank"},

