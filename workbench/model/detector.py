@@ -33,6 +33,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import (
 from workbench.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from workbench.model.config import DetectorConfig
 from workbench.model.decoder import PromptDecoder
+from workbench.model.deformable import use_levelwise_sampling
 from workbench.model.denoising import build_denoising_queries
 from workbench.model.prompt_encoder import VisualPromptEncoder, class_embeddings
 from workbench.model.text import build_text_modules
@@ -144,6 +145,7 @@ class VisualPromptDetector(nn.Module):
             "pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False
         )
         _init_weights(self, hf)
+        use_levelwise_sampling(self)
 
     # --- stage 1: image features ---------------------------------------------------------
 
