@@ -70,14 +70,17 @@ def test_train_eval_predict_from_the_command_line(tmp_path):
     assert (tmp_path / "pred.png").is_file()
 
 
-def test_an_interrupted_run_resumes_to_the_same_parameters(tmp_path):
-    common = [*QUICK, "train.epochs=2", "train.checkpoint_every=2", "train.eval_every_epochs=0"]
+@pytest.mark.parametrize("config", [TINY, "configs/tiny_shapes_grqo.yaml"])
+def test_an_interrupted_run_resumes_to_the_same_parameters(tmp_path, config):
+    # GRQO without warm-up: its reference model (refreshed each epoch) must come back exactly
+    common = [*QUICK, "train.epochs=2", "train.checkpoint_every=2", "train.eval_every_epochs=0",
+              "grqo.warmup_epochs=0"]  # fmt: skip
     straight = tmp_path / "straight"
-    train(load_config(TINY, [*common, f"train.out_dir={straight}"]))
+    train(load_config(config, [*common, f"train.out_dir={straight}"]))
     broken = tmp_path / "broken"
     # stop after 3 steps (mid-epoch: an epoch has 4), then resume to the end
-    train(load_config(TINY, [*common, "train.max_steps=3", f"train.out_dir={broken}"]))
-    train(load_config(TINY, [*common, f"train.out_dir={broken}"]), resume=True)
+    train(load_config(config, [*common, "train.max_steps=3", f"train.out_dir={broken}"]))
+    train(load_config(config, [*common, f"train.out_dir={broken}"]), resume=True)
     a, b = params(straight), params(broken)
     assert a.keys() == b.keys()
     for key in a:

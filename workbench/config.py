@@ -151,6 +151,50 @@ class LossConfig:
 
 
 @dataclass
+class GRQOConfig:
+    """Group Relative Query Optimization (DINO-R1 §5-7); defaults are the released code's.
+
+    Loss = SFT losses + sum over decoder layers of mean(-alpha * A + beta * KL), where A is the
+    reward of each query (``reward``) standardised over the image's queries, with the
+    lowest-ranked ``mute`` queries' advantages set to zero, and KL the k3 estimate between the
+    sigmoid selection scores of this model and of a reference copy at the same tokens.
+    """
+
+    reward: Literal["matching_cost", "iou_alignment", "vision_r1"] = "matching_cost"
+    alpha: float = 0.01
+    beta: float = 0.04
+    kl: bool = True
+    # Queries whose advantage is muted, from the lowest-ranked; None: a third of the queries
+    # (the paper's 300 of 900). 0 turns muting off (then the advantage term has no gradient).
+    mute: int | None = None
+    # "through_reward": -alpha * A with the gradient flowing through the reward (the release);
+    # "policy_gradient": -alpha * A.detach() * log(objectness), a REINFORCE-style form.
+    advantage_mode: Literal["through_reward", "policy_gradient"] = "through_reward"
+    std_eps: float = 2e-9
+    unbiased_std: bool = True
+    # The reference model: refreshed from the current one at every epoch start (the paper),
+    # frozen at the initial weights, or an exponential moving average.
+    reference_policy: Literal["epoch_refresh", "frozen", "ema"] = "epoch_refresh"
+    ema_decay: float = 0.999
+    reference_mode: Literal["train", "eval"] = "train"  # the release runs it in train mode
+    # "own": the reference draws its own exemplar per class (the release); "shared": the policy's.
+    reference_exemplars: Literal["own", "shared"] = "own"
+    # SFT only for the first epochs / steps (the paper's "1+5": one epoch of SFT, five of GRQO).
+    warmup_epochs: int = 0
+    warmup_steps: int = 0
+    # Vision-R1 reward: STEP's stage switch at a fraction of training (None: stage 1 throughout).
+    step_switch_fraction: float | None = 0.5
+    # Gradient norms of the SFT and GRQO terms, measured every N steps (two extra backward
+    # passes; single-process runs only). 0 = never.
+    grad_norm_every: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.alpha >= 0 and self.beta >= 0, "grqo.alpha", "and grqo.beta must be >= 0")
+        _require(self.mute is None or self.mute >= 0, "grqo.mute", "must be >= 0 or null")
+        _require(0 < self.ema_decay < 1, "grqo.ema_decay", "must lie in (0, 1)")
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop shared by every objective.
 
@@ -202,6 +246,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    grqo: GRQOConfig = field(default_factory=GRQOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

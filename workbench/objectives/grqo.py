@@ -1,0 +1,245 @@
+"""GRQO: Group Relative Query Optimization (DINO-R1 §5-7), faithful to the release by default.
+
+Loss = SFT losses + sum over decoder layers l of  mean_{b,i}( -alpha * A[l,b,i] + beta * KL[b,i] ):
+
+- reward r[l,b,i] = -min_j C(i, j), query i's best matching cost against any ground truth of image
+  b (C = 2 focal + 5 L1 + 2 (-GIoU), the Hungarian cost), kept differentiable; other rewards by
+  ``grqo.reward``;
+- the group is all matching queries of one image in one layer; A = (r - mean) / (std + eps) with
+  the unbiased std; the lowest-ranked ``mute`` queries (queries come in selection order) get
+  A = 0. Without muting a standardised group sums to zero and -alpha * mean(A) has no gradient
+  (§5.4): muting is what makes the term push the top-ranked queries' quality up and the bottom
+  ones' down;
+- KL[b,i] = k3(p_ref / p) = p_ref/p - log(p_ref/p) - 1 on the sigmoid selection scores (the
+  "objectness") of the current model's selected tokens, against a reference model's scores at
+  the same tokens, computed without gradient; the same KL enters every layer's term.
+
+Images without ground truth have no reward: their advantages are zero and the advantage mean
+runs over the images that have boxes; the KL still covers every image. Every choice above is a
+``grqo.*`` config field (see ``GRQOConfig``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workbench.config import GRQOConfig, LossConfig
+from workbench.data.prompts import sample_training_prompts
+from workbench.losses import drop_crowd
+from workbench.objectives.base import ObjectiveOutput, StepInfo, detach_metrics
+from workbench.objectives.sft import DetectorStep, SFTObjective, run_detector
+from workbench.rewards import REWARDS, StepSchedule, group_advantages
+from workbench.types import Batch, Target
+
+KL_EPS = 2e-9  # inside the ratio, as released
+
+
+def mute_count(cfg: GRQOConfig, num_queries: int) -> int:
+    """``grqo.mute``, or a third of the queries (the paper's 300 of 900) when unset."""
+    return round(num_queries / 3) if cfg.mute is None else min(cfg.mute, num_queries)
+
+
+def layer_outputs(outputs: dict) -> list[dict]:
+    """The decoder layers' predictions, first to last."""
+    return [
+        *outputs["aux_outputs"],
+        {"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
+    ]
+
+
+def query_rewards(outputs: dict, targets: list[Target], reward_fn, loss_cfg: LossConfig) -> Tensor:
+    """``[L, B, Q]`` reward of every query of every layer; NaN rows for images without boxes."""
+    per_layer = []
+    for layer in layer_outputs(outputs):
+        rows = [
+            reward_fn(
+                layer["pred_logits"][b], layer["pred_boxes"][b], t.labels, t.boxes_cxcywh, loss_cfg
+            )
+            for b, t in enumerate(drop_crowd(targets))
+        ]
+        per_layer.append(torch.stack(rows))
+    return torch.stack(per_layer)
+
+
+def k3_kl(select_logits: Tensor, reference_logits: Tensor) -> Tensor:
+    """Schulman's k3 estimate of KL(policy || reference) per query, from selection logits."""
+    p = select_logits.sigmoid()
+    p_ref = reference_logits.sigmoid()
+    ratio = (p_ref + KL_EPS) / (p + KL_EPS)
+    # x - log(x) - 1 >= 0 for x > 0; the clamp only removes float rounding around x = 1.
+    return (ratio - torch.log(ratio) - 1).clamp_min(0.0)
+
+
+class GRQOObjective:
+    """``(model, batch) -> (loss, metrics)``: SFT losses plus the GRQO terms."""
+
+    def __init__(
+        self, loss_cfg: LossConfig, cfg: GRQOConfig, name_embeddings: Tensor | None = None
+    ):
+        self.loss_cfg, self.cfg = loss_cfg, cfg
+        self.sft = SFTObjective(loss_cfg, name_embeddings=name_embeddings)
+        self.reference: nn.Module | None = None
+        self._pending_reference: dict[str, Tensor] | None = None
+        self._schedule = (
+            StepSchedule(switch_fraction=cfg.step_switch_fraction)
+            if cfg.reward == "vision_r1" and cfg.step_switch_fraction is not None
+            else None
+        )
+
+    # --- the reference model ----------------------------------------------------------------
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        if self.cfg.reference_policy == "epoch_refresh" or self.reference is None:
+            self._copy_reference(model)
+
+    def _copy_reference(self, model: nn.Module) -> None:
+        self.reference = copy.deepcopy(_unwrap(model))
+        self.reference.requires_grad_(False)
+
+    def _reference_for(self, model: nn.Module) -> nn.Module:
+        if self.reference is None:  # first call, or restored from a checkpoint
+            self._copy_reference(model)
+            if self._pending_reference is not None:
+                self.reference.load_state_dict(self._pending_reference)
+                self._pending_reference = None
+        elif self.cfg.reference_policy == "ema":
+            _ema_update(self.reference, _unwrap(model), self.cfg.ema_decay)
+        self.reference.train(self.cfg.reference_mode == "train")
+        return self.reference
+
+    def state_dict(self) -> dict:
+        if self.reference is None and self._pending_reference is None:
+            return {}
+        state = (
+            self.reference.state_dict() if self.reference is not None else self._pending_reference
+        )
+        return {f"reference.{k}": v.detach().cpu() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        prefix = "reference."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        self.reference, self._pending_reference = None, weights or None
+
+    # --- the loss ----------------------------------------------------------------------------
+
+    def active(self, info: StepInfo) -> bool:
+        return info.epoch >= self.cfg.warmup_epochs and info.step >= self.cfg.warmup_steps
+
+    def reward_fn(self, info: StepInfo):
+        fn = REWARDS[self.cfg.reward]
+        if self._schedule is not None:
+            fn = functools.partial(
+                fn, thresholds=self._schedule.thresholds(info.step, info.total_steps)
+            )
+        return fn
+
+    @torch.no_grad()
+    def reference_logits(
+        self, model: nn.Module, batch: Batch, step: DetectorStep, info: StepInfo
+    ) -> Tensor:
+        """``[B, Q]`` the reference model's selection logits at the policy's selected tokens."""
+        reference = self._reference_for(model)
+        prompts = step.prompts
+        if self.cfg.reference_exemplars == "own":  # a fresh draw of one exemplar per class
+            # Seeded from torch's generator, which the trainer reseeds per (run, step, micro-batch).
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            prompts = sample_training_prompts(batch.targets, rng)
+        features = reference.extract_features(batch.images, batch.pixel_mask)
+        classes = reference.encode_prompts(features, prompts.to(batch.images.device)).classes
+        scores = reference.selection_logits(features, classes)
+        return scores.gather(1, step.outputs["select_index"])
+
+    def grqo_terms(self, model, batch, step: DetectorStep, info: StepInfo) -> tuple[Tensor, dict]:
+        out, cfg = step.outputs, self.cfg
+        rewards = query_rewards(out, step.targets, self.reward_fn(info), self.loss_cfg)  # [L,B,Q]
+        q = rewards.shape[-1]
+        advantages = group_advantages(rewards, mute_count(cfg, q), cfg.std_eps, cfg.unbiased_std)
+        has_gt = torch.isfinite(rewards[0]).all(-1)  # [B]
+        images = max(int(has_gt.sum()), 1)
+        if cfg.advantage_mode == "policy_gradient":
+            log_objectness = nn.functional.logsigmoid(out["select_logits"])[None]
+            weighted = advantages.detach() * log_objectness
+        else:
+            weighted = advantages
+        adv_term = -cfg.alpha * weighted[:, has_gt].sum((1, 2)) / (images * q)  # [L]
+        kl = torch.zeros_like(out["select_logits"])
+        if cfg.kl and cfg.beta > 0:
+            kl = k3_kl(out["select_logits"], self.reference_logits(model, batch, step, info))
+        layers = adv_term + cfg.beta * kl.mean()
+        metrics = _diagnostics(rewards, advantages, kl, has_gt, layers)
+        return layers.sum(), metrics | {"extras": (rewards, advantages, kl)}
+
+    def __call__(self, model: nn.Module, batch: Batch, info: StepInfo) -> ObjectiveOutput:
+        align = self.sft.cfg.align_weight > 0 and batch.prompts.num_prompts > 0
+        step = run_detector(model, batch, with_instances=align)
+        sft_loss, terms = self.sft.detection_losses(step, info)
+        metrics = detach_metrics(terms)
+        if align:
+            loss_align = self.sft.alignment(model, step, batch)
+            sft_loss = sft_loss + self.sft.cfg.align_weight * loss_align
+            metrics["loss_align"] = float(loss_align.detach())
+        metrics["num_prompts"] = float(step.prompts.num_prompts)
+        if not self.active(info) or int(step.prompts.labels.min()) < 0:
+            return ObjectiveOutput(sft_loss, metrics | {"grqo_active": 0.0}, {"step": step})
+        grqo_loss, diag = self.grqo_terms(model, batch, step, info)
+        extras = {"step": step, "rewards": diag.pop("extras")}
+        metrics |= diag | {"loss_grqo": float(grqo_loss.detach()), "grqo_active": 1.0}
+        if self.cfg.grad_norm_every and info.step % self.cfg.grad_norm_every == 0:
+            metrics |= _grad_norms(model, sft_loss, grqo_loss)
+        return ObjectiveOutput(sft_loss + grqo_loss, metrics, extras)
+
+
+def _diagnostics(
+    rewards: Tensor, advantages: Tensor, kl: Tensor, has_gt: Tensor, layers: Tensor
+) -> dict:
+    """TRL-style diagnostics: reward mean / std per layer, advantage spread, the share of groups
+    with zero reward spread, KL, each layer's GRQO term."""
+    metrics: dict[str, float] = {
+        "kl_mean": float(kl.detach().mean()),
+        "kl_max": float(kl.detach().max()),
+    }
+    valid = rewards.detach()[:, has_gt]  # [L, B', Q]
+    for layer in range(rewards.shape[0]):
+        r = valid[layer]
+        if r.numel():
+            metrics[f"reward_mean_{layer}"] = float(r.mean())
+            metrics[f"reward_std_{layer}"] = float(r.std(-1).mean()) if r.shape[-1] > 1 else 0.0
+        metrics[f"loss_grqo_{layer}"] = float(layers[layer].detach())
+    if valid.numel():
+        spread = valid.amax(-1) - valid.amin(-1)
+        metrics["zero_spread_share"] = float((spread == 0).float().mean())
+        adv = advantages.detach()[:, has_gt]
+        metrics["advantage_abs_mean"] = float(adv.abs().mean())
+        metrics["advantage_max"] = float(adv.max())
+        metrics["advantage_min"] = float(adv.min())
+    metrics["images_with_reward"] = float(has_gt.sum())
+    return metrics
+
+
+def _grad_norms(model: nn.Module, sft_loss: Tensor, grqo_loss: Tensor) -> dict[str, float]:
+    """L2 norms of the SFT and GRQO terms' gradients, each on its own (two extra backward
+    passes; skipped under DistributedDataParallel, whose hooks expect one backward per step)."""
+    if hasattr(model, "module"):
+        return {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    norms = {}
+    for name, loss in (("grad_norm_sft", sft_loss), ("grad_norm_grqo", grqo_loss)):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norms[name] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+    return norms
+
+
+@torch.no_grad()
+def _ema_update(reference: nn.Module, model: nn.Module, decay: float) -> None:
+    for ref, cur in zip(reference.parameters(), model.parameters(), strict=True):
+        ref.mul_(decay).add_(cur.detach(), alpha=1 - decay)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
