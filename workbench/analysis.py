@@ -1,0 +1,176 @@
+"""Why did each query score what it did? The per-query table of one image, for any checkpoint.
+
+For every decoder query of the last layer, in selection order: its rank, selection logit and
+objectness (sigmoid of it), best prompt and score, box; with ground truth, the box it matches
+best (lowest matching cost), IoU and cost terms, whether Hungarian matching assigned it, and
+GRQO's reward and advantage (muted or not) under any ``GRQOConfig``; with a reference model, the
+k3 KL of its objectness. The app, the notebooks and FiftyOne all read this one table.
+
+    records = query_table(predictor, image, prompts, ground_truth=GroundTruth(boxes, labels))
+    frame = to_dataframe(records)          # when pandas is installed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from workbench import boxes as box_ops
+from workbench.config import GRQOConfig, LossConfig
+from workbench.matching import HungarianMatcher, pairwise_cost_terms
+from workbench.objectives.grqo import k3_kl, mute_count
+from workbench.postprocess import QueryOutputs
+from workbench.predictor import EncodedImage, Predictor
+from workbench.prompt_bank import PromptBank
+from workbench.rewards import REWARDS, group_advantages
+from workbench.types import QueryRecord, Target, VisualPrompt
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Known objects of the image: ``boxes_xyxy [N, 4]`` absolute pixels, ``prompt_index [N]``
+    the prompt (class) each one belongs to."""
+
+    boxes_xyxy: Tensor
+    prompt_index: Tensor
+
+
+def table_from_outputs(
+    queries: QueryOutputs,
+    ground_truth: GroundTruth | None = None,
+    *,
+    reference_logits: Tensor | None = None,
+    names: Sequence[str] = (),
+    grqo: GRQOConfig | None = None,
+    loss: LossConfig | None = None,
+) -> list[QueryRecord]:
+    """The table from one image's query outputs (``QueryOutputs`` of ``Predictor.predict``).
+
+    ``reference_logits``: ``[Q]`` a reference model's selection logits at the same tokens.
+    """
+    grqo, loss = grqo or GRQOConfig(), loss or LossConfig()
+    q = queries.logits.shape[0]
+    scores, best = queries.scores.max(-1)
+    kl = k3_kl(queries.select_logits, reference_logits) if reference_logits is not None else None
+    truth = _truth_columns(queries, ground_truth, grqo, loss) if ground_truth is not None else {}
+    records = []
+    for i in range(q):
+        extra = {"name": names[int(best[i])] if names else "", **truth.get("extra", [{}] * q)[i]}
+        records.append(
+            QueryRecord(
+                rank=i, query_index=i, token_index=int(queries.token_index[i]),
+                select_score=float(queries.select_logits[i]),
+                objectness=float(queries.select_logits[i].sigmoid()),
+                score=float(scores[i]), prompt_index=int(best[i]),
+                box_xyxy=tuple(round(float(v), 2) for v in queries.boxes_xyxy[i]),
+                matched_gt=truth["matched"][i] if truth else None,
+                iou=truth["iou"][i] if truth else None,
+                cost=truth["cost"][i] if truth else None,
+                reward=truth["reward"][i] if truth else None,
+                advantage=truth["advantage"][i] if truth else None,
+                muted=i >= q - mute_count(grqo, q),
+                kl=float(kl[i]) if kl is not None else None,
+                extra=extra,
+            )
+        )  # fmt: skip
+    return records
+
+
+def _truth_columns(queries: QueryOutputs, truth: GroundTruth, grqo, loss) -> dict:
+    """Matching costs, IoU, reward and advantage of every query against the ground truth."""
+    n = int(truth.boxes_xyxy.shape[0])
+    q = queries.logits.shape[0]
+    if n == 0:
+        nothing = [None] * q
+        return {"matched": nothing, "iou": nothing, "cost": nothing, "reward": nothing,
+                "advantage": [0.0] * q, "extra": [{"hungarian": False}] * q}  # fmt: skip
+    gt = box_ops.convert(truth.boxes_xyxy.float(), "xyxy", "cxcywh", dst_normalized=True,
+                         size_hw=queries.image_size)  # fmt: skip
+    labels = truth.prompt_index.long()
+    terms = pairwise_cost_terms(queries.logits, queries.boxes_cxcywh, labels, gt, loss)
+    cost = sum(getattr(loss, k) * v for k, v in terms.items())
+    best_cost, matched = cost.min(1)
+    iou = box_ops.box_iou(queries.boxes_xyxy, truth.boxes_xyxy.float())
+    reward = REWARDS[grqo.reward](queries.logits, queries.boxes_cxcywh, labels, gt, loss)
+    advantage = group_advantages(reward, mute_count(grqo, q), grqo.std_eps, grqo.unbiased_std)
+    target = Target(gt, labels, 0, queries.image_size, queries.image_size)
+    rows, _ = HungarianMatcher(loss)(
+        {"pred_logits": queries.logits[None], "pred_boxes": queries.boxes_cxcywh[None]}, [target]
+    )[0]
+    assigned = set(rows.tolist())
+    extra = [
+        {"hungarian": i in assigned, **{k: float(v[i, matched[i]]) for k, v in terms.items()}}
+        for i in range(q)
+    ]
+    return {
+        "matched": matched.tolist(),
+        "iou": iou[torch.arange(q), matched].tolist(),
+        "cost": best_cost.tolist(),
+        "reward": reward.tolist(),
+        "advantage": advantage.tolist(),
+        "extra": extra,
+    }
+
+
+def query_table(
+    predictor: Predictor,
+    image,
+    prompts: Sequence[VisualPrompt] | PromptBank,
+    *,
+    ground_truth: GroundTruth | None = None,
+    reference: Predictor | None = None,
+    reference_images: Mapping | None = None,
+    grqo: GRQOConfig | None = None,
+    loss: LossConfig | None = None,
+) -> list[QueryRecord]:
+    """The per-query table of ``image`` under ``prompts`` for ``predictor``'s model.
+
+    ``reference`` (another checkpoint, e.g. the SFT model a GRQO run started from) adds the KL
+    column; it needs VisualPrompts, since a prompt bank belongs to one model.
+    """
+    encoded = image if isinstance(image, EncodedImage) else predictor.encode(image)
+    _, queries = predictor.predict(
+        encoded, prompts, reference_images=reference_images, return_queries=True
+    )
+    names = prompts.names if isinstance(prompts, PromptBank) else [p.name for p in prompts]
+    ref_logits = None
+    if reference is not None:
+        if isinstance(prompts, PromptBank):
+            raise ValueError("a KL against a reference needs VisualPrompts, not a prompt bank")
+        ref_logits = reference_selection_logits(reference, image, prompts, reference_images)
+        ref_logits = ref_logits[queries.token_index]
+    return table_from_outputs(queries, ground_truth, reference_logits=ref_logits, names=names,
+                              grqo=grqo, loss=loss)  # fmt: skip
+
+
+def reference_selection_logits(
+    reference: Predictor, image, prompts: Sequence[VisualPrompt], reference_images=None
+) -> Tensor:
+    """``[T]`` the reference model's max-over-prompts selection logit of every token."""
+    encoded = reference.encode(image) if not isinstance(image, EncodedImage) else image
+    bank = reference.embed_prompts(prompts, reference_images or {}, encoded)
+    with torch.inference_mode():
+        classes = bank.embeddings.to(encoded.features.tokens.device)
+        return reference.model.selection_logits(encoded.features, classes)[0].cpu()
+
+
+def to_records(rows: Sequence[QueryRecord]) -> list[dict]:
+    """Plain dicts (``extra`` flattened in), JSON-ready."""
+    out = []
+    for row in rows:
+        record = asdict(row)
+        record.update(record.pop("extra"))
+        out.append(record)
+    return out
+
+
+def to_dataframe(rows: Sequence[QueryRecord]):
+    """A pandas DataFrame of the table (pandas is optional: install it to use this)."""
+    try:
+        import pandas as pd
+    except ImportError as err:  # pragma: no cover - pandas ships with the pinned environment
+        raise ImportError("to_dataframe needs pandas; use to_records() without it") from err
+    return pd.DataFrame(to_records(rows))
