@@ -140,3 +140,25 @@ def test_open_dataset_follows_the_data_config(tmp_path, bccd_voc, monkeypatch):
 
     with pytest.raises(DatasetError, match=r"data\.val_json"):
         open_dataset(DataConfig(name="coco_json"), "val")
+
+
+def test_a_mixture_keeps_categories_and_ids_apart(bccd_voc, monkeypatch):
+    from workbench.config import DataConfig
+    from workbench.data.mixture import ID_STRIDE
+    from workbench.data.sources import open_dataset
+
+    monkeypatch.setenv("WORKBENCH_BCCD", str(bccd_voc))
+    cfg = DataConfig(name="shapes+bccd", shapes_train_images=3, shapes_val_images=2)
+    mix = open_dataset(cfg, "val")
+    assert len(mix) == 2 + 87
+    names = [c.name for c in mix.categories]
+    assert names[-3:] == ["Platelets", "RBC", "WBC"] and len(names) == 48 + 3
+    assert [c.label for c in mix.categories] == list(range(51))
+    assert len({c.id for c in mix.categories}) == 51
+    _, target = mix[2]  # the first BCCD image
+    assert target.image_id > ID_STRIDE and int(target.labels.min()) >= 48
+    assert mix.target(2).labels.tolist() == target.labels.tolist()
+    labels = {i.label for i in mix.instances() if i.image_index >= 2}
+    assert labels <= {48, 49, 50}
+    pool = open_dataset(cfg, "prompts")  # shapes' own pool, BCCD's train split
+    assert len(pool) == 2 + 205

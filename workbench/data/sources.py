@@ -257,11 +257,19 @@ def open_dataset(
     """The dataset a config names, for ``split`` ("train" / "val" or a source's own split name).
 
     ``shapes`` is rendered on the fly (splits train / val / prompts, from disjoint seeds);
-    ``coco_json`` reads ``data.train_json`` / ``data.val_json``; any other name goes through
-    :func:`locate`.
+    ``coco_json`` reads ``data.train_json`` / ``data.val_json``; ``a+b`` mixes named datasets
+    (:mod:`workbench.data.mixture`); any other name goes through :func:`locate`. The "prompts"
+    split (a cross-image exemplar pool) falls back to the train split where a dataset has none.
     """
     from workbench.data.coco import CocoDetection
 
+    if "+" in cfg.name:  # a mixture, e.g. "shapes+bccd"
+        from dataclasses import replace
+
+        from workbench.data.mixture import MixedDataset
+
+        parts = [replace(cfg, name=part.strip()) for part in cfg.name.split("+")]
+        return MixedDataset([open_dataset(p, split, transforms, download=download) for p in parts])
     if cfg.name == "shapes":
         from workbench.data.synthetic import ShapesConfig, ShapesDataset
 
@@ -290,6 +298,8 @@ def open_dataset(
             key = "data.train_json" if train else "data.val_json"
             raise DatasetError(f"data.name=coco_json needs {key}=path/to/annotations.json")
         return CocoDetection(json_path, images, transforms, min_box_size=cfg.min_box_size)
+    if split == "prompts" and "prompts" not in get_source(cfg.name).splits:
+        split = cfg.train_split  # the exemplar pool of a dataset without a dedicated one
     found = locate(cfg.name, split, root=cfg.root, download=download)
     return CocoDetection(
         found.json_path, found.image_root, transforms, min_box_size=cfg.min_box_size
