@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,15 +30,18 @@ def main() -> None:
     parser.add_argument("--name")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
+    cpu_start = time.process_time()
     with Timer() as timer:
         summary = train(cfg)
+    train_cpu = time.process_time() - cpu_start
     _, val, pool = open_splits(cfg)
     with Timer() as eval_timer:
         results = run_evaluation(from_pretrained(cfg.train.out_dir), cfg, val, pool)
     name = args.name or f"train_{Path(args.config).stem}"
     path = write_result(name, {
         "config": args.config, "overrides": args.overrides, "seed": cfg.train.seed,
-        "train_seconds": timer.seconds, "eval_seconds": eval_timer.seconds,
+        "train_seconds": timer.seconds, "train_cpu_seconds": train_cpu,
+        "eval_seconds": eval_timer.seconds,
         "steps": summary["global_step"], "images_per_step": cfg.train.batch_size,
         "results": {p: {"stats": r.scalars(), "split_stats": r.split_stats,
                         "images": r.to_dict().get("num_images")} for p, r in results.items()},

@@ -6,15 +6,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Left to right along the data flow; a module may import its own layer and layers to its left.
 LAYERS = [
-    {"types", "boxes", "config", "doctor", "checkpoint"},
+    {"types", "boxes", "config", "doctor", "checkpoint", "checkpoint_state"},
     {"data"},
     {"model"},
     {"matching"},
     {"losses"},
-    {"rewards", "vision_r1"},
+    {"rewards", "vision_r1", "vision_r1_trl"},
     {"objectives"},
-    {"trainer"},
-    {"predictor", "inputs", "postprocess", "prompt_bank"},
+    {"trainer", "optim"},
+    {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},
     {"evaluation", "coco_eval"},
     {"analysis"},
     {"viz"},

@@ -37,8 +37,8 @@ from workbench.vision_r1 import (
     parse_completion,
     recall_reward,
     score_completion,
-    vision_r1_reward_funcs,
 )
+from workbench.vision_r1_trl import vision_r1_reward_funcs
 
 CFG = LossConfig()
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,78 +40,11 @@ from workbench.data.dataset import DetectionDataset
 from workbench.data.loader import SEED_FORWARD, derive_seed, make_loader, steps_per_epoch
 from workbench.data.prompts import sample_training_prompts
 from workbench.objectives.base import Objective, StepInfo, objective_hooks
+from workbench.optim import default_param_groups, lr_factor, setup_distributed
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN/inf loss or gradient norm."""
-
-
-def _decays(module: nn.Module, name: str, param: nn.Parameter) -> bool:
-    """Weight decay on the weight matrices/kernels of layers (Linear, Conv, attention
-    projections) only: not on biases, normalisation parameters, nn.Embedding tables, or free
-    parameters such as query, level and position embeddings (DINO: none on absolute_pos_embed)."""
-    norm_or_table = "Norm" in type(module).__name__ or isinstance(module, nn.Embedding)
-    return param.ndim >= 2 and name.endswith("weight") and not norm_or_table
-
-
-def default_param_groups(model: nn.Module, cfg: TrainConfig, is_backbone=None) -> list[dict]:
-    """AdamW groups (backbone or not) x (decay or not); backbone lr = lr * backbone_lr_mult.
-
-    ``is_backbone(name)`` defaults to ``"backbone" in name``; bind another with
-    functools.partial and pass it as ``param_groups_fn``. Frozen parameters are left out.
-    """
-    is_backbone = is_backbone or (lambda name: "backbone" in name)
-    groups: dict[tuple[bool, bool], list] = defaultdict(list)
-    for prefix, module in model.named_modules():
-        for name, param in module.named_parameters(prefix=prefix, recurse=False):
-            if param.requires_grad:
-                leaf = name.rsplit(".", 1)[-1]
-                groups[is_backbone(name), _decays(module, leaf, param)].append(param)
-    return [
-        {
-            "name": ("backbone" if backbone else "main") + ("" if decay else "_no_decay"),
-            "params": params,
-            "lr": cfg.lr * (cfg.backbone_lr_mult if backbone else 1.0),
-            "weight_decay": cfg.weight_decay if decay else 0.0,
-        }
-        for (backbone, decay), params in sorted(groups.items())
-    ]
-
-
-def lr_factor(step: int, cfg: TrainConfig, steps_in_epoch: int) -> float:
-    """Multiplier of every group's lr at optimizer step ``step`` (from 0): linear warm-up from
-    ``warmup_factor`` to 1 over ``warmup_steps``, times ``lr_drop_factor`` for each epoch of
-    ``lr_drop_epochs`` reached (epoch e starts at step ``e * steps_in_epoch``)."""
-    warm = 1.0
-    if step < cfg.warmup_steps:
-        warm = cfg.warmup_factor + (1.0 - cfg.warmup_factor) * step / cfg.warmup_steps
-    return warm * cfg.lr_drop_factor ** sum(step >= e * steps_in_epoch for e in cfg.lr_drop_epochs)
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    device: torch.device
-    owns_group: bool  # the trainer started the process group, so it ends it
-
-
-def setup_distributed(device: str) -> DistInfo:
-    """Join torchrun's process group (env RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, nccl on
-    CUDA). ``device="auto"``: cuda:LOCAL_RANK if CUDA is available, else cpu."""
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local if dev.index is None else dev.index)
-        torch.cuda.set_device(dev)
-    owns = world > 1 and not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), dev, owns)
-    return DistInfo(0, 1, dev, False)
 
 
 # A resumed run must cut the data into the same steps and micro-batches.
@@ -130,7 +61,8 @@ class Trainer:
     Args:
         run_dir: metrics.jsonl, checkpoints/ and tensorboard/ go here (rank 0 writes).
         model_config: JSON-able architecture config, saved with every checkpoint.
-        param_groups_fn: ``(model, cfg) -> AdamW param groups``; default: default_param_groups.
+        param_groups_fn: ``(model, cfg) -> AdamW param groups``; default:
+            :func:`workbench.optim.default_param_groups`.
         eval_fn: ``(model, epoch) -> {name: float}``, on rank 0 every ``eval_every_epochs``.
         full_config: the resolved experiment config saved with checkpoints (default: ``cfg``).
         resume: True: continue from the latest checkpoint in run_dir if any; a path: from it.

@@ -8,7 +8,8 @@ and texture stays among the "base" ones, so base -> novel generalisation can be 
 
 Boxes follow COCO: ``bbox`` is absolute xywh pixels, the tight box of the *visible* pixels (modal
 box), ``area`` the visible pixel count. Image ``i`` depends only on ``(seed, i)``; how one image
-is laid out and painted is in :mod:`workbench.data.shapes_render`::
+is laid out and painted is in :mod:`workbench.data.shapes_render`, how the categories are named
+and split in :mod:`workbench.data.shapes_categories`::
 
     image, annotations = render_shapes_image(ShapesConfig(), seed=0, index=7)
     write_shapes_dataset("data/shapes_val", num_images=200, seed=1)  # COCO json + PNGs
@@ -18,13 +19,8 @@ is laid out and painted is in :mod:`workbench.data.shapes_render`::
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import itertools
 import json
-import math
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from workbench.data.dataset import Category, Instance, LoadReport, Transform, make_target
+from workbench.data.shapes_categories import resolve_categories
 from workbench.data.shapes_render import (
     COLOURS,
     DISTRACTOR_SHAPES,
@@ -121,77 +118,13 @@ class ShapesConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"ShapesConfig.{name}={getattr(self, name)!r} must satisfy {rule}")
-        _resolve(self)  # checks category names now, not in the middle of an epoch
-
-
-def _check_names(names: tuple[str, ...], known: list[str], field: str) -> None:
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
-            raise ValueError(
-                f"ShapesConfig.{field}: unknown category {name!r}; did you mean {close[0]!r}? "
-                "Names read '<colour> <texture> <shape>', e.g. 'red striped star'."
-            )
-
-
-def _split(combos: list[tuple[str, str, str]], cfg: ShapesConfig) -> set[tuple[str, str, str]]:
-    """The held-out (shape, colour, texture) combinations; see ShapesConfig.novel."""
-    n_novel = round(cfg.novel_fraction * len(combos))
-    n_values = [len({c[a] for c in combos}) for a in range(3)]
-    # A value with m combinations may lose at most m - 1 (one must stay base), and no value is
-    # held out more than its even share, rounded up: novel = unseen pairings of seen values.
-    caps = [min(math.ceil(n_novel / n), len(combos) // n - 1) for n in n_values]
-    rng = np.random.default_rng(cfg.split_seed)
-    for _ in range(500):  # randomised greedy; the default product succeeds at once
-        counts: Counter = Counter()
-        novel = set()
-        for i in rng.permutation(len(combos)):
-            combo = combos[i]
-            if len(novel) < n_novel and all(counts[a, combo[a]] < caps[a] for a in range(3)):
-                novel.add(combo)
-                counts.update((a, combo[a]) for a in range(3))
-        if len(novel) == n_novel:
-            return novel
-    raise ValueError(
-        f"ShapesConfig.novel_fraction={cfg.novel_fraction} cannot hold out {n_novel} of "
-        f"{len(combos)} categories while every shape, colour and texture keeps a base category"
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _resolve(cfg: ShapesConfig) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
-    """(all category records, the records allowed to appear)."""
-    combos = list(itertools.product(cfg.shapes, cfg.colours, cfg.textures))
-    names = [f"{c} {t} {s}" for s, c, t in combos]
-    if cfg.novel is not None:
-        _check_names(cfg.novel, names, "novel")
-        novel = set(cfg.novel)
-    else:
-        novel = {f"{c} {t} {s}" for s, c, t in _split(combos, cfg)}
-    keys = ("id", "name", "supercategory", "shape", "colour", "texture", "split")
-    rows = [(i + 1, n, "shape", *combo, "novel" if n in novel else "base") for i, (n, combo)
-            in enumerate(zip(names, combos, strict=True))]  # fmt: skip
-    records = tuple(dict(zip(keys, row, strict=True)) for row in rows)
-    if isinstance(cfg.categories, tuple):
-        _check_names(cfg.categories, names, "categories")
-        allowed = tuple(r for r in records if r["name"] in cfg.categories)
-    elif cfg.categories in ("all", "base", "novel"):
-        allowed = tuple(r for r in records if cfg.categories in ("all", r["split"]))
-    else:
-        raise ValueError(f"ShapesConfig.categories={cfg.categories!r}: use 'all', 'base', "
-                         "'novel' or a tuple of category names")  # fmt: skip
-    if len(allowed) < cfg.categories_per_image[0]:
-        raise ValueError(
-            f"ShapesConfig.categories={cfg.categories!r} allows {len(allowed)} categories but "
-            f"categories_per_image asks for at least {cfg.categories_per_image[0]}"
-        )
-    return records, allowed
+        resolve_categories(self)  # checks category names now, not in the middle of an epoch
 
 
 def shape_categories(cfg: ShapesConfig | None = None) -> list[dict]:
     """COCO category records, ids ``1..C`` shape-major: ``id``, ``name``, ``supercategory``,
     ``shape``, ``colour``, ``texture`` and ``split`` ("base" or "novel")."""
-    return [dict(r) for r in _resolve(cfg or ShapesConfig())[0]]
+    return [dict(r) for r in resolve_categories(cfg or ShapesConfig())[0]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +164,7 @@ class ShapesScene:
 def _checked_layout(cfg: ShapesConfig, seed: int, index: int) -> list[Layer]:
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    return layout_layers(cfg, _resolve(cfg)[1], seed, index)
+    return layout_layers(cfg, resolve_categories(cfg)[1], seed, index)
 
 
 def render_shapes_scene(cfg: ShapesConfig | None, seed: int, index: int) -> ShapesScene:
@@ -355,7 +288,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         return index % self.num_images
 
     def _layers(self, index: int) -> list[Layer]:
-        layers = layout_layers(self.cfg, _resolve(self.cfg)[1], self.seed, index)
+        layers = layout_layers(self.cfg, resolve_categories(self.cfg)[1], self.seed, index)
         self._annotations.setdefault(index, _with_ids(coco_annotations(layers), index))
         return layers
 
