@@ -222,3 +222,18 @@ def test_levelwise_sampling_equals_transformers_implementation():
     torch.testing.assert_close(outs[0], outs[1])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_half_precision_export_halves_the_file_and_loads_back(tmp_path, tiny):
+    from workbench.model.export import main as export_main
+
+    save_pretrained(tiny, tmp_path / "full")
+    assert export_main([str(tmp_path / "full"), str(tmp_path / "half")]) == 0
+    full = (tmp_path / "full" / "model.safetensors").stat().st_size
+    half = (tmp_path / "half" / "model.safetensors").stat().st_size
+    assert half < 0.55 * full
+    loaded = from_pretrained(tmp_path / "half")
+    for key, value in tiny.state_dict().items():
+        if value.is_floating_point():
+            assert loaded.state_dict()[key].dtype == torch.float32
+            torch.testing.assert_close(loaded.state_dict()[key], value, atol=2e-3, rtol=1e-3)
