@@ -10,6 +10,10 @@
     torchrun --nproc_per_node=2 -m workbench train configs/small_shapes_sft.yaml
     python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--out results.json]
     python -m workbench predict runs/tiny_shapes_sft image.png --box 10,20,60,80:cell --out out/x
+    python -m workbench fiftyone export val.json --model sft=runs/sft --model grqo=runs/grqo \
+        --reference sft --all-queries
+    python -m workbench fiftyone evaluate workbench-val [--iou 0.5]
+    python -m workbench fiftyone launch workbench-val [--port 5151]
 
 Library errors (bad files, unknown datasets, wrong config keys) print as one clear line and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -18,6 +22,7 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -203,6 +208,132 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_predictor(path: str, args: argparse.Namespace):
+    """A Predictor at the sizes its run was trained at (the run's config.yaml; the defaults
+    without one), unless --min-size / --max-size say otherwise."""
+    from workbench.config import DataConfig, load_config
+    from workbench.predictor import Predictor
+
+    config = _run_config(path)
+    data = load_config(config).data if config else DataConfig()
+    return Predictor.from_checkpoint(
+        path, min_size=args.min_size or data.min_size, max_size=args.max_size or data.max_size,
+        max_detections=args.max_detections,
+    )  # fmt: skip
+
+
+def _fiftyone_source(args: argparse.Namespace) -> tuple[DetectionDataset, str]:
+    """The dataset to export (a json, --source, or a config's data section) and its default
+    FiftyOne name."""
+    if args.config or args.set:
+        from workbench.config import load_config
+        from workbench.data.sources import open_dataset
+
+        cfg = load_config(args.config, args.set)
+        return open_dataset(cfg.data, args.split), f"workbench-{cfg.data.name}-{args.split}"
+    name = f"{args.source}-{args.split}" if args.source else Path(args.json or "").stem
+    return _open_dataset(args), f"workbench-{name}".replace("/", "-")
+
+
+def cmd_fiftyone_export(args: argparse.Namespace) -> int:
+    from workbench.integrations import fiftyone as wfo
+
+    dataset, default_name = _fiftyone_source(args)
+    checkpoints = {}
+    for text in args.model:
+        name, _, path = text.partition("=")
+        if not (name and path):
+            raise InputError(f"--model {text!r} must be NAME=CHECKPOINT, e.g. sft=runs/sft")
+        checkpoints[name] = path
+    predictors = {name: _checkpoint_predictor(path, args) for name, path in checkpoints.items()}
+    references = {}
+    if args.reference:
+        ref = predictors.get(args.reference) or _checkpoint_predictor(args.reference, args)
+        references = {name: ref for name, p in predictors.items() if p is not ref}
+    count = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    ds = wfo.export(
+        dataset, predictors, name=args.name or default_name, references=references,
+        protocol=args.protocol, exemplars_per_class=args.exemplars, seed=args.seed,
+        all_queries=args.all_queries, indices=range(count), score_threshold=args.threshold,
+        max_detections=args.max_detections, image_dir=args.image_dir,
+        run_evaluation=not args.no_evaluate, baseline=args.baseline, candidate=args.candidate,
+        confidence=args.confidence, iou=args.iou, progress=True,
+        model_info={n: {"checkpoint": str(Path(p).resolve())} for n, p in checkpoints.items()},
+    )  # fmt: skip
+    print(json.dumps(wfo.summary(ds), indent=2))
+    return 0
+
+
+def cmd_fiftyone_evaluate(args: argparse.Namespace) -> int:
+    from workbench.integrations import fiftyone as wfo
+
+    ds = wfo.load(args.name)
+    wfo.analyse(ds, args.models or None, iou=args.iou, baseline=args.baseline,
+                candidate=args.candidate, confidence=args.confidence, low_reward=args.low_reward,
+                progress=True)  # fmt: skip
+    print(json.dumps(wfo.summary(ds), indent=2))
+    return 0
+
+
+def cmd_fiftyone_launch(args: argparse.Namespace) -> int:
+    from workbench.integrations import fiftyone as wfo
+
+    session = wfo.launch(args.name, port=args.port, address=args.address)
+    print(f"FiftyOne App for {args.name!r}: {session.url}  (Ctrl-C stops it)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        session.wait(-1)
+    return 0
+
+
+def _fiftyone_parser(groups) -> None:
+    group = groups.add_parser("fiftyone", help="FiftyOne: predictions with per-query rewards, "
+                              "COCO evaluation, error views, the App")  # fmt: skip
+    sub = group.add_subparsers(dest="command", required=True)
+
+    def analysis_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--iou", type=float, default=0.5, help="IoU of the tp/fp/fn tags")
+        p.add_argument("--confidence", type=float, default=0.5, help="score a 'high' one needs")
+        p.add_argument("--baseline", help="the model 'fixed/broken by' compares against (sft)")
+        p.add_argument("--candidate", help="the model compared with the baseline (grqo)")
+
+    p = sub.add_parser("export", help="images, ground truth and checkpoints' predictions")
+    _dataset_args(p)
+    p.add_argument("--config", help="a YAML config whose data section names the dataset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override, e.g. data.name=shapes (repeatable)")  # fmt: skip
+    p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="a checkpoint to export as NAME_predictions (repeatable)")  # fmt: skip
+    p.add_argument("--reference", help="model name or checkpoint the KL is computed against")
+    p.add_argument("--protocol", choices=("interactive", "cross_image"), default="interactive")
+    p.add_argument("--exemplars", type=int, default=1, help="exemplars per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw")
+    p.add_argument("--all-queries", action="store_true", help="also export NAME_queries")
+    p.add_argument("--max-images", type=int, help="export the first N images only")
+    p.add_argument("--threshold", type=float, default=0.0, help="drop detections below it")
+    p.add_argument("--max-detections", type=int, default=100, help="top-K per image")
+    p.add_argument("--min-size", type=int, help="resize (default: the run's data.min_size)")
+    p.add_argument("--max-size", type=int, help="resize cap (default: the run's data.max_size)")
+    p.add_argument("--name", help="FiftyOne dataset name (default: from the source)")
+    p.add_argument("--image-dir", help="where rendered images are written")
+    p.add_argument("--no-evaluate", action="store_true", help="skip evaluation and views")
+    analysis_args(p)
+    p.set_defaults(run=cmd_fiftyone_export)
+
+    p = sub.add_parser("evaluate", help="COCO evaluation (tp/fp/fn tags, mAP) and saved views")
+    p.add_argument("name", help="the FiftyOne dataset")
+    p.add_argument("--models", nargs="*", help="model names (default: every exported one)")
+    p.add_argument("--low-reward", type=float, help="reward a 'low' one is at most "
+                   "(default: the lowest quartile)")  # fmt: skip
+    analysis_args(p)
+    p.set_defaults(run=cmd_fiftyone_evaluate)
+
+    p = sub.add_parser("launch", help="the FiftyOne App on 127.0.0.1; prints the URL and waits")
+    p.add_argument("name", help="the FiftyOne dataset")
+    p.add_argument("--port", type=int, default=5151)
+    p.add_argument("--address", default="127.0.0.1", help="bind address (local only by default)")
+    p.set_defaults(run=cmd_fiftyone_launch)
+
+
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("json", nargs="?", help="a COCO json file")
     p.add_argument("--images", help="image folder (default: the json's folder)")
@@ -288,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=1333)
     p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.png")
     p.set_defaults(run=cmd_predict)
+    _fiftyone_parser(groups)
     return parser
 
 

@@ -1,0 +1,470 @@
+"""The FiftyOne integration against the real FiftyOne 1.22 and its MongoDB.
+
+Database isolation: FiftyOne reads ``FIFTYONE_DATABASE_DIR`` once, when ``fiftyone`` is first
+imported, and starts one mongod per database directory (5-10 s). So this module shares one
+private database: the module-scoped ``fo`` fixture sets ``FIFTYONE_DATABASE_DIR`` to a fresh
+temporary directory (and ``FIFTYONE_DO_NOT_TRACK=true``) and only then imports fiftyone; no other
+test module imports it, and the fixture fails loudly if something did. Every test uses its own
+dataset name. Subprocesses started here (the App launched through the CLI) inherit the directory
+and the running mongod's port, so they see the same datasets. mongod exits with this process.
+
+Agreement with :mod:`workbench.coco_eval` (pycocotools / faster-coco-eval): both sides follow the
+COCO protocol — per image and class, detections best score first, each matched to the unmatched
+ground truth of highest IoU >= the threshold; AP over IoU 0.50:0.95 with 101 recall points and
+100 detections per image and class. The implementations differ only where these tests do not go:
+FiftyOne computes IoU on boxes relative to the image (pycocotools on pixels), which can flip a
+match only when an IoU lies within float rounding of a threshold; it breaks exact score ties
+between a TP and an FP differently; and it counts detections on crowd regions as ``tp`` (COCO
+ignores them; our datasets here have no crowds). So TP/FP/FN must agree exactly and mAP within
+``MAP_TOLERANCE`` = 1e-6 (measured difference on the cases below: 0 to float64 rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.analysis import query_table
+from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
+from workbench.data.prompts import interactive_prompts
+from workbench.data.synthetic import ShapesConfig, ShapesDataset
+from workbench.evaluation import evaluate as workbench_evaluate
+from workbench.integrations import fiftyone as wfo
+from workbench.integrations.fiftyone_labels import GT_ATTRIBUTES, QUERY_ATTRIBUTES
+from workbench.integrations.fiftyone_predict import ImagePrediction, prompted_ground_truth
+from workbench.model.build import build_detector
+from workbench.predictor import Predictor
+from workbench.types import Detections, QueryRecord
+
+pytestmark = pytest.mark.fiftyone
+
+MAP_TOLERANCE = 1e-6
+SIZE = 128
+CFG = ShapesConfig(image_size=SIZE, object_size=(16, 40), objects_per_image=(3, 6))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fo(tmp_path_factory):
+    """fiftyone on this module's own database (see the module docstring)."""
+    if "fiftyone" in sys.modules:
+        pytest.fail("fiftyone was imported before tests/test_fiftyone.py set its database dir")
+    db = tmp_path_factory.mktemp("fiftyone_db")
+    had_port = "FIFTYONE_PRIVATE_DATABASE_PORT" in os.environ
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FIFTYONE_DATABASE_DIR", str(db))
+        mp.setenv("FIFTYONE_DO_NOT_TRACK", "true")
+        import fiftyone
+
+        assert fiftyone.config.database_dir == str(db)
+        yield fiftyone
+    if not had_port:  # set by fiftyone when it started mongod; later modules should not see it
+        os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return ShapesDataset(4, seed=3, cfg=CFG)
+
+
+@pytest.fixture(scope="module")
+def predictors():
+    out = {}
+    for seed, name in enumerate(("sft", "grqo")):  # two random tiny models stand for two runs
+        torch.manual_seed(seed)
+        out[name] = Predictor(build_detector("tiny"), min_size=SIZE, max_size=SIZE,
+                              max_detections=15)  # fmt: skip
+    return out
+
+
+EXPORT = dict(name="shapes-export", all_queries=True, confidence=0.5)
+
+
+@pytest.fixture(scope="module")
+def exported(fo, shapes, predictors, tmp_path_factory):
+    images = tmp_path_factory.mktemp("export_images")
+    refs = {"grqo": predictors["sft"]}
+    return wfo.export(shapes, predictors, references=refs, image_dir=images, **EXPORT)
+
+
+def ids_of(view) -> set[int]:
+    return set(view.values("image_id"))
+
+
+def last_json(out: str) -> dict:
+    """The JSON summary a command prints last (FiftyOne's own log lines come before it)."""
+    lines = out.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+# --- no database needed ----------------------------------------------------------------------
+
+
+def test_importing_the_integration_and_the_cli_does_not_import_fiftyone():
+    code = (
+        "import sys, workbench.integrations.fiftyone, workbench.cli as cli\n"
+        "cli.build_parser().parse_args(['fiftyone', 'launch', 'x'])\n"
+        "assert 'fiftyone' not in sys.modules, 'fiftyone imported eagerly'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ground_truth_boxes_are_relative_top_left_xywh(fo, shapes):
+    from workbench.integrations.fiftyone_labels import ground_truth_detections
+
+    target = shapes.target(0)
+    dets = ground_truth_detections(target, shapes.categories).detections
+    coco = ground_truth_coco(shapes, [0])["annotations"]
+    names = {c.id: c.name for c in shapes.categories}
+    assert len(dets) == len(coco) > 0
+    for det, ann in zip(dets, coco, strict=True):
+        x, y, w, h = ann["bbox"]
+        assert det.bounding_box == pytest.approx([x / SIZE, y / SIZE, w / SIZE, h / SIZE], abs=1e-6)
+        assert det.label == names[ann["category_id"]] and det.annotation_id == ann["id"]
+
+
+# --- a model's predictions, exported -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_per_query_fields_are_present_typed_and_declared(fo, exported, shapes, predictors):
+    schema = exported.get_field_schema(flat=True)
+    fields = ["sft_predictions", "grqo_predictions", "sft_queries", "grqo_queries"]
+    for field in fields:
+        for name, (ftype, subfield, _) in QUERY_ATTRIBUTES.items():
+            declared = schema[f"{field}.detections.{name}"]
+            assert isinstance(declared, getattr(fo, ftype)), (field, name)
+            assert subfield is None or isinstance(declared.field, getattr(fo, subfield))
+            assert declared.description
+    for name, (ftype, _, _) in GT_ATTRIBUTES.items():
+        assert isinstance(schema[f"ground_truth.detections.{name}"], getattr(fo, ftype))
+
+    # every selected query of every image; rewards everywhere (every image has ground truth);
+    # KL only where a reference was given; interactive prompts come from the image itself
+    assert (
+        exported.count("grqo_queries.detections") == 4 * predictors["grqo"].model.config.num_queries
+    )
+    assert None not in exported.values("sft_predictions.detections.reward", unwind=True)
+    assert None not in exported.values("grqo_predictions.detections.kl", unwind=True)
+    assert set(exported.values("sft_predictions.detections.kl", unwind=True)) == {None}
+    for sample in exported:
+        for det in sample["grqo_predictions"].detections:
+            assert det.prompt_image_ids == [sample["image_id"]]
+            assert 0 <= det.objectness <= 1 and 0 <= det.matched_iou <= 1
+
+    # the values are workbench.analysis's table, query by query
+    target = shapes.target(0)
+    prompts = interactive_prompts(target, shapes.categories)
+    truth, _ = prompted_ground_truth(target, prompts)
+    table = query_table(predictors["grqo"], shapes.load_image(0), prompts, ground_truth=truth,
+                        reference=predictors["sft"])  # fmt: skip
+    sample = exported.one(fo.ViewField("image_id") == target.image_id)
+    queries = sample["grqo_queries"].detections
+    assert [d.query_rank for d in queries] == [r.rank for r in table]
+    for key, column in (("reward", "reward"), ("advantage", "advantage"), ("kl", "kl"),
+                        ("objectness", "objectness"), ("confidence", "score")):  # fmt: skip
+        assert [d[key] for d in queries] == pytest.approx([getattr(r, column) for r in table],
+                                                          abs=1e-5), key  # fmt: skip
+
+
+@pytest.mark.slow
+def test_exported_counts_and_map_agree_with_workbench_evaluate(exported, shapes, predictors):
+    stored = exported.info["workbench"]["evaluations"]
+    for model, predictor in predictors.items():
+        result = workbench_evaluate(predictor, shapes, protocol="interactive")
+        key = f"eval_{model}"
+        fo_counts = dict(zip(exported.values("image_id"), zip(exported.values(f"{key}_tp"),
+                         exported.values(f"{key}_fp"), exported.values(f"{key}_fn"), strict=True),
+                         strict=True))  # fmt: skip
+        for record in result.records:
+            assert fo_counts[record.image_id] == (record.tp50, record.fp50, record.missed50)
+        assert exported.count(f"{model}_predictions.detections") == sum(
+            r.num_detections for r in result.records
+        )
+        assert abs(stored[model]["mAP"] - result.AP) <= MAP_TOLERANCE
+
+
+@pytest.mark.slow
+def test_export_twice_keeps_one_copy_of_every_sample_label_field_and_view(
+    fo, exported, shapes, predictors, tmp_path
+):
+    before = wfo.summary(exported)
+    schema = set(exported.get_field_schema(flat=True))
+    evaluations = sorted(exported.list_evaluations())
+    again = wfo.export(shapes, predictors, references={"grqo": predictors["sft"]},
+                       image_dir=tmp_path, **EXPORT)  # fmt: skip
+    after = wfo.summary(again)
+    assert after == before
+    assert before["samples"] == 4 and before["labels"]["ground_truth"] > 0
+    assert set(again.get_field_schema(flat=True)) == schema
+    assert sorted(again.list_evaluations()) == evaluations
+    assert fo.list_datasets().count(EXPORT["name"]) == 1
+
+
+# --- constructed predictions -----------------------------------------------------------------
+
+
+def on_boxes(image_id, target, prompts, picks):
+    """An ImagePrediction with one detection per ``(box_xyxy, prompt_index, score, reward)``."""
+    boxes = torch.tensor([p[0] for p in picks], dtype=torch.float32).reshape(-1, 4)
+    table = tuple(
+        QueryRecord(rank=i, query_index=i, token_index=i, select_score=0.0, objectness=0.5,
+                    score=score, prompt_index=p, box_xyxy=tuple(box), reward=reward,
+                    advantage=0.0)
+        for i, (box, p, score, reward) in enumerate(picks)
+    )  # fmt: skip
+    dets = Detections(
+        boxes_xyxy=boxes, scores=torch.tensor([p[2] for p in picks]),
+        prompt_index=torch.tensor([p[1] for p in picks], dtype=torch.int64),
+        names=tuple(prompts[p[1]].name for p in picks), image_size=target.orig_size,
+        query_index=torch.arange(len(picks)),
+    )  # fmt: skip
+    return ImagePrediction(image_id, dets, table, tuple(prompts))
+
+
+def scripted(shapes, index, *, missed=(), fp_scores=(), score=0.9, low_reward=None):
+    """Detections exactly on every ground-truth box but the ``missed`` ones (score 0.9, reward
+    0), the first one with ``low_reward`` if given, plus false positives: 3-pixel boxes in the
+    corner, which no object of 16 px or more overlaps by IoU 0.5."""
+    target = shapes.target(index)
+    prompts = interactive_prompts(target, shapes.categories)
+    prompt_of = {p.label: u for u, p in enumerate(prompts)}
+    boxes = target.boxes_xyxy(target.orig_size).tolist()
+    picks = [(box, prompt_of[int(target.labels[j])], score, 0.0)
+             for j, box in enumerate(boxes) if j not in missed]  # fmt: skip
+    if low_reward is not None:
+        picks[0] = (*picks[0][:3], low_reward)
+    picks += [([1.0, 1.0, 4.0, 4.0], 0, s, 0.0) for s in fp_scores]
+    return on_boxes(target.image_id, target, prompts, picks)
+
+
+def test_saved_views_return_exactly_the_expected_samples(fo, shapes, tmp_path):
+    ds = wfo.build_dataset(shapes, "constructed-views", image_dir=tmp_path)
+    # image ids 1..4 at indices 0..3; each image has at least 3 objects
+    sft = [
+        scripted(shapes, 0, missed={1}, fp_scores=[0.8]),  # a confident FP; misses object 1
+        scripted(shapes, 1),
+        scripted(shapes, 2, missed={0}, fp_scores=[0.2]),  # a timid FP; misses object 0
+        scripted(shapes, 3, score=0.7, low_reward=-8.0),  # confident, badly rewarded queries
+    ]
+    grqo = [
+        scripted(shapes, 0),
+        scripted(shapes, 1, missed={1}),
+        scripted(shapes, 2, low_reward=-10.0),
+        scripted(shapes, 3, fp_scores=[0.95]),
+    ]
+    wfo.add_predictions(ds, "sft", sft)
+    wfo.add_predictions(ds, "grqo", grqo)
+    wfo.evaluate(ds, ["sft", "grqo"])
+    counts = wfo.save_views(ds, ["sft", "grqo"], baseline="sft", candidate="grqo",
+                            confidence=0.5, low_reward=-5.0)  # fmt: skip
+    expected = {
+        "sft_high_confidence_fp": {1}, "grqo_high_confidence_fp": {4},
+        "sft_missed_gt": {1, 3}, "grqo_missed_gt": {2},
+        "fixed_by_grqo": {1, 3}, "broken_by_grqo": {2},
+        "sft_high_score_low_reward": {4}, "grqo_high_score_low_reward": {3},
+    }  # fmt: skip
+    assert set(ds.list_saved_views()) == set(expected)
+    for name, image_ids in expected.items():
+        assert ids_of(ds.load_saved_view(name)) == image_ids, name
+        assert counts[name] == len(image_ids)
+    # the views show only the labels of their case
+    assert ds.load_saved_view("fixed_by_grqo").count("ground_truth.detections") == 2
+    assert ds.load_saved_view("broken_by_grqo").count("ground_truth.detections") == 1
+    assert ds.load_saved_view("sft_high_confidence_fp").count("sft_predictions.detections") == 1
+
+
+def jittered(shapes, index, rng):
+    """Noisy detections: most objects found once or twice with a jittered box and a random
+    score, some missed, plus random false positives; IoUs spread over the AP thresholds."""
+    target = shapes.target(index)
+    prompts = interactive_prompts(target, shapes.categories)
+    prompt_of = {p.label: u for u, p in enumerate(prompts)}
+    picks = []
+    for box, label in zip(target.boxes_xyxy(target.orig_size).tolist(), target.labels.tolist(),
+                          strict=True):  # fmt: skip
+        w, h = box[2] - box[0], box[3] - box[1]
+        for _ in range(int(rng.choice([0, 1, 1, 1, 2]))):
+            noise = rng.normal(0, 0.12, 4) * [w, h, w, h]
+            picks.append((np.clip(np.add(box, noise), 0, SIZE).tolist(), prompt_of[label],
+                          float(rng.uniform(0.05, 1.0)), 0.0))  # fmt: skip
+    for _ in range(3):
+        x, y = rng.uniform(0, SIZE - 40, 2)
+        s = rng.uniform(10, 40)
+        picks.append(([x, y, x + s, y + s], int(rng.integers(len(prompts))),
+                      float(rng.uniform(0.05, 1.0)), 0.0))  # fmt: skip
+    return on_boxes(target.image_id, target, prompts, picks)
+
+
+def test_counts_and_map_agree_with_pycocotools_on_the_same_predictions(fo, tmp_path):
+    data = ShapesDataset(6, seed=5, cfg=CFG)
+    rng = np.random.default_rng(0)
+    predictions = [jittered(data, i, rng) for i in range(len(data))]
+    ds = wfo.build_dataset(data, "agreement", image_dir=tmp_path)
+    wfo.add_predictions(ds, "jitter", predictions)
+
+    cat_id = {c.label: c.id for c in data.categories}
+    gt = ground_truth_coco(data)
+    results = coco_results({p.image_id: p.detections for p in predictions},
+                           {p.image_id: [cat_id[q.label] for q in p.prompts]
+                            for p in predictions})  # fmt: skip
+    reference_ap = {ev: coco_stats(gt, results, evaluator=ev).as_dict()["AP"]
+                    for ev in ("pycocotools", "faster")}  # fmt: skip
+    assert 0.05 < reference_ap["pycocotools"] < 0.95  # ranking and IoU both matter here
+    for iou in (0.5, 0.75):
+        summary = wfo.evaluate(ds, ["jitter"], iou=iou)["jitter"]
+        counts = match_counts(gt, results, iou)
+        tags = [ds.values(f"eval_jitter_{k}") for k in ("tp", "fp", "fn")]
+        for image_id, tp, fp, fn in zip(ds.values("image_id"), *tags, strict=True):
+            c = counts[image_id]
+            assert (tp, fp, fn) == (c.tp, c.fp, c.num_gt - c.tp), (iou, image_id)
+        assert summary["tp"] == sum(c.tp for c in counts.values()) > 0
+        for ap in reference_ap.values():  # mAP does not depend on the tagging IoU
+            assert abs(summary["mAP"] - ap) <= MAP_TOLERANCE, (summary["mAP"], ap)
+
+
+def test_a_dataset_from_voc_keeps_its_own_image_files(fo, bccd_voc, tmp_path):
+    from workbench.data.coco import CocoDetection
+    from workbench.data.voc import convert_voc
+
+    written = convert_voc(bccd_voc, tmp_path / "bccd", link_images=True)
+    dataset = CocoDetection(written["val"])
+    ds = wfo.build_dataset(dataset, "bccd-val", indices=range(3), image_dir=tmp_path / "unused")
+    assert len(ds) == 3 and not (tmp_path / "unused").exists()
+    assert all(Path(p).is_relative_to(tmp_path / "bccd") for p in ds.values("filepath"))
+    assert set(ds.distinct("ground_truth.detections.label")) <= {"RBC", "WBC", "Platelets"}
+    assert ds.count("ground_truth.detections") == sum(len(dataset.target(i)) for i in range(3))
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_exports_a_coco_json_and_evaluates_it(fo, tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.data.synthetic import write_shapes_dataset
+    from workbench.model.build import save_pretrained
+
+    json_path = write_shapes_dataset(tmp_path / "shapes", 3, seed=2, cfg=CFG)
+    for seed, name in enumerate(("sft", "grqo")):
+        torch.manual_seed(seed)
+        save_pretrained(build_detector("tiny"), tmp_path / name)
+    args = ["fiftyone", "export", str(json_path), "--model", f"sft={tmp_path / 'sft'}",
+            "--model", f"grqo={tmp_path / 'grqo'}", "--reference", "sft", "--all-queries",
+            "--max-detections", "5", "--min-size", str(SIZE), "--max-size", str(SIZE)]  # fmt: skip
+    assert main(args) == 0
+    exported = last_json(capsys.readouterr().out)
+    assert exported["name"] == "workbench-annotations" and exported["samples"] == 3
+    assert exported["labels"]["sft_predictions"] == exported["labels"]["grqo_predictions"] == 15
+    assert {"fixed_by_grqo", "broken_by_grqo", "sft_missed_gt"} <= set(exported["views"])
+    ds = wfo.load("workbench-annotations")
+    assert all(Path(p).is_relative_to(tmp_path / "shapes") for p in ds.values("filepath"))
+
+    assert main(["fiftyone", "evaluate", "workbench-annotations", "--iou", "0.75"]) == 0
+    evaluated = last_json(capsys.readouterr().out)
+    assert evaluated["evaluations"]["grqo"]["iou"] == 0.75
+    assert evaluated["samples"] == 3 and evaluated["labels"] == exported["labels"]
+
+    assert main(["fiftyone", "evaluate", "no-such-dataset"]) == 2
+    assert "no FiftyOne dataset 'no-such-dataset'" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    fields = [row.split() for row in rows]
+    return {
+        f[1].split(":")[0] for f in fields if int(f[1].split(":")[1], 16) == port and f[3] == "0A"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_path):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip("/usr/bin/chromium is missing (make setup installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "fiftyone", "launch", EXPORT["name"], "--port",
+         str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: the App server goes down with it
+    )  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        seen, line = [], ""
+        while "FiftyOne App" not in line:
+            line = lines.get(timeout=120)  # import, then the App server start
+            seen.append(line)
+        assert f"http://127.0.0.1:{port}" in line, "".join(seen)
+        if Path("/proc/net/tcp").is_file():
+            assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
+        with sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(
+                tempfile.mkdtemp(), executable_path=chromium, headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                      "--no-first-run", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+                viewport={"width": 1400, "height": 1000},
+            )  # fmt: skip
+            try:
+                page = ctx.new_page()
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
+                page.wait_for_function(
+                    "document.body.innerText.includes('grqo_predictions')", timeout=60_000
+                )
+                dismiss = page.get_by_text("Dismiss", exact=True)  # an advertising pop-up
+                if dismiss.count():
+                    dismiss.first.click()
+                # open sft_predictions in the sidebar: its per-query attributes are listed
+                page.locator("[data-cy='sidebar-field-arrow-enabled-sft_predictions']").click()
+                page.wait_for_function("document.body.innerText.includes('reward')")
+                time.sleep(2)  # let the grid's thumbnails paint
+                page.screenshot(path=str(tmp_path / "fiftyone_app.png"))
+                text = page.inner_text("body")
+            finally:
+                ctx.close()
+        for name in ("ground_truth", "sft_predictions", "grqo_predictions", "grqo_queries",
+                     "reward", "advantage", "objectness", "query_rank", "prompt_image_ids",
+                     "matched_iou", "eval_sft_fp"):  # fmt: skip
+            assert name in text, name
+        assert (tmp_path / "fiftyone_app.png").stat().st_size > 10_000
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_cross_image_prompts_name_the_exemplars_images(fo, shapes, predictors):
+    from workbench.integrations.fiftyone_labels import prediction_detections
+
+    preds = wfo.predict_dataset(predictors["sft"], shapes, protocol="cross_image", indices=[0, 1])
+    for pred in preds:
+        dets = prediction_detections(pred).detections
+        assert dets and all(d.prompt_image_ids for d in dets)
+        for det in dets:  # exemplars come from other images of the dataset, never this one
+            assert pred.image_id not in det.prompt_image_ids
+            assert set(det.prompt_image_ids) <= {1, 2, 3, 4}
