@@ -15,13 +15,14 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # This machine's pip config points at optional local indexes; their "is ignored" lines are noise.
 QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False \
-            FIFTYONE_DO_NOT_TRACK=true MPLBACKEND=Agg
+            FIFTYONE_DO_NOT_TRACK=true
 PYTEST_ARGS ?=
+APP_ARGS ?=
 
 .PHONY: help setup chromium app test lint format clean
 
 help:
-	@echo "make app    set up (if needed) and run the Gradio app"
+	@echo "make app    set up (if needed) and run the Gradio app (APP_ARGS=\"--sft CKPT --grqo CKPT\")"
 	@echo "make test   set up (if needed), lint and run the whole test suite"
 	@echo "make setup  only create/refresh .venv and install Chromium for browser tests"
 
@@ -53,7 +54,7 @@ chromium:
 	fi
 
 app: setup
-	$(BIN)/python app.py
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py $(APP_ARGS)
 
 test: setup
 	$(BIN)/ruff check .

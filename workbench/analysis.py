@@ -140,18 +140,39 @@ def query_table(
     if reference is not None:
         if isinstance(prompts, PromptBank):
             raise ValueError("a KL against a reference needs VisualPrompts, not a prompt bank")
-        ref_logits = reference_selection_logits(reference, image, prompts, reference_images)
+        if isinstance(image, EncodedImage):
+            raise ValueError(
+                "pass the raw image, not an EncodedImage, when comparing against a reference: "
+                "each model encodes the image with its own backbone"
+            )
+        ref_encoded = reference.encode(image)
+        if ref_encoded.features.spatial_shapes_list != encoded.features.spatial_shapes_list:
+            raise ValueError(
+                "the reference model tiles the image into different tokens "
+                f"({ref_encoded.features.spatial_shapes_list} vs "
+                f"{encoded.features.spatial_shapes_list}); use the same resolution and backbone"
+            )
+        ref_logits = reference_selection_logits(reference, ref_encoded, prompts, reference_images)
         ref_logits = ref_logits[queries.token_index]
     return table_from_outputs(queries, ground_truth, reference_logits=ref_logits, names=names,
                               grqo=grqo, loss=loss)  # fmt: skip
 
 
 def reference_selection_logits(
-    reference: Predictor, image, prompts: Sequence[VisualPrompt], reference_images=None
+    reference: Predictor,
+    image,
+    prompts: Sequence[VisualPrompt] | PromptBank,
+    reference_images: Mapping | None = None,
 ) -> Tensor:
-    """``[T]`` the reference model's max-over-prompts selection logit of every token."""
+    """``[T]`` the reference model's max-over-prompts selection logit of every token.
+
+    ``prompts``: VisualPrompts, or a PromptBank made by the *reference* model.
+    """
     encoded = reference.encode(image) if not isinstance(image, EncodedImage) else image
-    bank = reference.embed_prompts(prompts, reference_images or {}, encoded)
+    if isinstance(prompts, PromptBank):
+        bank = prompts
+    else:
+        bank = reference.embed_prompts(prompts, reference_images or {}, encoded)
     with torch.inference_mode():
         classes = bank.embeddings.to(encoded.features.tokens.device)
         return reference.model.selection_logits(encoded.features, classes)[0].cpu()

@@ -13,8 +13,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from workbench import boxes as box_ops
 from workbench.data.dataset import Category
-from workbench.types import Detections, Target, VisualPrompt
+from workbench.types import Detections, PromptSet, Target, VisualPrompt
 
 
 def color_for(key: int) -> tuple[int, int, int]:
@@ -115,6 +116,39 @@ def draw_prompts(
                 labels.append(f"prompt: {p.name}")
                 keys.append(p.prompt_id)
     return draw_boxes(image, boxes, labels, keys, width=3, dashed=True)
+
+
+def draw_prompt_set(
+    image: Tensor | Image.Image, prompts: PromptSet, image_index: int, names: Sequence[str] = ()
+) -> Image.Image:
+    """The exemplars of a model-side PromptSet that lie on batch image ``image_index`` (their
+    boxes are normalised to that image), thick and dashed, captioned with their prompt."""
+    pil = to_pil(image)
+    rows = (prompts.image_index == image_index).nonzero().flatten().tolist()
+    boxes = box_ops.convert(
+        prompts.boxes_cxcywh[rows], "cxcywh", "xyxy", src_normalized=True,
+        size_hw=(pil.height, pil.width),
+    )  # fmt: skip
+    owners = [int(prompts.prompt_index[r]) for r in rows]
+    labels = [f"prompt {u}" + (f": {names[u]}" if u < len(names) else "") for u in owners]
+    keys = [int(prompts.labels[u]) for u in owners]
+    return draw_boxes(pil, boxes, labels, keys, width=3, dashed=True)
+
+
+def plot_images(images: Sequence, titles: Sequence[str] = (), columns: int = 4, size: float = 3.2):
+    """A matplotlib figure of images in a grid (notebooks)."""
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images, strict=False)):
+        ax.imshow(to_pil(image))
+        if i < len(titles):
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def draw_detections(image: Tensor | Image.Image, detections: Detections) -> Image.Image:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.data.sources import data_root
 from workbench.inputs import InputError
+from workbench.integrations.fiftyone_app import load_app_results  # the app's hook
 from workbench.integrations.fiftyone_labels import (
     GT_ATTRIBUTES,
     GT_FIELD,
@@ -51,9 +52,22 @@ from workbench.integrations.fiftyone_predict import (
 from workbench.integrations.fiftyone_views import field_names, save_views
 from workbench.predictor import Predictor
 
-__all__ = ["ImagePrediction", "add_predictions", "analyse", "build_dataset", "evaluate",
-           "export", "field_names", "iter_predictions", "launch", "load", "predict_dataset",
-           "save_views", "summary"]  # fmt: skip
+__all__ = [
+    "ImagePrediction",
+    "add_predictions",
+    "analyse",
+    "build_dataset",
+    "evaluate",
+    "export",
+    "field_names",
+    "iter_predictions",
+    "launch",
+    "load",
+    "load_app_results",
+    "predict_dataset",
+    "save_views",
+    "summary",
+]  # fmt: skip
 
 _MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _CHUNK = 64  # images predicted, then written, at a time

@@ -1,0 +1,477 @@
+"""The app: every handler with tiny random models, then the server through gradio_client
+(every public endpoint, bad input, 8 parallel clients)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import app
+from workbench.analysis import GroundTruth, query_table
+from workbench.data.coco import CocoDetection
+from workbench.inputs import InputError
+from workbench.integrations import app_export, app_logic, app_render
+from workbench.integrations.app_inputs import prompts_from, read_annotated, split_label
+from workbench.integrations.app_models import EXAMPLES_DIR, Models, Settings, scan_examples
+from workbench.model.build import build_detector, save_pretrained
+from workbench.predictor import Predictor
+from workbench.types import Detections, Exemplar, VisualPrompt
+
+SHAPES = EXAMPLES_DIR / "shapes"
+IMAGE = SHAPES / "images" / "shapes_000002.png"  # 256 px; red solid stars, yellow solid circles
+STAR = {"xmin": 133, "ymin": 155, "xmax": 190, "ymax": 205, "label": "red solid star"}
+CIRCLE = {"xmin": 74, "ymin": 38, "xmax": 128, "ymax": 89, "label": "yellow solid circle"}
+SETTINGS = Settings(max_detections=30)
+# gradio's queue calls pandas options that pandas 3 deprecates; not this project's code.
+pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword")
+
+
+def tiny(seed: int) -> Predictor:
+    torch.manual_seed(seed)
+    return Predictor(build_detector("tiny").eval(), min_size=128, max_size=256)
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return Models.from_predictors(tiny(0), tiny(1))
+
+
+def payload(path=IMAGE, *boxes) -> dict:
+    """The image annotator's raw value, as the browser or gradio_client sends it."""
+    return {"image": {"path": str(path), "orig_name": Path(path).name}, "boxes": list(boxes)}
+
+
+def compare(models, target, reference=None, bank="", threshold=0.0, session=None):
+    return app_logic.compare(models, session, target, reference, bank, threshold, SETTINGS)
+
+
+# --- reading what the page sends ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("RBC", ("RBC", False)),
+        ("-RBC", ("RBC", True)),
+        ("not  RBC", ("RBC", True)),
+        ("Not rbc", ("rbc", True)),
+        ("", ("object", False)),
+        ("  WBC ", ("WBC", False)),
+    ],
+)
+def test_box_labels_name_classes_and_negatives(label, expected):
+    assert split_label(label) == expected
+
+
+def test_boxes_of_both_images_group_into_classes_by_name():
+    target = read_annotated(
+        payload(IMAGE, STAR, {**CIRCLE, "label": "-Yellow Solid Circle"}), "target", 2048
+    )
+    ref_box = {**CIRCLE, "label": "yellow solid circle"}
+    reference = read_annotated(
+        payload(IMAGE, {**STAR, "label": "RED SOLID STAR"}, ref_box), "reference", 2048
+    )
+    prompts = prompts_from(target, reference)
+    assert [(p.name, p.negative, len(p.exemplars)) for p in prompts] == [
+        ("red solid star", False, 2),
+        ("Yellow Solid Circle", True, 1),
+        ("yellow solid circle", False, 1),
+    ]
+    assert [e.image_id for e in prompts[0].exemplars] == [None, "reference"]
+
+
+def test_huge_image_is_downscaled_with_its_boxes_and_a_notice(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (4000, 1000), (200, 10, 10)).save(path)
+    box = {"xmin": 2000, "ymin": 400, "xmax": 3000, "ymax": 800, "label": "a", "scaleFactor": 2}
+    annotated = read_annotated(payload(path, box), "target", 1000)
+    assert annotated.size_hw == (250, 1000)
+    assert annotated.boxes[0].box_xyxy == (250.0, 50.0, 375.0, 100.0)  # /2 for display, /4
+    assert "downscaled it to 1000x250" in annotated.notices[0]
+
+
+def test_a_file_that_is_not_an_image_is_refused_by_name(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not pixels")
+    with pytest.raises(InputError, match=r"notes\.txt is not an image"):
+        read_annotated(payload(path, STAR), "target", 2048)
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [
+        ((), "no prompts"),
+        (({**STAR, "xmax": 133},), "zero area"),
+        (({**STAR, "xmin": 300, "xmax": 400},), "entirely outside"),
+        (({**STAR, "label": "-star"},), "every class is negative"),
+        (tuple({**STAR, "label": f"c{i}"} for i in range(3)), "too many prompts: 3 classes"),
+    ],
+)
+def test_bad_prompts_are_refused_with_a_message(models, boxes, message):
+    settings = Settings(max_classes=2)
+    with pytest.raises(InputError, match=message):
+        app_logic.compare(models, None, payload(IMAGE, *boxes), None, "", 0.3, settings)
+
+
+def test_no_image_and_no_model_are_refused(models):
+    with pytest.raises(InputError, match="no image"):
+        compare(models, None)
+    with pytest.raises(InputError, match="no model is loaded"):
+        compare(Models.from_predictors(None, None), payload(IMAGE, STAR))
+
+
+# --- compare ------------------------------------------------------------------------------------
+
+
+def test_compare_runs_both_models_as_the_library_does(models):
+    session, view, _ = compare(models, payload(IMAGE, STAR, CIRCLE))
+    prompts = [
+        VisualPrompt(
+            b["label"], (Exemplar((b["xmin"], b["ymin"], b["xmax"], b["ymax"])),), prompt_id=i
+        )
+        for i, b in enumerate((STAR, CIRCLE))
+    ]
+    image = read_annotated(payload(), "target", 2048).image
+    for key in ("sft", "grqo"):
+        direct = models.get(key).predictor.predict(image, prompts, max_detections=30)
+        got = session.comparison.detections[key]
+        assert torch.equal(got.boxes_xyxy, direct.boxes_xyxy)
+        assert torch.equal(got.scores, direct.scores)
+        assert view.images[key].width >= 512  # enlarged from 256 px for legible captions
+    assert view.headers == ["class", "SFT", "GRQO", "both", "only SFT", "only GRQO"]
+    assert [row[0] for row in view.rows] == ["red solid star", "yellow solid circle"]
+    assert sum(row[1] for row in view.rows) == 30  # threshold 0: the whole top-K
+    assert all(row[3] + row[4] == row[1] and row[3] + row[5] == row[2] for row in view.rows)
+
+
+def test_rethreshold_filters_the_stored_comparison(models):
+    session, _, _ = compare(models, payload(IMAGE, STAR))
+    scores = session.comparison.detections["sft"].scores
+    cut = float(scores.median())
+    view = app_logic.rethreshold(models, session, cut)
+    assert view.rows[0][1] == int((scores >= cut).sum())
+    assert app_logic.rethreshold(models, session, 1.0).rows[0][1:3] == [0, 0]
+    with pytest.raises(InputError, match="run Detect first"):
+        app_logic.rethreshold(models, None, 0.5)
+
+
+def test_negative_class_detections_are_hidden(models):
+    session, view, _ = compare(models, payload(IMAGE, STAR, {**CIRCLE, "label": "-circle"}))
+    assert session.comparison.names == ("red solid star", "circle")
+    for dets in session.comparison.detections.values():
+        assert set(dets.prompt_index.tolist()) <= {0}
+    assert [row[0] for row in view.rows] == ["red solid star"]
+
+
+def test_reference_image_prompts_search_the_target(models, tmp_path):
+    target = EXAMPLES_DIR / "shapes" / "images" / "shapes_000000.png"
+    session, _, _ = compare(models, payload(target), payload(IMAGE, STAR))
+    prompt = VisualPrompt("red solid star", (Exemplar((133, 155, 190, 205), "ref"),))
+    direct = models.sft.predictor.predict(
+        read_annotated(payload(target), "t", 2048).image,
+        [prompt],
+        reference_images={"ref": read_annotated(payload(), "r", 2048).image},
+        max_detections=30,
+    )
+    assert torch.equal(session.comparison.detections["sft"].scores, direct.scores)
+
+
+def test_agreement_matches_same_class_boxes_one_to_one():
+    def dets(boxes, classes, scores):
+        n = len(boxes)
+        return Detections(
+            torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+            torch.tensor(scores),
+            torch.tensor(classes),
+            ("x",) * n,
+            (100, 100),
+        )
+
+    box, moved = [10, 10, 50, 50], [40, 40, 80, 80]
+    sft = dets([box, box, moved], [0, 0, 0], [0.9, 0.8, 0.7])
+    grqo = dets([box, moved, [60, 60, 90, 90]], [0, 1, 0], [0.6, 0.5, 0.4])
+    a, b = app_render.agreement(sft, grqo)
+    # One GRQO box on `box`: only the best-scoring SFT box there agrees; `moved` differs in class.
+    assert a == ["both", "only", "only"]
+    assert b == ["both", "only", "only"]
+
+
+def test_a_missing_model_leaves_its_image_empty_with_the_reason(models):
+    half = Models.from_predictors(models.sft.predictor, None)
+    _, view, _ = compare(half, payload(IMAGE, STAR))
+    assert view.images["grqo"] is None and view.images["sft"] is not None
+    assert view.headers == ["class", "SFT"]
+    assert "Not shown: GRQO: no GRQO model was given" in view.summary
+
+
+# --- inspect ------------------------------------------------------------------------------------
+
+
+def test_inspect_with_ground_truth_shows_rewards_advantages_and_kl(models):
+    truth = {"path": str(SHAPES / "annotations.json")}
+    _, view, notices = app_logic.inspect(
+        models, None, "grqo", payload(IMAGE, STAR), None, "", truth, 5, SETTINGS
+    )
+    queries = models.grqo.predictor.model.config.num_queries
+    assert len(view.rows) == queries and not notices
+    column = {h: [row[i] for row in view.rows] for i, h in enumerate(view.headers)}
+    assert {"reward", "advantage", "iou", "matched_gt", "kl", "hungarian"} <= set(column)
+    assert sum(column["muted"]) == round(queries / 3)
+    assert all(a == 0 for a, m in zip(column["advantage"], column["muted"], strict=True) if m)
+    assert all(name.endswith("red solid star") for name in column["matched_gt"])
+    assert "ground truth: 7 boxes" in view.summary and "KL against SFT" in view.summary
+    assert view.plot.width > 300 and view.top_queries.width >= 512
+    # The same table as the library's, with the SFT model as the KL reference.
+    image = read_annotated(payload(), "t", 2048).image
+    gt_boxes = torch.tensor([b for b, name in zip(*_truth(), strict=True) if name == STAR["label"]])
+    prompt = [VisualPrompt(STAR["label"], (Exemplar((133, 155, 190, 205)),))]
+    library = query_table(
+        models.grqo.predictor,
+        image,
+        prompt,
+        reference=models.sft.predictor,
+        ground_truth=GroundTruth(gt_boxes, torch.zeros(len(gt_boxes))),
+    )
+    for field in ("score", "reward", "advantage", "kl"):
+        expected = [round(getattr(r, field), 4) for r in library]
+        assert column[field] == pytest.approx(expected, abs=2e-4), field
+
+
+def _truth():
+    """Boxes (xyxy) and class names of IMAGE in the shapes json."""
+    data = json.loads((SHAPES / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    anns = [a for a in data["annotations"] if a["image_id"] == 3]
+    boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+    return boxes, [names[a["category_id"]] for a in anns]
+
+
+def test_inspect_without_ground_truth_shows_scores_only(models):
+    half = Models.from_predictors(models.sft.predictor, None)
+    _, view, _ = app_logic.inspect(
+        half, None, "sft", payload(IMAGE, STAR), None, "", None, 3, SETTINGS
+    )
+    assert "reward" not in view.headers and "kl" not in view.headers
+    assert {"score", "objectness", "select_score", "muted"} <= set(view.headers)
+    assert "no ground truth" in view.summary
+    with pytest.raises(InputError, match="GRQO model is not loaded"):
+        app_logic.inspect(half, None, "grqo", payload(IMAGE, STAR), None, "", None, 3, SETTINGS)
+
+
+def test_ground_truth_of_another_image_or_no_matching_class(models):
+    bccd = EXAMPLES_DIR / "bccd" / "images" / "BloodImage_00021.jpg"
+    truth = {"path": str(SHAPES / "annotations.json")}
+    with pytest.raises(InputError, match=r"none is named 'BloodImage_00021\.jpg'"):
+        app_logic.inspect(models, None, "sft", payload(bccd, STAR), None, "", truth, 3, SETTINGS)
+    _, view, notices = app_logic.inspect(
+        models, None, "sft", payload(IMAGE, {**STAR, "label": "x"}), None, "", truth, 3, SETTINGS
+    )
+    assert "reward" not in view.headers and "no ground-truth class matches" in notices[0]
+
+
+# --- prompt banks, export, sessions, models -----------------------------------------------------
+
+
+def test_saved_bank_applied_to_another_image_equals_the_drawn_boxes(models):
+    session, names, files, _ = app_logic.save_bank(
+        models, None, payload(IMAGE, STAR), None, "stars/../x", SETTINGS
+    )
+    assert names == ["stars..x"] and [Path(f).name for f in files] == [
+        "stars..x.sft.safetensors",
+        "stars..x.grqo.safetensors",
+    ]
+    assert all(Path(f).parent.parent == session.folder for f in files)
+    other = EXAMPLES_DIR / "shapes" / "images" / "shapes_000000.png"
+    with_bank, _, _ = compare(models, payload(other), None, "stars..x", session=session)
+    cross, _, _ = compare(models, payload(other), payload(IMAGE, STAR))
+    for key in ("sft", "grqo"):
+        assert torch.allclose(
+            with_bank.comparison.detections[key].scores, cross.comparison.detections[key].scores
+        )
+    with pytest.raises(InputError, match="no prompt bank named 'nope'"):
+        compare(models, payload(other), None, "nope", session=session)
+    folder = session.folder
+    app_logic.close_session(session)
+    assert not folder.exists()
+
+
+def test_export_writes_one_coco_json_per_model_at_the_threshold(models):
+    session, _, _ = compare(models, payload(IMAGE, STAR, {**CIRCLE, "label": "-c"}))
+    app_logic.rethreshold(models, session, 0.05)
+    paths, message = app_export.export_coco(session)
+    names = ["shapes_000002_sft.json", "shapes_000002_grqo.json", "shapes_000002.png"]
+    assert [Path(p).name for p in paths] == names
+    for key, path in zip(("sft", "grqo"), paths[:2], strict=True):
+        data = json.loads(Path(path).read_text())
+        assert data["categories"] == [{"id": 1, "name": "red solid star"}]
+        kept = session.comparison.detections[key].scores >= 0.05
+        assert len(data["annotations"]) == int(kept.sum())
+        dataset = CocoDetection(path)  # json + image load as a dataset
+        searched = read_annotated(payload(), "target", 2048).image
+        assert torch.allclose(dataset.load_image(0), searched, atol=0.5 / 255)
+        assert len(dataset.target(0)) == int(kept.sum())
+    assert "score >= 0.05" in message
+
+
+def test_send_to_fiftyone_uses_the_integration_hook_only_when_present(models, monkeypatch):
+    session, _, _ = compare(models, payload(IMAGE, STAR))
+    monkeypatch.setattr(app_export, "fiftyone_hook", lambda: "FiftyOne export is unavailable.")
+    assert app_export.send_to_fiftyone(session).endswith("Download the COCO json instead.")
+    sent = []
+    monkeypatch.setattr(
+        app_export, "fiftyone_hook", lambda: lambda paths: sent.append(paths) or "ok"
+    )
+    assert app_export.send_to_fiftyone(session) == "ok"
+    assert [Path(p).suffix for p in sent[0]] == [".json", ".json", ".png"]
+
+
+def test_checkpoints_that_do_not_load_become_messages(tmp_path):
+    good = save_pretrained(build_detector("tiny"), tmp_path / "good")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.json").write_text("{not json")
+    models = Models.from_checkpoints(broken, good, min_size=128, max_size=256, device="cpu")
+    assert models.grqo.available and not models.sft.available
+    assert "did not load" in models.sft.error and "--sft CKPT --grqo CKPT" in models.sft.error
+    missing = Models.from_checkpoints(tmp_path / "nope", None, device="cpu")
+    assert "does not exist" in missing.sft.error
+    if not (Path(app.__file__).parent / "models" / "grqo").exists():
+        assert "no default GRQO model" in missing.grqo.error
+
+
+def test_examples_carry_ground_truth_and_suggested_prompts():
+    examples = scan_examples()
+    assert len([k for k in examples if k.startswith("shapes/")]) == 4
+    assert len([k for k in examples if k.startswith("bccd/")]) == 4
+    bccd = examples["bccd/BloodImage_00021.jpg"]
+    assert set(bccd.classes) == {"RBC", "WBC", "Platelets"}
+    assert bccd.prompt_boxes[0]["label"] == "RBC"  # the most frequent class comes first
+    size = sum(f.stat().st_size for f in EXAMPLES_DIR.rglob("*") if f.is_file())
+    assert size < 1_000_000 and (EXAMPLES_DIR / "bccd" / "LICENSE").is_file()
+
+
+def test_the_app_binds_localhost_by_default():
+    args = app.parse_args([])
+    assert args.host == "127.0.0.1" and (args.min_size, args.max_size) == (256, 512)
+
+
+# --- the server, through gradio_client ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    demo = app.build_demo(models, settings=SETTINGS)
+    port = free_port()
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def client_target(*boxes):
+    from gradio_client import handle_file
+
+    return {
+        "image": handle_file(str(IMAGE)),
+        "boxes": [{**b, "color": "rgb(255, 0, 0)"} for b in boxes],
+    }
+
+
+ENDPOINTS = {
+    "/load_example",
+    "/compare",
+    "/apply_threshold",
+    "/inspect_queries",
+    "/save_bank",
+    "/export_coco",
+    "/send_to_fiftyone",
+    "/model_info",
+}
+
+
+def test_every_endpoint_through_gradio_client(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == (
+        ENDPOINTS
+    )
+    info = client.predict(api_name="/model_info")
+    assert info["models"]["sft"]["available"] and "bccd/BloodImage_00021.jpg" in info["examples"]
+    example = client.predict("bccd/BloodImage_00021.jpg", api_name="/load_example")
+    assert example[0]["value"]["boxes"][0]["label"] == "RBC" and example[2].endswith(".json")
+    sft, grqo, counts, _, status = client.predict(
+        client_target(STAR), None, "", 0.0, api_name="/compare"
+    )
+    assert Image.open(sft).width >= 512 and Image.open(grqo).width >= 512
+    assert counts["data"][0][:3] == ["red solid star", 30, 30] and status == "Detection done."
+    counts_high = client.predict(1.0, api_name="/apply_threshold")[2]
+    assert counts_high["data"][0][1:3] == [0, 0]
+    table, plot, _, query_summary, _ = client.predict(
+        "sft",
+        client_target(STAR),
+        None,
+        "",
+        handle_file(str(SHAPES / "annotations.json")),
+        5,
+        api_name="/inspect_queries",
+    )
+    assert "reward" in table["headers"] and "KL against GRQO" in query_summary
+    assert Image.open(plot).width > 300
+    choices, files, _ = client.predict(client_target(STAR), None, "stars", api_name="/save_bank")
+    assert ["stars", "stars"] in choices["choices"] and len(files) == 2
+    with_bank = client.predict(
+        {"image": handle_file(str(IMAGE)), "boxes": []}, None, "stars", 0.0, api_name="/compare"
+    )
+    assert with_bank[2]["data"][0][:3] == ["red solid star", 30, 30]
+    exported, _ = client.predict(api_name="/export_coco")
+    assert len(exported) == 3 and json.loads(Path(exported[0]).read_text())["images"]
+    assert isinstance(client.predict(api_name="/send_to_fiftyone"), str)
+    # Bad input: a clear status line, no exception, and the server keeps answering.
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    bad = client.predict(
+        {"image": handle_file(str(text)), "boxes": [STAR]}, None, "", 0.3, api_name="/compare"
+    )
+    assert bad[-1].startswith("**Problem:**") and "notes.txt is not an image" in bad[-1]
+    none = client.predict(client_target(), None, "", 0.3, api_name="/compare")
+    assert "no prompts" in none[-1]
+    assert client.predict(api_name="/model_info")["models"]["grqo"]["available"]
+
+
+def test_eight_parallel_clients_get_their_own_answers(server):
+    from gradio_client import Client
+
+    results, errors = {}, []
+
+    def user(k: int) -> None:
+        try:
+            client = Client(server, verbose=False)
+            box = {**STAR, "xmin": STAR["xmin"] - 4 * k}  # each user its own box
+            out = client.predict(client_target(box), None, "", 0.0, api_name="/compare")
+            results[k] = (out[2]["data"][0][1], out[4])
+        except Exception as err:  # collected, so the assertion names every failure
+            errors.append(f"client {k}: {type(err).__name__}: {err}")
+
+    threads = [threading.Thread(target=user, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 8
+    assert all(count == 30 and status == "Detection done." for count, status in results.values())

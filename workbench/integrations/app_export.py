@@ -1,0 +1,80 @@
+"""Export of the app's results: COCO json per model, and FiftyOne when the integration offers
+the ``load_app_results`` hook (plain Python, no gradio; fiftyone is never imported here)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+from workbench.coco_eval import coco_results
+from workbench.inputs import InputError
+from workbench.integrations import app_render as render
+from workbench.integrations.app_logic import Session
+
+FIFTYONE_MODULE = "workbench.integrations.fiftyone"
+
+
+def export_coco(session) -> tuple[list[str], str]:
+    """The last comparison's detections (at the current threshold) as one COCO json per model
+    (``images``, ``categories``: the positive prompt classes, ``annotations`` with ``score``) and
+    the PNG they refer to: the image as the models saw it (after any downscale), so the files
+    together load as a dataset (``CocoDetection(json)``). Returns ``(paths, message)``."""
+    if not isinstance(session, Session) or session.comparison is None:
+        raise InputError("nothing to export yet: run Detect first")
+    c = session.comparison
+    w, h = c.image.size
+    folder = session.folder / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path = folder / f"{Path(c.file_name).stem}.png"
+    c.image.save(image_path)
+    ids = [None if neg else k + 1 for k, neg in enumerate(c.negative)]
+    categories = [{"id": i, "name": n} for i, n in zip(ids, c.names, strict=True) if i]
+    paths = []
+    for key, dets in c.detections.items():
+        results = coco_results({1: render.threshold(dets, c.score_threshold)}, ids)
+        annotations = [
+            {"id": k + 1, **r, "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+            for k, r in enumerate(results)
+        ]
+        data = {
+            "info": {
+                "description": f"{key.upper()} detections, workbench app",
+                "checkpoint": c.sources[key],
+                "score_threshold": c.score_threshold,
+            },
+            "images": [{"id": 1, "file_name": image_path.name, "width": w, "height": h}],
+            "categories": categories,
+            "annotations": annotations,
+        }
+        path = folder / f"{Path(c.file_name).stem}_{key}.json"
+        path.write_text(json.dumps(data, indent=1))
+        paths.append(str(path))
+    message = f"Exported {len(paths)} COCO json file(s) at score >= {c.score_threshold:.2f}"
+    return [*paths, str(image_path)], message + f" and the image they refer to ({w}x{h})"
+
+
+def fiftyone_hook():
+    """``load_app_results`` of ``workbench.integrations.fiftyone`` (it takes the exported files:
+    COCO json per model, then the image; it returns a message), or a string saying why there is
+    none. That module imports fiftyone only inside its functions, so looking starts no database."""
+    if importlib.util.find_spec(FIFTYONE_MODULE) is None:
+        return f"FiftyOne export is not in this checkout (`{FIFTYONE_MODULE}` is missing)."
+    try:
+        module = importlib.import_module(FIFTYONE_MODULE)
+    except Exception as err:  # a broken optional integration must not stop the app
+        return f"FiftyOne export is unavailable: `{FIFTYONE_MODULE}` failed to import ({err})."
+    hook = getattr(module, "load_app_results", None)
+    if hook is None:
+        return f"FiftyOne export is unavailable: `{FIFTYONE_MODULE}` has no `load_app_results`."
+    return hook
+
+
+def send_to_fiftyone(session) -> str:
+    """Hand the exported results to the FiftyOne integration, when it offers the hook."""
+    hook = fiftyone_hook()
+    if isinstance(hook, str):
+        return hook + " Download the COCO json instead."
+    paths, _ = export_coco(session)
+    return str(hook(paths))

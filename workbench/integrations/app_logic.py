@@ -1,0 +1,334 @@
+"""The app's handlers as plain functions: compare, re-threshold, inspect queries, prompt banks
+(export: :mod:`~workbench.integrations.app_export`). ``app.py`` only wires components to them.
+
+State: the models are shared, read-only; everything per user lives in a :class:`Session` that
+the app keeps in ``gr.State`` (its bank folder, saved banks, last comparison). Handlers take the
+session and return it; none keeps anything elsewhere. Every user-facing problem is an
+:class:`~workbench.inputs.InputError` whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from workbench.analysis import reference_selection_logits, table_from_outputs
+from workbench.inputs import InputError
+from workbench.integrations import app_render as render
+from workbench.integrations.app_inputs import (
+    REFERENCE,
+    Annotated,
+    check_limits,
+    prompts_from,
+    read_annotated,
+    read_ground_truth,
+    truth_for_prompts,
+)
+from workbench.integrations.app_models import Models, ModelSlot, Settings
+from workbench.predictor import EncodedImage
+from workbench.prompt_bank import PromptBank
+from workbench.types import Detections
+from workbench.viz import to_pil
+
+_ROOT: list[Path] = []  # this process's folder of session folders, removed at exit
+_ROOT_LOCK = threading.Lock()
+
+
+def _sessions_root() -> Path:
+    with _ROOT_LOCK:
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="workbench-app-")))
+            atexit.register(shutil.rmtree, _ROOT[0], ignore_errors=True)
+        return _ROOT[0]
+
+
+class Session:
+    """One user's state: a private temp folder (banks, exports; made on first use), saved banks
+    by name (one file per model: an embedding belongs to the weights that made it), and the last
+    comparison."""
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self.banks: dict[str, dict[str, Path]] = {}
+        self.comparison: Comparison | None = None
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="session-", dir=_sessions_root()))
+        return self._folder
+
+    def bank(self, name: str, model: str) -> PromptBank:
+        if name not in self.banks:
+            raise InputError(f"no prompt bank named {name!r} in this session; save one first")
+        if model not in self.banks[name]:
+            raise InputError(f"prompt bank {name!r} has no embeddings for the {model} model")
+        return PromptBank.load(self.banks[name][model])
+
+    def close(self) -> None:
+        """Remove the session's files (gradio calls this when it drops the state)."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def close_session(session: Session | None) -> None:
+    if isinstance(session, Session):
+        session.close()
+
+
+@dataclass
+class Request:
+    """One user request, checked: the target image, the optional reference image, the drawn
+    prompts, the chosen saved bank, and notices (e.g. a downscale) for the page."""
+
+    target: Annotated
+    reference: Annotated | None
+    prompts: list
+    bank_name: str
+    notices: list[str] = field(default_factory=list)
+
+
+def read_request(target, reference, bank_name, settings: Settings) -> Request:
+    """Raw annotator payloads + bank choice -> a checked :class:`Request`."""
+    target_image = read_annotated(target, "target", settings.max_side)
+    if target_image is None:
+        raise InputError("no image: upload an image or pick an example, then draw a prompt box")
+    reference_image = read_annotated(reference, "reference", settings.max_side)
+    prompts = prompts_from(target_image, reference_image)
+    if not prompts and not bank_name:
+        raise InputError(
+            "no prompts: draw at least one box around an example object (on the target or the "
+            "reference image), or choose a saved prompt bank"
+        )
+    check_limits(prompts, settings.max_classes, settings.max_boxes)
+    notices = list(target_image.notices) + list(reference_image.notices if reference_image else ())
+    return Request(target_image, reference_image, prompts, bank_name or "", notices)
+
+
+def prompt_bank(
+    slot: ModelSlot, request: Request, session: Session, encoded, search: bool = True
+) -> PromptBank:
+    """The classes ``slot``'s model searches for: the chosen saved bank (this model's copy)
+    followed by the drawn prompts, embedded by this model. A search needs a positive class; a
+    saved bank may hold negatives only (to combine with other prompts later)."""
+    parts = [session.bank(request.bank_name, slot.key)] if request.bank_name else []
+    if request.prompts:
+        images = {REFERENCE: request.reference.image} if request.reference else {}
+        parts.append(slot.predictor.embed_prompts(request.prompts, images, encoded))
+    bank = parts[0] if len(parts) == 1 else PromptBank.concat(parts)
+    if search and all(bank.negative):
+        raise InputError(
+            "every class is negative ('-' or 'not ' prefix); add at least one positive example"
+        )
+    return bank
+
+
+def _ground_truth(gt_file, request: Request):
+    if not gt_file:
+        return None
+    path = gt_file.get("path") if isinstance(gt_file, dict) else str(gt_file)
+    truth, notices = read_ground_truth(path, request.target)
+    request.notices += notices
+    return truth
+
+
+def describe_classes(names, negative, num_exemplars) -> str:
+    """``"star (2 boxes), not circle (1 box)"``: what was searched for."""
+    return ", ".join(
+        f"{'not ' if neg else ''}{name} ({k} box{'es' if k != 1 else ''})"
+        for name, neg, k in zip(names, negative, num_exemplars, strict=True)
+    )
+
+
+def _slots(models: Models) -> list[ModelSlot]:
+    slots = models.available()
+    if not slots:
+        raise InputError("no model is loaded: " + " ".join(models.problems()))
+    return slots
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """The last comparison of a session: every detection above 0 (top-K), to re-threshold, and
+    the searched image as 8-bit RGB (a quarter of the float tensor's memory)."""
+
+    image: Image.Image
+    file_name: str
+    names: tuple[str, ...]
+    negative: tuple[bool, ...]
+    num_exemplars: tuple[int, ...]
+    detections: dict[str, Detections]
+    sources: dict[str, str]
+    score_threshold: float
+
+
+@dataclass
+class ComparisonView:
+    images: dict[str, Image.Image | None]
+    headers: list[str]
+    rows: list[list]
+    summary: str
+
+
+def compare(models, session, target, reference, bank_name, score_threshold, settings):
+    """Run both models on the same prompts. Returns ``(session, ComparisonView, notices)``."""
+    session = session if isinstance(session, Session) else Session()
+    request = read_request(target, reference, bank_name, settings)
+    detections, sources, bank = {}, {}, None
+    for slot in _slots(models):
+        encoded = slot.predictor.encode(request.target.image)
+        bank = prompt_bank(slot, request, session, encoded)
+        detections[slot.key] = slot.predictor.predict(
+            encoded, bank, max_detections=settings.max_detections
+        )
+        sources[slot.key] = slot.source
+    session.comparison = Comparison(
+        to_pil(request.target.image),
+        request.target.file_name,
+        bank.names,
+        bank.negative,
+        bank.num_exemplars,
+        detections,
+        sources,
+        float(score_threshold),
+    )
+    return session, comparison_view(session.comparison, models), request.notices
+
+
+def rethreshold(models, session, score_threshold) -> ComparisonView:
+    """The last comparison at another score threshold (no model runs)."""
+    if not isinstance(session, Session) or session.comparison is None:
+        raise InputError("nothing to filter yet: run Detect first")
+    session.comparison.score_threshold = float(score_threshold)
+    return comparison_view(session.comparison, models)
+
+
+def comparison_view(comparison: Comparison, models: Models) -> ComparisonView:
+    t = comparison.score_threshold
+    dets = {k: render.threshold(d, t) for k, d in comparison.detections.items()}
+    if len(dets) == 2:
+        a, b = render.agreement(dets["sft"], dets["grqo"])
+        status = {"sft": a, "grqo": b}
+    else:
+        status = {k: [render.ONLY] * len(d) for k, d in dets.items()}
+    images = {
+        s.key: render.draw_comparison(comparison.image, dets[s.key], status[s.key], s.key)
+        if s.key in dets
+        else None
+        for s in models.slots
+    }
+    described = describe_classes(comparison.names, comparison.negative, comparison.num_exemplars)
+    index = [i for i, neg in enumerate(comparison.negative) if not neg]
+    headers, rows = render.count_rows(comparison.names, dets, status)
+    rows = [rows[i] for i in index]
+    parts = [f"**{models.get(k).title}**: {len(d)} detections" for k, d in dets.items()]
+    if len(dets) == 2:
+        both = status["sft"].count(render.BOTH)
+        parts.append(f"**found by both**: {both}")
+    summary = (
+        f"Score >= {t:.2f} · classes: {described} · " + " · ".join(parts) + "\n\n" + render.LEGEND
+    )
+    missing = models.problems()
+    if missing:
+        summary += "\n\n" + "\n\n".join(f"Not shown: {m}" for m in missing)
+    return ComparisonView(images, headers, rows, summary)
+
+
+# --- inspect ----------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryView:
+    headers: list[str]
+    rows: list[list]
+    plot: Image.Image
+    top_queries: Image.Image
+    summary: str
+
+
+def inspect(models, session, model_key, target, reference, bank_name, gt_file, top_k, settings):
+    """Every decoder query of one model: table, plot and top-K drawing. With ground truth,
+    rewards and errors; with the other model loaded, the KL of the objectness against it (the
+    paper's GRQO reference is the SFT model). Returns ``(session, QueryView, notices)``."""
+    session = session if isinstance(session, Session) else Session()
+    slot = models.get(model_key)
+    if not slot.available:
+        raise InputError(f"the {slot.title} model is not loaded: {slot.error}")
+    request = read_request(target, reference, bank_name, settings)
+    truth = _ground_truth(gt_file, request)
+    encoded = slot.predictor.encode(request.target.image)
+    bank = prompt_bank(slot, request, session, encoded)
+    _, queries = slot.predictor.predict(encoded, bank, return_queries=True)
+    gt = None
+    if truth is not None:
+        gt, notices = truth_for_prompts(truth, list(bank.names), list(bank.negative))
+        request.notices += notices
+    other = models.get("grqo" if slot.key == "sft" else "sft")
+    reference_logits = None
+    if other.available:
+        reference_logits = _reference_logits(other, request, session, encoded)
+        if reference_logits is None:
+            request.notices.append(f"no KL column: {other.title} tokenises images differently")
+        else:
+            reference_logits = reference_logits[queries.token_index]
+    records = table_from_outputs(queries, gt, reference_logits=reference_logits, names=bank.names)
+    gt_names = [] if gt is None else [bank.names[int(i)] for i in gt.prompt_index]
+    headers, rows = render.table_rows(records, gt_names)
+    muted = sum(r.muted for r in records)
+    title = f"{slot.title}: {len(records)} queries, {muted} muted"
+    described = describe_classes(bank.names, bank.negative, bank.num_exemplars)
+    summary = f"**{title}** · classes: {described}"
+    summary += (
+        f" · ground truth: {len(gt_names)} boxes"
+        if gt is not None
+        else " · no ground truth: scores and objectness only"
+    )
+    if reference_logits is not None:
+        summary += f" · KL against {other.title}"
+    plot = render.query_plot(records, title)
+    top = render.draw_top_queries(request.target.image, records, int(top_k))
+    return session, QueryView(headers, rows, plot, top, summary), request.notices
+
+
+def _reference_logits(other: ModelSlot, request, session, encoded: EncodedImage):
+    """``[T]`` the other model's selection logit of every token, or None when its tokens do not
+    line up with this model's (another backbone or resolution)."""
+    ref_encoded = other.predictor.encode(request.target.image)
+    if ref_encoded.features.spatial_shapes_list != encoded.features.spatial_shapes_list:
+        return None
+    bank = prompt_bank(other, request, session, ref_encoded)
+    return reference_selection_logits(other.predictor, ref_encoded, bank)
+
+
+# --- prompt banks -----------------------------------------------------------------------------
+
+
+def save_bank(models, session, target, reference, name, settings):
+    """Save the drawn prompts as bank ``name``: one file per loaded model, in the session's
+    folder. Returns ``(session, bank names, files, message)``."""
+    session = session if isinstance(session, Session) else Session()
+    clean = re.sub(r"[^A-Za-z0-9_.\- ]", "", str(name or "")).strip(" .")
+    if not clean:
+        raise InputError("give the prompt bank a name (letters, digits, '-', '_', '.', spaces)")
+    if clean not in session.banks and len(session.banks) >= settings.max_banks:
+        raise InputError(f"this session already has {settings.max_banks} banks; reuse a name")
+    request = read_request(target, reference, "", settings)
+    files = {}
+    for slot in _slots(models):
+        encoded = slot.predictor.encode(request.target.image)
+        bank = replace(prompt_bank(slot, request, session, encoded, search=False), name=clean)
+        files[slot.key] = bank.save(session.folder / "banks" / f"{clean}.{slot.key}")
+    session.banks[clean] = files
+    classes = ", ".join(p.name for p in request.prompts)
+    message = f"Saved prompt bank **{clean}** ({classes}) for {', '.join(k.upper() for k in files)}"
+    return session, sorted(session.banks), [str(p) for p in files.values()], message
