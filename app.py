@@ -261,6 +261,17 @@ def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None =
     return demo
 
 
+MAX_UPLOAD = "25mb"  # per file; images above ~89 M pixels are refused after upload too
+
+
+def serve(demo, host: str = "127.0.0.1", port: int | None = None, *, block: bool = True):
+    """Launch ``demo`` as the command line does: bound to ``host`` (local by default), uploads
+    capped at MAX_UPLOAD, files served only from gradio's upload folder and the examples."""
+    return demo.queue(default_concurrency_limit=4).launch(
+        server_name=host, server_port=port, max_file_size=MAX_UPLOAD, prevent_thread_lock=not block
+    )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", help="SFT checkpoint directory (default: models/sft)")
@@ -286,8 +297,7 @@ def main(argv=None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     if not models.available():
         print("Starting without models; the page says how to provide them.", file=sys.stderr)
-    demo = build_demo(models, examples_dir=args.examples)
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
+    serve(build_demo(models, examples_dir=args.examples), args.host, args.port)
     return 0
 
 
