@@ -64,3 +64,15 @@ def test_uploads_above_the_limit_are_refused(server):
 
 def test_the_command_line_binds_locally_by_default():
     assert parse_args([]).host == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_sixteen_concurrent_users_for_a_minute_get_no_errors(server):
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from app_load import run_load
+
+    result = run_load(server + "/", clients=16, seconds=60)
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["requests"] >= 16  # every user got at least one answer
