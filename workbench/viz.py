@@ -161,6 +161,25 @@ def draw_detections(image: Tensor | Image.Image, detections: Detections) -> Imag
     )
 
 
+def draw_queries(
+    image: Tensor | Image.Image,
+    boxes_cxcywh: Tensor,
+    queries: Sequence[int],
+    color_keys: Sequence[int] = (),
+    labels: Sequence[str] = (),
+    dashed: bool = False,
+) -> Image.Image:
+    """The boxes of decoder queries ``queries`` (rows of ``boxes_cxcywh [Q, 4]``, normalised
+    cxcywh of ``image``, e.g. one decoder layer's ``pred_boxes[b]``)."""
+    pil = to_pil(image)
+    rows = torch.as_tensor(list(queries), dtype=torch.int64)
+    xyxy = box_ops.convert(
+        boxes_cxcywh.detach().float().cpu()[rows], "cxcywh", "xyxy", src_normalized=True,
+        size_hw=(pil.height, pil.width),
+    )  # fmt: skip
+    return draw_boxes(pil, xyxy, labels, color_keys, dashed=dashed)
+
+
 def image_grid(images: Sequence[Image.Image], columns: int = 4, pad: int = 4) -> Image.Image:
     """Tile images left to right, top to bottom, on a white canvas."""
     if not images:
