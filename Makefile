@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (see README):
 #   make app    set up if needed, then run the Gradio app
 #   make test   set up if needed, then lint and run the whole test suite
+#   make bench  set up if needed, then the quick benchmark subset (benchmarks/run_quick.py)
 # Set-up is idempotent: when .venv is current it costs a few file checks.
 
 SHELL := /bin/bash
@@ -19,11 +20,12 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=Fal
 PYTEST_ARGS ?=
 APP_ARGS ?=
 
-.PHONY: help setup chromium app test lint format clean
+.PHONY: help setup chromium app test bench lint format clean
 
 help:
 	@echo "make app    set up (if needed) and run the Gradio app (APP_ARGS=\"--sft CKPT --grqo CKPT\")"
 	@echo "make test   set up (if needed), lint and run the whole test suite"
+	@echo "make bench  set up (if needed) and run the quick benchmarks (benchmarks/results/quick)"
 	@echo "make setup  only create/refresh .venv and install Chromium for browser tests"
 
 setup: $(STAMP) chromium
@@ -60,6 +62,10 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Under 15 minutes on two idle cores; the full set is listed in benchmarks/run_quick.py.
+bench: setup
+	$(TEST_ENV) $(BIN)/python benchmarks/run_quick.py
 
 lint:
 	$(BIN)/ruff check .

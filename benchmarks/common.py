@@ -13,6 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS_ENV = "WORKBENCH_BENCH_RESULTS"  # another folder for the results (tests, the quick subset)
+
+
+def results_dir() -> Path:
+    """Where results go: ``$WORKBENCH_BENCH_RESULTS`` when set, else ``benchmarks/results``."""
+    folder = Path(os.environ[RESULTS_ENV]) if os.environ.get(RESULTS_ENV) else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def machine() -> dict:
@@ -51,8 +59,7 @@ def git_commit() -> str | None:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """``benchmarks/results/NAME.json`` with the payload plus machine, versions and command."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """``NAME.json`` in :func:`results_dir` with the payload plus machine, versions and command."""
     record = {
         "benchmark": name,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
@@ -62,7 +69,7 @@ def write_result(name: str, payload: dict) -> Path:
         "versions": versions(),
         **payload,
     }
-    path = RESULTS / f"{name}.json"
+    path = results_dir() / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, default=float))
     return path
 
@@ -74,3 +81,15 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def shapes_config(image_size: int):
+    """Synthetic shapes at any image size: object sizes scale with the image (the default
+    20-64 px objects need images of at least 128 px)."""
+    from workbench.data.synthetic import ShapesConfig
+
+    return ShapesConfig(
+        image_size=image_size,
+        object_size=(max(4, image_size // 12), max(4, image_size // 4)),
+        supersample=2,
+    )

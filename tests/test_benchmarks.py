@@ -1,0 +1,104 @@
+"""The benchmark scripts run end to end at their smallest settings and write complete results.
+
+Speed itself is not asserted (STYLE.md): only that each script runs, writes where
+``WORKBENCH_BENCH_RESULTS`` says, and records finite numbers with its machine and versions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.types import Target
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+RECORD_KEYS = {"benchmark", "command", "date", "commit", "machine", "versions"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Results go to a temporary folder; torch's thread count is restored afterwards."""
+    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path))
+    threads = torch.get_num_threads()
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def run_script(name: str, *args: str, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / f"{name}.py"), *args])
+    runpy.run_path(str(BENCHMARKS / f"{name}.py"), run_name="__main__")
+
+
+def read(folder: Path, name: str) -> dict:
+    record = json.loads((folder / f"{name}.json").read_text())
+    assert set(record) >= RECORD_KEYS, RECORD_KEYS - set(record)
+    assert record["benchmark"] == name and record["versions"]["torch"]
+    return record
+
+
+def finite(*values) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+
+
+def test_predictor_latency(results, monkeypatch):
+    run_script("predictor_latency", "--sizes", "tiny", "--repeats", "1", "--image-size", "64",
+               "--threads", "1", monkeypatch=monkeypatch)  # fmt: skip
+    tiny = read(results, "predictor_latency")["sizes"]["tiny"]
+    variants = {"predict_image", "predict_encoded", "predict_bank", "encode", "model",
+                "model_stacked", "hf"}  # fmt: skip
+    assert set(tiny["ms"]) == variants
+    assert all(finite(v["median_ms"], v["min_ms"]) and v["min_ms"] > 0 for v in tiny["ms"].values())
+    assert finite(tiny["ratio_predictor_over_hf"], tiny["reprompt_speedup"], tiny["bank_speedup"])
+    assert tiny["image_tokens"] >= tiny["queries"] == 50
+
+
+def test_coco_eval_speed_evaluators_agree(results, monkeypatch):
+    run_script("coco_eval_speed", "--images", "10", "--gt-per-image", "5", "--repeats", "1",
+               monkeypatch=monkeypatch)  # fmt: skip
+    record = read(results, "coco_eval_speed")
+    assert record["agree"] and record["max_abs_difference_stats"] <= 1e-6
+    assert finite(record["speedup_faster_over_pycocotools"], *record["seconds"]["faster"]["all"])
+    assert len(record["stats"]["faster"]) == 12 and finite(record["stats"]["pycocotools"]["AP"])
+
+
+def test_scale_one_point(results, monkeypatch):
+    run_script("scale", "--size", "tiny", "--image-size", "64", "--sweeps", "batch",
+               "--batch-sizes", "2", "--repeats", "1", "--peak-size", "256", "--threads", "1",
+               monkeypatch=monkeypatch)  # fmt: skip
+    record = read(results, "scale")
+    (point,) = record["sweeps"]["batch"]["points"]
+    assert point["batch_size"] == 2 and point["effective_queries"] == 50
+    assert finite(point["step_s"], point["flops"], point["achieved_gflops"],
+                  point["fraction_of_peak"], record["matmul_peak"]["gflops"])  # fmt: skip
+    assert point["flops"] > 0 and point["peak_rss_mb"] > 0
+    assert point["step_peak_mb"] is None or point["step_peak_mb"] >= 0
+    assert (results / "scale_batch.png").stat().st_size > 0
+
+
+def test_scale_prompts_add_absent_classes():
+    prompt_set = runpy.run_path(str(BENCHMARKS / "scale.py"))["prompt_set"]
+    targets = [Target(torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.1, 0.3]]),
+                      torch.tensor([2, 5]), 1, (64, 64), (64, 64))]  # fmt: skip
+    rng = np.random.default_rng(0)
+    many, one = prompt_set(targets, 6, rng), prompt_set(targets, 1, rng)
+    assert many.labels[:2].tolist() == [2, 5]  # the classes present come first
+    assert len(set(many.labels.tolist())) == 6 and min(many.labels[2:].tolist()) > 5
+    assert one.num_prompts == 1 and one.labels.item() in (2, 5)
+
+
+def test_quick_subset_lists_every_benchmark(capsys, monkeypatch):
+    run_script("run_quick", "--dry-run", monkeypatch=monkeypatch)
+    commands = [line.split()[2] for line in capsys.readouterr().out.splitlines()]
+    names = {Path(c).stem for c in commands}
+    assert names == {"step_time", "predictor_latency", "coco_eval_speed", "scale",
+                     "deformable_attention"}  # fmt: skip
+    assert all(Path(c).is_file() for c in commands)
