@@ -43,17 +43,38 @@ def draw_boxes(
     labels: Sequence[str] = (),
     color_keys: Sequence[int] = (),
     scores: Sequence[float] | None = None,
-    width: int = 2,
-    dashed: bool = False,
+    width: int | None = None,
+    dashed: bool | Sequence[bool] = False,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    min_side: int = 0,
 ) -> Image.Image:
-    """A copy of ``image`` with each box outlined and captioned ``label`` (``score``)."""
+    """A copy of ``image`` with each box outlined and captioned ``label`` (``score``).
+
+    Colours come from ``colors`` or from ``color_for(color_keys[i])``; ``dashed`` is one flag or
+    one per box. Images whose longer side is under ``min_side`` are enlarged by an integer factor
+    first (boxes too), and line width and font size follow the image, so captions stay legible.
+    """
     out = to_pil(image).copy()
+    factor = max(1, -(-min_side // max(out.size))) if min_side else 1
+    if factor > 1:
+        out = out.resize((out.width * factor, out.height * factor), Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default()
-    rows = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4).tolist()
+    scaled = factor > 1 or min_side
+    font = (
+        ImageFont.load_default(size=max(10, round(max(out.size) / 45)))
+        if scaled
+        else ImageFont.load_default()
+    )
+    width = width or (max(2, round(max(out.size) / 300)) if scaled else 2)
+    rows = (torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) * factor).tolist()
+    flags = [dashed] * len(rows) if isinstance(dashed, bool) else list(dashed)
     for i, (x0, y0, x1, y1) in enumerate(rows):
-        color = color_for(color_keys[i] if i < len(color_keys) else i)
-        if dashed:
+        color = (
+            colors[i]
+            if colors is not None
+            else color_for(color_keys[i] if i < len(color_keys) else i)
+        )
+        if i < len(flags) and flags[i]:
             _dashed_rectangle(draw, (x0, y0, x1, y1), color, width)
         else:
             draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
@@ -61,28 +82,24 @@ def draw_boxes(
         if scores is not None:
             caption = f"{caption} {scores[i]:.2f}".strip()
         if caption:
-            tx, ty = x0 + 1, max(0.0, y0 - 11)
-            left, top, right, bottom = draw.textbbox((tx, ty), caption, font=font)
-            draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
-            draw.text((tx, ty), caption, fill=(0, 0, 0), font=font)
+            left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+            height = bottom - top + 2
+            ty = y0 - height if y0 >= height else y0
+            draw.rectangle((x0, ty, x0 + right - left + 3, ty + height), fill=color)
+            draw.text((x0 + 1 - left, ty + 1 - top), caption, fill=(0, 0, 0), font=font)
     return out
 
 
-def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, color, width: int, dash: int = 6) -> None:
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, color, width: int) -> None:
+    """Dashes of 3 line widths along each side."""
     x0, y0, x1, y1 = box
-    for a, b in (
-        ((x0, y0), (x1, y0)),
-        ((x1, y0), (x1, y1)),
-        ((x1, y1), (x0, y1)),
-        ((x0, y1), (x0, y0)),
-    ):
-        length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
-        steps = max(1, int(length // dash))
-        for s in range(0, steps, 2):
-            t0, t1 = s / steps, min(1.0, (s + 1) / steps)
-            p = (a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0)
-            q = (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)
-            draw.line((p, q), fill=color, width=width)
+    step = 3 * width
+    for x in range(int(x0), int(x1), 2 * step):
+        draw.line(((x, y0), (min(x + step, x1), y0)), fill=color, width=width)
+        draw.line(((x, y1), (min(x + step, x1), y1)), fill=color, width=width)
+    for y in range(int(y0), int(y1), 2 * step):
+        draw.line(((x0, y), (x0, min(y + step, y1))), fill=color, width=width)
+        draw.line(((x1, y), (x1, min(y + step, y1))), fill=color, width=width)
 
 
 def draw_target(

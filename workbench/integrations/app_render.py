@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from workbench import boxes as box_ops
 from workbench.types import Detections, QueryRecord
-from workbench.viz import color_for, to_pil
+from workbench.viz import color_for, draw_boxes
 
 AGREEMENT_IOU = 0.5
 BOTH, ONLY = "both", "only"
@@ -65,38 +65,9 @@ def draw_labelled(
     image, boxes_xyxy, captions: Sequence[str], colors: Sequence[tuple], dashed=()
 ) -> Image.Image:
     """A copy of ``image`` with each box (absolute xyxy pixels) outlined in its colour and
-    captioned. Images smaller than ``DISPLAY_MIN_SIDE`` are enlarged by an integer factor first;
-    line width and font size follow the image size."""
-    out = to_pil(image)
-    factor = max(1, -(-DISPLAY_MIN_SIDE // max(out.size)))
-    out = out.resize((out.width * factor, out.height * factor), Image.Resampling.LANCZOS)
-    draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default(size=max(10, round(max(out.size) / 45)))
-    width = max(2, round(max(out.size) / 300))
-    rows = (torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) * factor).tolist()
-    for i, (x0, y0, x1, y1) in enumerate(rows):
-        if i < len(dashed) and dashed[i]:
-            _dashed(draw, (x0, y0, x1, y1), colors[i], width)
-        else:
-            draw.rectangle((x0, y0, x1, y1), outline=colors[i], width=width)
-        if captions[i]:
-            left, top, right, bottom = draw.textbbox((0, 0), captions[i], font=font)
-            height = bottom - top + 2
-            ty = y0 - height if y0 >= height else y0
-            draw.rectangle((x0, ty, x0 + right - left + 3, ty + height), fill=colors[i])
-            draw.text((x0 + 1 - left, ty + 1 - top), captions[i], fill=(0, 0, 0), font=font)
-    return out
-
-
-def _dashed(draw: ImageDraw.ImageDraw, box, color, width: int) -> None:
-    x0, y0, x1, y1 = box
-    step = 3 * width
-    for x in range(int(x0), int(x1), 2 * step):
-        draw.line(((x, y0), (min(x + step, x1), y0)), fill=color, width=width)
-        draw.line(((x, y1), (min(x + step, x1), y1)), fill=color, width=width)
-    for y in range(int(y0), int(y1), 2 * step):
-        draw.line(((x0, y), (x0, min(y + step, y1))), fill=color, width=width)
-        draw.line(((x1, y), (x1, min(y + step, y1))), fill=color, width=width)
+    captioned; images smaller than ``DISPLAY_MIN_SIDE`` are enlarged first (``viz.draw_boxes``)."""
+    return draw_boxes(image, boxes_xyxy, list(captions), colors=list(colors),
+                      dashed=list(dashed), min_side=DISPLAY_MIN_SIDE)  # fmt: skip
 
 
 def draw_comparison(image, dets: Detections, status: Sequence[str], model: str) -> Image.Image:
