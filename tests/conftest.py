@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 # The team's shared folder sits beside the repository (CI clones it there too).
 SHARED = REPO.parent / "shared"
 BCCD_VOC = SHARED / "data" / "bccd" / "BCCD"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_fiftyone_database(tmp_path_factory):
+    """One FiftyOne database for the whole session, so no test reads or writes ~/.fiftyone.
+
+    FiftyOne reads its database directory once, at first import, and starts one mongod for it.
+    Any test may import fiftyone (the app's "send to FiftyOne" does), so this runs before the
+    first test; the folder lives under pytest's temporary root, which pytest prunes itself
+    (deleting it here would pull the database out from under a still-running mongod).
+    """
+    if "fiftyone" in sys.modules:
+        pytest.fail("fiftyone was imported while collecting tests, before its database was set")
+    os.environ["FIFTYONE_DATABASE_DIR"] = str(tmp_path_factory.mktemp("fiftyone_db"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,11 @@
 """The FiftyOne integration against the real FiftyOne 1.22 and its MongoDB.
 
 Database isolation: FiftyOne reads ``FIFTYONE_DATABASE_DIR`` once, when ``fiftyone`` is first
-imported, and starts one mongod per database directory (5-10 s). So this module shares one
-private database: the module-scoped ``fo`` fixture sets ``FIFTYONE_DATABASE_DIR`` to a fresh
-temporary directory (and ``FIFTYONE_DO_NOT_TRACK=true``) and only then imports fiftyone; no other
-test module imports it, and the fixture fails loudly if something did. Every test uses its own
-dataset name. Subprocesses started here (the App launched through the CLI) inherit the directory
-and the running mongod's port, so they see the same datasets. mongod exits with this process.
+imported, and starts one mongod per database directory (5-10 s). ``conftest.py`` points it at one
+private temporary directory for the whole test session before anything imports fiftyone; the
+``fo`` fixture checks that this is the database in use. Every test uses its own dataset name.
+Subprocesses started here (the App launched through the CLI) inherit the directory and the
+running mongod's port, so they see the same datasets. mongod exits with this process.
 
 Agreement with :mod:`workbench.coco_eval` (pycocotools / faster-coco-eval): both sides follow the
 COCO protocol — per image and class, detections best score first, each matched to the unmatched
@@ -58,21 +57,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def fo(tmp_path_factory):
-    """fiftyone on this module's own database (see the module docstring)."""
-    if "fiftyone" in sys.modules:
-        pytest.fail("fiftyone was imported before tests/test_fiftyone.py set its database dir")
-    db = tmp_path_factory.mktemp("fiftyone_db")
-    had_port = "FIFTYONE_PRIVATE_DATABASE_PORT" in os.environ
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FIFTYONE_DATABASE_DIR", str(db))
-        mp.setenv("FIFTYONE_DO_NOT_TRACK", "true")
-        import fiftyone
+def fo():
+    """fiftyone on the session's private database (see the module docstring)."""
+    import fiftyone
 
-        assert fiftyone.config.database_dir == str(db)
-        yield fiftyone
-    if not had_port:  # set by fiftyone when it started mongod; later modules should not see it
-        os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
+    if fiftyone.config.database_dir != os.environ["FIFTYONE_DATABASE_DIR"]:
+        pytest.fail(f"fiftyone uses {fiftyone.config.database_dir}, not the test database")
+    return fiftyone
 
 
 @pytest.fixture(scope="module")
