@@ -17,7 +17,7 @@ LAYERS = [
     {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},
     {"evaluation", "coco_eval"},
     {"analysis"},
-    {"viz"},
+    {"viz", "plots"},
     {"integrations", "experiment", "cli", "__main__", "__init__"},
 ]
 FRONT_DOOR_ONLY = {
