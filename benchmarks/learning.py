@@ -1,7 +1,8 @@
 """Does GRQO beat SFT here? Equal budgets, several seeds, ablations, AP against steps.
 
     python benchmarks/learning.py --preset quick     # the tiny model, ~5 min on two cores
-    python benchmarks/learning.py --preset tiny3     # tiny, 3 seeds, with the ablations (~1 h)
+    python benchmarks/learning.py --preset tiny3     # tiny, 3 seeds: shapes with the ablations,
+                                                     # BCCD SFT vs GRQO (~1.5 h)
     python benchmarks/learning.py --preset full      # small model, shapes + BCCD, 3 seeds (GPU-days
                                                      # on CPU: run it on a real machine)
 
@@ -40,15 +41,23 @@ VARIANTS = {
     "grqo_no_kl": (GRQO, ["grqo.warmup_epochs=1", "grqo.kl=false"]),
     "grqo_no_mute": (GRQO, ["grqo.warmup_epochs=1", "grqo.mute=0"]),
 }
-PRESETS = {
-    "quick": {"seeds": [0], "variants": ["sft", "grqo"], "runs": {"shapes": TINY}},
-    "tiny3": {"seeds": [0, 1, 2], "variants": list(VARIANTS), "runs": {"shapes": TINY}},
+TINY_BCCD = [  # one epoch = 52 steps of 4 images at 256 px; evaluated after every epoch
+    "data.name=bccd", "data.min_size=256", "data.max_size=342", "eval.protocols=[cross_image]",
+    "train.epochs=6", "train.checkpoint_every=1000", "train.eval_every_epochs=1",
+    "train.log_every=20",
+]  # fmt: skip
+SFT_GRQO = ["sft", "grqo"]
+PRESETS = {  # runs: dataset -> (overrides, variants)
+    "quick": {"seeds": [0], "runs": {"shapes": (TINY, SFT_GRQO)}},
+    "tiny3": {
+        "seeds": [0, 1, 2],
+        "runs": {"shapes": (TINY, list(VARIANTS)), "bccd": (TINY_BCCD, SFT_GRQO)},
+    },
     "full": {
         "seeds": [0, 1, 2],
-        "variants": list(VARIANTS),
         "runs": {
-            "shapes": ["model.size=small", "train.epochs=6"],
-            "bccd": ["model.size=small", "data.name=bccd", "train.epochs=12"],
+            "shapes": (["model.size=small", "train.epochs=6"], list(VARIANTS)),
+            "bccd": (["model.size=small", "data.name=bccd", "train.epochs=12"], list(VARIANTS)),
         },
     },
 }
@@ -117,14 +126,17 @@ def plot(runs: list[dict], path: Path) -> None:
 
     datasets = sorted({r["dataset"] for r in runs})
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    colours = {v: f"C{i}" for i, v in enumerate(VARIANTS)}  # one colour per variant
+    styles = ["-", "--", ":", "-."]  # one line style per seed
     for ax, dataset in zip(axes[0], datasets, strict=True):
         key = HEADLINE[dataset]
         for r in (r for r in runs if r["dataset"] == dataset):
             xs = [p["step"] + 1 for p in r["curve"]]
             ax.plot(xs, [p.get(key) for p in r["curve"]], marker="o", alpha=0.8,
-                    label=f"{r['variant']} s{r['seed']}")  # fmt: skip
+                    color=colours[r["variant"]], linestyle=styles[r["seed"] % len(styles)],
+                    label=f"{r['variant']} seed {r['seed']}")  # fmt: skip
         ax.set(title=f"{dataset}: {key}", xlabel="training steps", ylabel="AP")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -136,9 +148,9 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     runs = []
-    for dataset, overrides in preset["runs"].items():
+    for dataset, (overrides, variants) in preset["runs"].items():
         for seed in preset["seeds"]:
-            for variant in preset["variants"]:
+            for variant in variants:
                 runs.append(run_one(dataset, overrides, variant, seed, Path(args.runs_dir)))
                 print(variant, seed, runs[-1]["final"].get(HEADLINE[dataset]), flush=True)
     summary = aggregate(runs)
