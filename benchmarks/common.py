@@ -58,11 +58,20 @@ def git_commit() -> str | None:
         return None
 
 
+def _relative(arg: str) -> str:
+    """A path inside the repository as the README's commands write it (from the repo root)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(arg).resolve().relative_to(root)) if Path(arg).is_absolute() else arg
+    except ValueError:
+        return arg
+
+
 def write_result(name: str, payload: dict) -> Path:
     """``NAME.json`` in :func:`results_dir` with the payload plus machine, versions and command."""
     record = {
         "benchmark": name,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in ["python", *map(_relative, sys.argv)]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "machine": machine(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -53,3 +54,15 @@ def bccd_voc() -> Path:
             f"the BCCD VOC folder is missing at {BCCD_VOC}; ../shared must sit beside the repo"
         )
     return BCCD_VOC
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -365,14 +364,8 @@ def test_the_app_binds_localhost_by_default():
 # --- the server, through gradio_client ----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(models):
+def server(models, free_port):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     demo = app.build_demo(models, settings=SETTINGS)
     port = free_port()

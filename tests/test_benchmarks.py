@@ -102,3 +102,37 @@ def test_quick_subset_lists_every_benchmark(capsys, monkeypatch):
     assert names == {"step_time", "predictor_latency", "coco_eval_speed", "scale",
                      "deformable_attention"}  # fmt: skip
     assert all(Path(c).is_file() for c in commands)
+
+
+def _learning():
+    sys.path.insert(0, str(BENCHMARKS))
+    import learning
+
+    return learning
+
+
+def test_learning_presets_name_valid_variants_and_configs():
+    from workbench.config import load_config
+
+    learning = _learning()
+    repo = BENCHMARKS.parent
+    for preset in learning.PRESETS.values():
+        for dataset, (overrides, variants) in preset["runs"].items():
+            assert dataset in learning.HEADLINE and {"sft", "grqo"} <= set(variants)
+            for variant in variants:
+                config, extra = learning.VARIANTS[variant]
+                cfg = load_config(repo / config, [*overrides, *extra])  # raises on a bad key
+                assert cfg.train.objective == variant.split("_")[0]
+
+
+def test_learning_reports_grqo_minus_sft_per_seed_with_its_spread():
+    learning = _learning()
+    key = learning.HEADLINE["shapes"]
+    runs = [{"dataset": "shapes", "variant": v, "seed": s, "final": {key: ap}}
+            for v, aps in (("sft", [0.1, 0.2, 0.3]), ("grqo", [0.2, 0.2, 0.5]))
+            for s, ap in enumerate(aps)]  # fmt: skip
+    summary = learning.aggregate(runs)["shapes"]
+    assert summary["sft"]["mean"] == pytest.approx(0.2)
+    assert summary["grqo_minus_sft"]["per_seed"] == pytest.approx([0.1, 0.0, 0.2])
+    assert summary["grqo_minus_sft"]["mean"] == pytest.approx(0.1)
+    assert summary["grqo_minus_sft"]["std"] == pytest.approx(0.1)

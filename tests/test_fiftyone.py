@@ -24,7 +24,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -375,12 +374,6 @@ def test_cli_exports_a_coco_json_and_evaluates_it(fo, tmp_path, capsys):
     assert "no FiftyOne dataset 'no-such-dataset'" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening_addresses(port: int) -> set[str]:
     """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
@@ -392,7 +385,7 @@ def listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_path):
+def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_path, free_port):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).is_file():
         pytest.skip("/usr/bin/chromium is missing (make setup installs it when run as root)")
