@@ -62,7 +62,7 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
             )
             gr.Markdown(HELP)
             ui.gt_file = gr.File(label="Ground truth (COCO json, optional)", file_types=[".json"])
-            ui.threshold = gr.Slider(0, 1, value=0.3, step=0.01, label="Score threshold")
+            ui.threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Score threshold")
             ui.detect = gr.Button("Detect with both models", variant="primary", elem_id="detect")
             ui.status = gr.Markdown(label="status", elem_id="status")
             with gr.Accordion("Prompt banks: save prompts, apply them to other images", open=False):
