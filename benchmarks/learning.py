@@ -3,6 +3,7 @@
     python benchmarks/learning.py --preset quick     # the tiny model, ~5 min on two cores
     python benchmarks/learning.py --preset tiny3     # tiny, 3 seeds: shapes with the ablations,
                                                      # BCCD SFT vs GRQO (~1.5 h)
+    python benchmarks/learning.py --preset tiny3_long  # shapes, 12 epochs, SFT vs GRQO (~30 min)
     python benchmarks/learning.py --preset full      # small model, shapes + BCCD, 3 seeds (GPU-days
                                                      # on CPU: run it on a real machine)
 
@@ -52,6 +53,10 @@ PRESETS = {  # runs: dataset -> (overrides, variants)
     "tiny3": {
         "seeds": [0, 1, 2],
         "runs": {"shapes": (TINY, list(VARIANTS)), "bccd": (TINY_BCCD, SFT_GRQO)},
+    },
+    "tiny3_long": {  # the shapes arm of tiny3 trained three times longer, SFT against GRQO
+        "seeds": [0, 1, 2],
+        "runs": {"shapes": ([*TINY, "train.epochs=12", "train.eval_every_epochs=2"], SFT_GRQO)},
     },
     "full": {
         "seeds": [0, 1, 2],
