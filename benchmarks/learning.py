@@ -29,6 +29,7 @@ from common import results_dir, write_result
 
 from workbench.config import load_config, to_dict
 from workbench.experiment import train
+from workbench.plots import read_metrics
 
 GRQO = "configs/tiny_shapes_grqo.yaml"
 TINY = [  # one epoch = 64 steps of 4 images; evaluated after every epoch
@@ -72,8 +73,7 @@ HEADLINE = {"shapes": "cross_image/AP_novel", "bccd": "cross_image/AP"}
 def curve(run_dir: Path) -> list[dict]:
     """``[{step, epoch, metrics...}]`` of every evaluation the trainer logged."""
     points = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(run_dir):
         evals = {k[5:]: v for k, v in record.items() if k.startswith("eval/")}
         if evals:
             points.append({"step": record["step"], "epoch": record["epoch"], **evals})

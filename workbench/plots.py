@@ -27,9 +27,6 @@ def _rgb(key: int) -> tuple[float, float, float]:
     return tuple(c / 255 for c in color_for(key))
 
 
-# --- training runs ---------------------------------------------------------------------------
-
-
 def png_bytes(picture, dpi: int = 100) -> bytes:
     """A PIL image, an image tensor or a matplotlib figure (closed after) as PNG bytes: the
     value of an ``ipywidgets.Image``, which notebooks redraw on every widget change."""
@@ -42,6 +39,9 @@ def png_bytes(picture, dpi: int = 100) -> bytes:
     else:
         to_pil(picture).save(buffer, format="png")
     return buffer.getvalue()
+
+
+# --- training runs ---------------------------------------------------------------------------
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
