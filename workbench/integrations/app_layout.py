@@ -30,6 +30,12 @@ def label_update(names):
     return gr.update(label_list=names, label_colors=colors)
 
 
+def _annotator(label: str, elem_id: str):
+    return image_annotator(
+        label=label, elem_id=elem_id, image_type="filepath", sources=["upload", "clipboard"]
+    )
+
+
 def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
     """Create the page's components (inside a ``gr.Blocks``); returns them by name."""
     ui = SimpleNamespace()
@@ -41,18 +47,10 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=3), gr.Tabs():
             with gr.Tab("Target image"):
-                ui.target = image_annotator(
-                    label="Target image: draw prompt boxes",
-                    elem_id="target",
-                    image_type="filepath",
-                    sources=["upload", "clipboard"],
-                )
+                ui.target = _annotator("Target image: draw prompt boxes", "target")
             with gr.Tab("Reference image (optional)"):
-                ui.reference = image_annotator(
-                    label="Reference image: its boxes search the target",
-                    elem_id="reference",
-                    image_type="filepath",
-                    sources=["upload", "clipboard"],
+                ui.reference = _annotator(
+                    "Reference image: its boxes search the target", "reference"
                 )
         with gr.Column(scale=2):
             ui.example = gr.Dropdown(list(examples), value=None, label="Example image")

@@ -173,32 +173,19 @@ def query_plot(records: Sequence[QueryRecord], title: str) -> Image.Image:
     fig = Figure(figsize=(4.2 * len(panels), 3.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     x = [r.select_score for r in records]
-    muted = [r.muted for r in records]
-    assigned = [bool(r.extra.get("hungarian")) for r in records]
+    groups = [  # (indices, marker style), drawn in this order on every panel
+        ([i for i, r in enumerate(records) if not r.muted], {"s": 18, "label": "active"}),
+        ([i for i, r in enumerate(records) if r.muted],
+         {"s": 22, "marker": "x", "color": "0.55", "label": "muted"}),
+        ([i for i, r in enumerate(records) if r.extra.get("hungarian")],
+         {"s": 80, "facecolors": "none", "edgecolors": "red", "label": "Hungarian match"}),
+    ]  # fmt: skip
     for k, (field, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         y = [getattr(r, field) if getattr(r, field) is not None else float("nan") for r in records]
-        active = [i for i, m in enumerate(muted) if not m]
-        silent = [i for i, m in enumerate(muted) if m]
-        ax.scatter([x[i] for i in active], [y[i] for i in active], s=18, label="active")
-        ax.scatter(
-            [x[i] for i in silent],
-            [y[i] for i in silent],
-            s=22,
-            marker="x",
-            color="0.55",
-            label="muted",
-        )
-        hits = [i for i, a in enumerate(assigned) if a]
-        if hits:
-            ax.scatter(
-                [x[i] for i in hits],
-                [y[i] for i in hits],
-                s=80,
-                facecolors="none",
-                edgecolors="red",
-                label="Hungarian match",
-            )
+        for indices, style in groups:
+            if indices:  # an empty group would only add a legend entry
+                ax.scatter([x[i] for i in indices], [y[i] for i in indices], **style)
         ax.set_xlabel("selection score (logit)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
