@@ -49,14 +49,12 @@ class Annotated:
         image: ``[3, H, W]`` float32 RGB in [0, 1], after EXIF rotation and any downscale.
         boxes: the drawn boxes, in pixels of ``image``.
         file_name: the uploaded file's name (to find it in a ground-truth json).
-        scale: ``image`` size / file size (1.0 unless downscaled).
         notices: what was changed, for the page (e.g. the downscale).
     """
 
     image: Tensor
     boxes: tuple[DrawnBox, ...]
     file_name: str
-    scale: float = 1.0
     notices: tuple[str, ...] = field(default=())
 
     @property
@@ -197,7 +195,7 @@ def read_annotated(payload, role: str, max_side: int) -> Annotated | None:
     img, scale, notices = load_image(path, name, max_side)
     img = _rotate(img, payload.get("orientation") or 0)
     boxes = parse_boxes(payload.get("boxes"), scale, role)
-    return Annotated(pil_to_rgb_tensor(img), boxes, name, scale, tuple(notices))
+    return Annotated(pil_to_rgb_tensor(img), boxes, name, tuple(notices))
 
 
 def prompts_from(target: Annotated, reference: Annotated | None) -> list[VisualPrompt]:

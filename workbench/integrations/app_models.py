@@ -6,9 +6,11 @@ how to provide one; the app still starts and serves whatever is available.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.boxes import box_area
 from workbench.data.coco import CocoDetection
 from workbench.predictor import Predictor
 from workbench.viz import color_for
@@ -165,9 +167,10 @@ def scan_examples(folder: str | Path = EXAMPLES_DIR, prompt_classes: int = 2) ->
         for index in range(len(dataset)):
             target = dataset.target(index)
             boxes = target.boxes_xyxy(target.orig_size)
-            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            areas = box_area(boxes)
             labels = target.labels.tolist()
-            frequent = sorted(set(labels), key=lambda lab: (-labels.count(lab), names[lab]))
+            counts = Counter(labels)
+            frequent = sorted(counts, key=lambda lab: (-counts[lab], names[lab]))
             prompts = []
             for k, lab in enumerate(frequent[:prompt_classes]):
                 rows = [i for i, x in enumerate(labels) if x == lab]
