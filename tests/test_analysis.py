@@ -125,3 +125,13 @@ def test_query_table_of_a_real_model_with_a_reference():
     frame = to_dataframe(drift)
     assert list(frame["rank"]) == list(range(len(drift))) and "cost_giou" in frame.columns
     assert to_records(drift)[0]["name"] == "a"
+
+
+def test_a_reference_that_tiles_the_image_differently_is_refused():
+    torch.manual_seed(0)
+    predictor = Predictor(build_detector("tiny"), min_size=96, max_size=96)
+    coarser = Predictor(build_detector("tiny"), min_size=64, max_size=64)  # other token grid
+    image = (torch.rand(96, 96, 3) * 255).to(torch.uint8).numpy()
+    prompts = [VisualPrompt("a", (Exemplar((10, 10, 40, 40)),))]
+    with pytest.raises(ValueError, match="tiles the image into different tokens"):
+        query_table(predictor, image, prompts, reference=coarser)

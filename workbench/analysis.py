@@ -145,17 +145,36 @@ def query_table(
                 "pass the raw image, not an EncodedImage, when comparing against a reference: "
                 "each model encodes the image with its own backbone"
             )
-        ref_encoded = reference.encode(image)
-        if ref_encoded.features.spatial_shapes_list != encoded.features.spatial_shapes_list:
-            raise ValueError(
-                "the reference model tiles the image into different tokens "
-                f"({ref_encoded.features.spatial_shapes_list} vs "
-                f"{encoded.features.spatial_shapes_list}); use the same resolution and backbone"
-            )
-        ref_logits = reference_selection_logits(reference, ref_encoded, prompts, reference_images)
-        ref_logits = ref_logits[queries.token_index]
+        ref_logits = reference_logits_at(
+            reference, image, encoded, prompts, queries.token_index, reference_images
+        )
     return table_from_outputs(queries, ground_truth, reference_logits=ref_logits, names=names,
                               grqo=grqo, loss=loss)  # fmt: skip
+
+
+def reference_logits_at(
+    reference: Predictor,
+    image,
+    encoded: EncodedImage,
+    prompts: Sequence[VisualPrompt],
+    token_index: Tensor,
+    reference_images: Mapping | None = None,
+) -> Tensor:
+    """``[Q]`` the reference model's selection logits at the tokens the policy selected
+    (``token_index``, into the tokens of ``encoded``, the policy's encoding of ``image``).
+
+    Raises ValueError when the reference tiles ``image`` into other tokens (another resolution
+    or backbone): its logits would belong to other places in the image.
+    """
+    ref_encoded = reference.encode(image)
+    if ref_encoded.features.spatial_shapes_list != encoded.features.spatial_shapes_list:
+        raise ValueError(
+            "the reference model tiles the image into different tokens "
+            f"({ref_encoded.features.spatial_shapes_list} vs "
+            f"{encoded.features.spatial_shapes_list}); use the same resolution and backbone"
+        )
+    logits = reference_selection_logits(reference, ref_encoded, prompts, reference_images)
+    return logits[token_index]
 
 
 def reference_selection_logits(

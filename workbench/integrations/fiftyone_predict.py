@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from workbench.analysis import GroundTruth, reference_selection_logits, table_from_outputs
+from workbench.analysis import GroundTruth, reference_logits_at, table_from_outputs
 from workbench.config import GRQOConfig, LossConfig
 from workbench.data.dataset import DetectionDataset
 from workbench.data.prompts import cross_image_prompts, interactive_prompts
@@ -158,14 +158,16 @@ def iter_predictions(
             yield ImagePrediction(target.image_id, _no_detections(target.orig_size))
             continue
         image = dataset.load_image(index)
+        encoded = predictor.encode(image)
         dets, queries = predictor.predict(
-            image, prompts, reference_images=images,
+            encoded, prompts, reference_images=images,
             score_threshold=score_threshold, max_detections=max_detections, return_queries=True,
         )  # fmt: skip
         ref_logits = None
         if reference is not None:
-            ref_logits = reference_selection_logits(reference, image, prompts, ref_images)
-            ref_logits = ref_logits[queries.token_index]
+            ref_logits = reference_logits_at(
+                reference, image, encoded, prompts, queries.token_index, ref_images
+            )
         truth, truth_ids = prompted_ground_truth(target, prompts)
         table = table_from_outputs(
             queries, truth, reference_logits=ref_logits, names=[p.name for p in prompts],
