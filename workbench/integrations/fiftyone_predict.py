@@ -61,9 +61,10 @@ class _EncodedImages(Mapping):
     """Dataset images by image id, encoded by one Predictor on first use and kept (cross-image
     exemplars reuse a few reference images for every searched image)."""
 
-    def __init__(self, predictor: Predictor, dataset: DetectionDataset, capacity: int = 256):
+    def __init__(self, predictor: Predictor, dataset: DetectionDataset, index_of: dict[int, int],
+                 capacity: int = 256):  # fmt: skip
         self.predictor, self.dataset, self.capacity = predictor, dataset, capacity
-        self.index_of = {dataset.target(i).image_id: i for i in range(len(dataset))}
+        self.index_of = index_of  # image id -> dataset index of every image with a box
         self._cache: OrderedDict[int, EncodedImage] = OrderedDict()
 
     def __getitem__(self, image_id) -> EncodedImage:
@@ -149,8 +150,12 @@ def iter_predictions(
     indices = range(len(dataset)) if indices is None else indices
     cross = protocol == "cross_image"
     instances = dataset.instances() if cross else None
-    images = _EncodedImages(predictor, dataset) if cross else None
-    ref_images = _EncodedImages(reference, dataset) if cross and reference is not None else None
+    images = ref_images = None
+    if cross:  # exemplars come from the images that have boxes
+        index_of = {inst.image_id: inst.image_index for inst in instances}
+        images = _EncodedImages(predictor, dataset, index_of)
+        if reference is not None:
+            ref_images = _EncodedImages(reference, dataset, index_of)
     for index in tqdm(indices, desc=desc, disable=not progress):
         target = dataset.target(index)
         prompts = prompts_for(dataset, target, protocol, exemplars_per_class, seed, instances)
