@@ -155,13 +155,13 @@ def plot_query_selection(
                         edgecolors="black", linewidths=0.5, label=label)  # fmt: skip
     axes[0].set_title(f"{len(prompts)} selected tokens", fontsize=9)
     axes[0].legend(fontsize=6, loc="lower right")
-    start = 0
+    start, selected = 0, _np(select_index).astype(int)
     for lv, (h, w) in enumerate(spatial_shapes):
         ax = axes[1 + lv]
         ax.imshow(
             scores[start : start + h * w].reshape(h, w), vmin=0, vmax=scores.max(), cmap="viridis"
         )
-        rows, cols = np.divmod(_np(select_index).astype(int)[level == lv] - start, w)
+        rows, cols = np.divmod(selected[level == lv] - start, w)
         ax.scatter(cols, rows, marker="x", color="red", s=14)
         ax.set_title(f"level {lv}: {h}x{w}, {int((level == lv).sum())} picked", fontsize=9)
         start += h * w

@@ -8,6 +8,7 @@ rule), so two SFT boxes on one object do not both count as agreeing with one GRQ
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -87,22 +88,16 @@ def count_rows(
     if len(models) == 2:
         headers += ["both", "only SFT", "only GRQO"]
     rows = []
+    by_status = {  # (prompt index, agreement status) -> count, per model
+        m: Counter(zip(dets[m].prompt_index.tolist(), status[m], strict=True)) for m in models
+    } if len(models) == 2 else {}  # fmt: skip
     for k, name in enumerate(names):
         row: list = [name]
         for m in models:
             row.append(int((dets[m].prompt_index == k).sum()))
-        if len(models) == 2:
-            agree = [
-                st
-                for st, p in zip(status["sft"], dets["sft"].prompt_index.tolist(), strict=True)
-                if p == k
-            ]
-            only_grqo = [
-                st
-                for st, p in zip(status["grqo"], dets["grqo"].prompt_index.tolist(), strict=True)
-                if p == k
-            ]
-            row += [agree.count(BOTH), agree.count(ONLY), only_grqo.count(ONLY)]
+        if by_status:
+            sft, grqo = by_status["sft"], by_status["grqo"]
+            row += [sft[k, BOTH], sft[k, ONLY], grqo[k, ONLY]]
         rows.append(row)
     return headers, rows
 
