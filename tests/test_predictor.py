@@ -300,6 +300,19 @@ def test_predict_batch_matches_single_predictions(predictor, shapes):
         assert_close_dets(dets, predictor.predict(images[i], per_image[i]))
 
 
+def test_predict_batch_returns_the_queries_predict_returns(predictor, shapes):
+    images = [shapes.load_image(i) for i in range(2)]
+    bank = predictor.embed_prompts([prompt("x", gt_box(shapes, 0))], searched=images[0])
+    pairs = predictor.predict_batch(images, bank, max_detections=10, return_queries=True)
+    for image, (dets, queries) in zip(images, pairs, strict=True):
+        single, expected = predictor.predict(image, bank, max_detections=10, return_queries=True)
+        assert_close_dets(dets, single)
+        assert torch.equal(queries.token_index, expected.token_index)
+        torch.testing.assert_close(queries.select_logits, expected.select_logits)
+        torch.testing.assert_close(queries.boxes_xyxy, expected.boxes_xyxy, atol=1e-2, rtol=1e-4)
+        torch.testing.assert_close(queries.boxes_xyxy[dets.query_index], dets.boxes_xyxy)
+
+
 def assert_close_dets(a, b):
     torch.testing.assert_close(a.scores[:10], b.scores[:10], atol=1e-4, rtol=1e-4)
 

@@ -302,14 +302,7 @@ class Predictor:
         bank = self._bank(prompts, reference_images, encoded)
         out = self._forward([encoded], [bank])[0]
         dets = self._finish(out, encoded, bank, score_threshold, max_detections)
-        if not return_queries:
-            return dets
-        return dets, QueryOutputs(
-            token_index=out["select_index"].long().cpu(), select_logits=out["select_logits"].cpu(),
-            logits=out["pred_logits"].cpu(), boxes_cxcywh=out["pred_boxes"].cpu(),
-            boxes_xyxy=boxes_to_pixels(out["pred_boxes"], encoded.image_size).cpu(),
-            image_size=encoded.image_size, negative=bank.negative,
-        )  # fmt: skip
+        return (dets, _queries(out, encoded, bank)) if return_queries else dets
 
     def predict_batch(
         self,
@@ -320,9 +313,11 @@ class Predictor:
         score_threshold: float = 0.0,
         max_detections: int | None = None,
         batch_size: int = 8,
-    ) -> list[Detections]:
+        return_queries: bool = False,
+    ) -> list[Detections] | list[tuple[Detections, QueryOutputs]]:
         """:meth:`predict` over several images, ``batch_size`` at a time through one backbone
-        and (for equal prompt counts) one decoder forward.
+        and (for equal prompt counts) one decoder forward; ``return_queries`` pairs each
+        image's Detections with its :class:`QueryOutputs`, as :meth:`predict` does.
 
         ``prompts`` is shared by every image (a PromptBank or one list of VisualPrompts), or a
         list with one entry (bank or prompt list) per image. A shared list whose exemplars lie
@@ -336,7 +331,7 @@ class Predictor:
         ):
             shared = self.embed_prompts(shared, reference_images)  # embed once for all
             per_image = [shared] * len(images)
-        results: list[Detections] = []
+        results: list = []
         for start in range(0, len(images), batch_size):
             chunk = list(range(start, min(start + batch_size, len(images))))
             raw = [i for i in chunk if not isinstance(images[i], EncodedImage)]
@@ -350,6 +345,17 @@ class Predictor:
             banks = [self._bank(per_image[i], reference_images, e)
                      for i, e in zip(chunk, encoded, strict=True)]  # fmt: skip
             outs = self._forward(encoded, banks)
-            results += [self._finish(o, e, b, score_threshold, max_detections)
-                        for o, e, b in zip(outs, encoded, banks, strict=True)]  # fmt: skip
+            for o, e, b in zip(outs, encoded, banks, strict=True):
+                dets = self._finish(o, e, b, score_threshold, max_detections)
+                results.append((dets, _queries(o, e, b)) if return_queries else dets)
         return results
+
+
+def _queries(out: dict, encoded: EncodedImage, bank: PromptBank) -> QueryOutputs:
+    """Every query of one image's decoder outputs (``_forward``), on the CPU."""
+    return QueryOutputs(
+        token_index=out["select_index"].long().cpu(), select_logits=out["select_logits"].cpu(),
+        logits=out["pred_logits"].cpu(), boxes_cxcywh=out["pred_boxes"].cpu(),
+        boxes_xyxy=boxes_to_pixels(out["pred_boxes"], encoded.image_size).cpu(),
+        image_size=encoded.image_size, negative=bank.negative,
+    )  # fmt: skip
