@@ -2,10 +2,20 @@
 
 Each layer: query self-attention, query -> prompt cross-attention, deformable cross-attention
 into the enhanced image tokens, FFN (transformers' ``GroundingDinoDecoderLayer``). Boxes are
-refined layer by layer as in Grounding DINO / DINO: the reference of the next layer is this
-layer's box, detached; the box a layer *outputs* is its delta (on the normalised hidden state) on
-top of the previous layer's box *with* gradient ("look forward twice"), so each layer's box loss
-also trains the layer before it.
+refined as in DINO's "look forward twice" (IDEA-Research/DINO, deformable_transformer.py and
+dino.py), with ``h_i`` layer i's hidden state, ``norm`` the shared final LayerNorm, ``r_0`` the
+initial reference (detached on entry) and ``e_i`` layer i's box head (one module for every layer
+when ``decoder_bbox_embed_share``):
+
+    n_i     = sigmoid(e_i(h_i) + logit(r_i))            layer i's refined box (its update)
+    r_{i+1} = n_i.detach()                              the next layer's reference
+    box_i   = sigmoid(e_i(norm(h_i)) + logit(n_{i-1}))  what layer i outputs; n_{-1} = r_0
+
+``n_{i-1}`` enters ``box_i`` with its gradient, so layer i's box loss also trains layer i-1's box
+head; the box chain ends there, because ``n_{i-1}`` is built on the detached ``r_{i-1}`` and each
+layer's input reference is detached. (Hidden states still carry gradient through every earlier
+layer, as in any decoder.) The forward values equal transformers' Grounding DINO, which uses
+``n_{i-1}`` detached in ``box_i``, so there a box loss trains only its own layer's box head.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ class PromptDecoder(nn.Module):
 
         Args:
             queries: ``[B, N, d]`` content queries (denoising queries first, if any).
-            reference: ``[B, N, 4]`` initial boxes, normalised cxcywh in (0, 1), no gradient.
+            reference: ``[B, N, 4]`` initial boxes, normalised cxcywh in (0, 1); detached here.
             memory: ``[B, T, d]`` enhanced image tokens; ``features`` their ImageFeatures.
             prompts: ``[B, U, d]`` enhanced prompt tokens.
             self_attn_mask: ``[N, N]`` bool, True where a query may not attend to another.
@@ -59,7 +69,8 @@ class PromptDecoder(nn.Module):
                 None, None
             ]
         ratios = torch.cat([features.valid_ratios, features.valid_ratios], -1)[:, None]
-        hidden, previous_box = queries, reference
+        reference = reference.detach()
+        hidden, box_base = queries, reference  # box_base: n_{i-1} above, with its gradient
         hiddens, boxes = [], []
         for i, layer in enumerate(self.layers):
             ref_input = reference[:, :, None] * ratios  # [B, N, levels, 4]
@@ -78,11 +89,11 @@ class PromptDecoder(nn.Module):
                 self_attn_mask=additive,
             )[0]
             normed = self.layer_norm(hidden)
-            box = (bbox_embed[i](normed) + _logit(previous_box)).sigmoid()
-            reference = (bbox_embed[i](hidden) + _logit(reference)).sigmoid().detach()
             hiddens.append(normed)
-            boxes.append(box)
-            previous_box = box
+            boxes.append((bbox_embed[i](normed) + _logit(box_base)).sigmoid())
+            # DINO refines the reference from the un-normed state and outputs from the normed one.
+            box_base = (bbox_embed[i](hidden) + _logit(reference)).sigmoid()
+            reference = box_base.detach()
         return hiddens, boxes
 
 
