@@ -15,7 +15,7 @@ LAYERS = [
     {"objectives"},
     {"trainer", "optim"},
     {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},
-    {"evaluation", "coco_eval"},
+    {"evaluation", "coco_eval", "query_metrics"},
     {"analysis"},
     {"viz", "plots"},
     {"integrations", "experiment", "cli", "__main__", "__init__"},

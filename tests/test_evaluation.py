@@ -16,11 +16,12 @@ from workbench.coco_eval import (
     ground_truth_coco,
     match_counts,
 )
-from workbench.data.prompts import interactive_prompts
+from workbench.data.prompts import cross_image_prompts, interactive_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
-from workbench.evaluation import _predict_grouped, evaluate
+from workbench.evaluation import PROTOCOLS, _predict_grouped, evaluate
 from workbench.model.build import build_detector
 from workbench.predictor import Predictor
+from workbench.query_metrics import QUERY_METRICS
 from workbench.types import Detections
 
 SIZE = 128
@@ -219,3 +220,86 @@ def test_classes_beyond_the_prompt_limit_are_searched_in_groups(shapes, predicto
     assert merged.names == tuple(prompts[int(u)].name for u in merged.prompt_index)
     result = evaluate(small, shapes, protocol="interactive", max_images=2)
     assert all(r.num_detections == 30 for r in result.records)
+
+
+# --- query metrics and exemplar draws -------------------------------------------------------
+
+
+def answers(target, prompts, found: bool) -> Detections:
+    """The ground-truth boxes of the prompted classes at score 1 (``found``), or nothing."""
+    column = {p.label: u for u, p in enumerate(prompts)}
+    rows = [j for j, label in enumerate(target.labels.tolist()) if found and label in column]
+    prompt_index = torch.tensor([column[int(target.labels[j])] for j in rows], dtype=torch.long)
+    return Detections(
+        boxes_xyxy=target.boxes_xyxy()[rows].reshape(-1, 4), scores=torch.ones(len(rows)),
+        prompt_index=prompt_index, names=tuple(prompts[int(u)].name for u in prompt_index),
+        image_size=target.orig_size,
+    )  # fmt: skip
+
+
+def exemplar_ids(prompts) -> tuple:
+    return tuple(ex.annotation_id for p in prompts for ex in p.exemplars)
+
+
+class DrawStub:
+    """Cross-image stub: perfect on an image when its exemplars are those of one of the ``good``
+    draws (seed offsets), blind otherwise; it knows the searched image by its pixels."""
+
+    def __init__(self, dataset, exemplars: dict, good: set[int]):
+        self.dataset = dataset
+        self.index_of = {dataset.load_image(i).numpy().tobytes(): i for i in range(len(dataset))}
+        self.good = {ids for d in good for ids in exemplars[d]}
+
+    def predict(self, image, prompts, *, reference_images=None):
+        target = self.dataset.target(self.index_of[image.numpy().tobytes()])
+        return answers(target, prompts, exemplar_ids(prompts) in self.good)
+
+
+def test_ap_spread_over_exemplar_draws_of_a_stub_that_only_some_draws_help(shapes):
+    instances, seed = shapes.instances(), 3
+    exemplars = {
+        d: {exemplar_ids(cross_image_prompts(instances, shapes.categories, seed=seed + d,
+                                             exclude_image_ids=[shapes.target(i).image_id]))
+            for i in range(len(shapes))}
+        for d in range(5)
+    }  # fmt: skip
+    good = {0, 2}
+    assert not (exemplars[0] | exemplars[2]) & (exemplars[1] | exemplars[3] | exemplars[4])
+    stub = DrawStub(shapes, exemplars, good)
+    result = evaluate(stub, shapes, protocol="cross_image", seed=seed, exemplar_draws=5)
+    assert 0 < result.AP < 1  # perfect on every prompted class; unprompted ones are missed
+    assert result.ap_draws == [result.AP, 0.0, result.AP, 0.0, 0.0]
+    spread = result.query_metrics["ap_std_draws"]
+    assert spread == pytest.approx(result.AP * math.sqrt(0.3))  # std of [1, 0, 1, 0, 0]
+    assert result.scalars()["ap_std_draws"] == spread
+    assert result.to_dict()["ap_draws"] == result.ap_draws
+    assert all(math.isnan(result.query_metrics[name]) for name in QUERY_METRICS)  # no queries
+    single = evaluate(stub, shapes, protocol="cross_image", seed=seed)
+    assert single.ap_draws == [] and "ap_std_draws" not in single.scalars()
+    assert single.AP == result.AP
+
+
+def test_query_metrics_of_the_tiny_model_exist_and_lie_in_range(predictor):
+    # Large objects, so that even random weights find some (AP and recall above 0).
+    cfg = ShapesConfig(image_size=SIZE, object_size=(48, 64), objects_per_image=(2, 4),
+                       categories_per_image=(1, 2))  # fmt: skip
+    shapes = ShapesDataset(6, seed=11, cfg=cfg)
+    for protocol in PROTOCOLS:
+        result = evaluate(predictor, shapes, protocol=protocol, exemplar_draws=5)
+        scalars = result.scalars()
+        assert all(math.isfinite(scalars[name]) for name in QUERY_METRICS), scalars
+        assert 0 <= scalars["recall_top_third"] <= scalars["recall_top_two_thirds"] <= 1
+        assert -1 <= scalars["spearman_select_reward"] <= 1
+        assert 0 <= scalars["ece_objectness"] <= 1
+        report = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+        assert set(QUERY_METRICS) <= set(report["query_metrics"])
+        if protocol == "interactive":
+            assert result.ap_draws == [] and "ap_std_draws" not in scalars
+            continue
+        assert len(report["ap_draws"]) == 5 and report["ap_draws"][0] == result.AP
+        assert math.isfinite(scalars["ap_std_draws"]) and scalars["ap_std_draws"] >= 0
+        # Every draw is the evaluation at its own seed, though images were encoded once.
+        assert len(set(result.ap_draws)) > 1  # the draws differ
+        for d in (1, 4):
+            alone = evaluate(predictor, shapes, protocol=protocol, seed=d)
+            assert result.ap_draws[d] == pytest.approx(alone.AP, rel=1e-6)

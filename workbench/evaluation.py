@@ -10,6 +10,15 @@ Protocols (prompt sampling in :mod:`workbench.data.prompts`):
   minus the searched image, so every image has its own bank; each exemplar is embedded once and
   cached, each pool image encoded once. With a separate pool, one bank serves every image.
   Categories without any exemplar get no prompt; ``EvalResult.unprompted`` lists them.
+  With ``exemplar_draws`` > 1, the exemplars are drawn again with seeds ``seed + 1, ...``: each
+  searched image is encoded once and re-prompted with every draw's banks, and the APs of the
+  draws and their spread (``ap_std_draws``) are reported beside the AP of the first draw.
+
+Every evaluation through a :class:`~workbench.predictor.Predictor` also measures query selection
+on the first draw: recall of the top third and two thirds of the queries, the rank correlation of
+selection logit and GRQO reward, and the calibration of the objectness
+(:mod:`workbench.query_metrics` defines them). Images whose classes are searched in several
+groups (more than the Predictor's ``max_prompts``) have no single query set and take no part.
 
 Ground truth is the dataset's own untransformed annotations in original pixels
 (:func:`~workbench.coco_eval.ground_truth_coco`); the Predictor returns boxes in the same frame.
@@ -25,15 +34,25 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
+from workbench.config import LossConfig
 from workbench.data.dataset import DetectionDataset
 from workbench.data.prompts import cross_image_prompts, interactive_prompts
+from workbench.encoded import EncodedImage
+from workbench.postprocess import QueryOutputs
 from workbench.predictor import Predictor
 from workbench.prompt_bank import PromptBank, model_fingerprint
-from workbench.types import Detections, VisualPrompt
+from workbench.query_metrics import (
+    QueryStats,
+    ap_spread,
+    pool_metrics,
+    prompted_truth,
+    query_stats,
+)
+from workbench.types import Detections, Target, VisualPrompt
 
 PROTOCOLS = ("interactive", "cross_image")
 
@@ -66,6 +85,10 @@ class EvalResult:
         split_stats: ``{"base": stats, "novel": stats}`` when the categories carry a split.
         unprompted: category name -> number of images searched without a prompt for it.
         records: one :class:`ImageRecord` per image.
+        query_metrics: :data:`~workbench.query_metrics.QUERY_METRICS` by name (NaN without a
+            Predictor's queries), plus ``ap_std_draws`` when several exemplar draws ran.
+        ap_draws: AP of each cross-image exemplar draw (seed, seed + 1, ...); the first is
+            ``stats["AP"]``. Empty with a single draw.
     """
 
     protocol: str
@@ -77,6 +100,8 @@ class EvalResult:
     split_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     unprompted: dict[str, int] = field(default_factory=dict)
     records: list[ImageRecord] = field(default_factory=list)
+    query_metrics: dict[str, float] = field(default_factory=dict)
+    ap_draws: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def __getattr__(self, name: str) -> float:  # result.AP, result.AP50, result.AR100 ...
@@ -86,10 +111,12 @@ class EvalResult:
         raise AttributeError(name)
 
     def scalars(self) -> dict[str, float]:
-        """Flat numbers for logs: every stat, and ``AP_base`` / ``AP50_novel`` style splits."""
+        """Flat numbers for logs: every stat, ``AP_base`` / ``AP50_novel`` style splits and
+        the query metrics (``recall_top_third``, ..., ``ap_std_draws``)."""
         out = dict(self.stats)
         for split, stats in self.split_stats.items():
             out.update({f"{k}_{split}": stats[k] for k in ("AP", "AP50", "AP75")})
+        out.update(self.query_metrics)
         return out
 
     def to_dict(self) -> dict:
@@ -102,6 +129,8 @@ class EvalResult:
             "per_category": clean(self.per_category),
             "split_stats": {s: clean(v) for s, v in self.split_stats.items()},
             "unprompted": dict(self.unprompted),
+            "query_metrics": clean(self.query_metrics),
+            "ap_draws": [None if math.isnan(v) else v for v in self.ap_draws],
             "records": [dataclasses.asdict(r) for r in self.records],
         }  # fmt: skip
 
@@ -137,12 +166,20 @@ def evaluate(
     batch_size: int = 4,
     min_size: int | None = None,
     max_size: int | None = None,
+    exemplar_draws: int = 1,
+    loss: LossConfig | None = None,
 ) -> EvalResult:
-    """COCO AP of a Predictor (or a detector, wrapped with ``min_size`` / ``max_size``) on the
-    first ``max_images`` images of ``dataset``; see the module docstring for the protocols.
+    """COCO AP and query metrics of a Predictor (or a detector, wrapped with ``min_size`` /
+    ``max_size``) on the first ``max_images`` images of ``dataset``; see the module docstring.
 
     Anything with the Predictor's ``predict(image, prompts, reference_images=...)`` works (used
-    by tests); ``predict_batch`` is used when present.
+    by tests); ``predict_batch`` and ``encode_batch`` are used when present.
+
+    Args:
+        exemplar_draws: cross-image exemplar draws whose AP spread is reported (seeds ``seed``,
+            ``seed + 1``, ...); 1 or 0: the first only. Ignored by the interactive protocol.
+        loss: the matching-cost weights of the reward in ``spearman_select_reward`` (default:
+            ``LossConfig()``, DINO's).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: use one of {PROTOCOLS}")
@@ -150,36 +187,53 @@ def evaluate(
     predictor = _as_predictor(predictor_or_model, min_size, max_size)
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
     targets = [dataset.target(i) for i in indices]
-    k, cats = exemplars_per_class, dataset.categories
-    references: Mapping | None = None
+    seeds = [seed + d for d in range(max(1, exemplar_draws) if protocol == "cross_image" else 1)]
+    draws, references = _draw_prompts(
+        predictor, dataset, targets, protocol, exemplars_per_class, prompt_pool, seeds, batch_size
+    )
+    runs = _predict_all(predictor, dataset, indices, targets, draws, references, batch_size,
+                        progress)  # fmt: skip
+    gt = ground_truth_coco(dataset, indices)
+    result = _summarise(
+        gt, coco_results(runs[0].detections, runs[0].category_ids), dataset, indices, targets,
+        draws[0], protocol=protocol, evaluator=evaluator, k=exemplars_per_class,
+    )  # fmt: skip
+    result.query_metrics = pool_metrics(_query_stats(runs[0].queries, targets, draws[0], loss))
+    if len(runs) > 1:
+        result.ap_draws = [result.AP] + [_ap(gt, run, evaluator) for run in runs[1:]]
+        result.query_metrics["ap_std_draws"] = ap_spread(result.ap_draws)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _ap(gt: dict, run: _Run, evaluator: str) -> float:
+    return float(
+        coco_stats(gt, coco_results(run.detections, run.category_ids), evaluator=evaluator).stats[0]
+    )
+
+
+def _draw_prompts(predictor, dataset, targets, protocol, k, pool, seeds, batch_size):
+    """Per seed, the prompts of every image (PromptBanks when a Predictor can embed the
+    exemplars once), and the reference images cross-image exemplars lie on."""
+    cats = dataset.categories
     if protocol == "interactive":
-        prompts = [interactive_prompts(t, cats, exemplars_per_class=k, seed=seed) for t in targets]
-    elif prompt_pool is not None:
-        shared = _pool_prompts(prompt_pool, cats, k, seed)
-        references = _DatasetImages(prompt_pool)
-        if isinstance(predictor, Predictor) and shared:  # one bank for every image
-            size = _group_size(predictor, shared)
-            shared = PromptBank.concat([predictor.embed_prompts(shared[s : s + size], references)
-                                        for s in range(0, len(shared), size)])  # fmt: skip
-        prompts = [shared] * len(indices)
+        draws = [[interactive_prompts(t, cats, exemplars_per_class=k, seed=s) for t in targets]
+                 for s in seeds]  # fmt: skip
+        return draws, None
+    source = dataset if pool is None else pool
+    references = _DatasetImages(source)
+    if pool is not None:  # one prompt list for every image of a draw
+        draws = [[_pool_prompts(pool, cats, k, s)] * len(targets) for s in seeds]
     else:
         instances = dataset.instances()
-        prompts = [
-            cross_image_prompts(instances, cats, exemplars_per_class=k, seed=seed,
-                                exclude_image_ids=[t.image_id])
-            for t in targets
+        draws = [
+            [cross_image_prompts(instances, cats, exemplars_per_class=k, seed=s,
+                                 exclude_image_ids=[t.image_id]) for t in targets]
+            for s in seeds
         ]  # fmt: skip
-        references = _DatasetImages(dataset)
-        if isinstance(predictor, Predictor):
-            prompts = _cached_banks(predictor, dataset, prompts, references.index_of, batch_size)
-    detections, category_ids = _predict_all(
-        predictor, dataset, indices, targets, prompts, references, batch_size, progress
-    )
-    gt = ground_truth_coco(dataset, indices)
-    return _summarise(
-        gt, coco_results(detections, category_ids), dataset, indices, targets, prompts,
-        protocol=protocol, evaluator=evaluator, k=k, seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    if isinstance(predictor, Predictor):
+        draws = _cached_banks(predictor, source, draws, references.index_of, batch_size)
+    return draws, references
 
 
 def _as_predictor(obj, min_size: int | None, max_size: int | None):
@@ -207,70 +261,90 @@ def _pool_prompts(pool: DetectionDataset, categories, k: int, seed: int) -> list
     return out
 
 
-def _cached_banks(predictor: Predictor, dataset, prompts, index_of, batch_size: int) -> list:
-    """One PromptBank per image; every exemplar embedded once, every pool image encoded once."""
+def _cached_banks(predictor: Predictor, source, draws, index_of, batch_size: int) -> list:
+    """Every draw's prompt lists as PromptBanks: each exemplar embedded once, each ``source``
+    image encoded once, a prompt list shared by several images turned into one bank."""
+    lists = {id(plist): plist for draw in draws for plist in draw}
     wanted: dict[int, dict[tuple, None]] = {}
-    for plist in prompts:
+    for plist in lists.values():
         for p in plist:
             for ex in p.exemplars:
                 wanted.setdefault(ex.image_id, {})[tuple(ex.box_xyxy)] = None
-    cache: dict[tuple, object] = {}
+    cache: dict[tuple, Tensor] = {}
     image_ids = list(wanted)
     for s in range(0, len(image_ids), batch_size):
         chunk = image_ids[s : s + batch_size]
-        images = [dataset.load_image(index_of[i]) for i in chunk]
+        images = [source.load_image(index_of[i]) for i in chunk]
         for image_id, enc in zip(chunk, predictor.encode_batch(images), strict=True):
             boxes = list(wanted[image_id])
             for box, emb in zip(boxes, predictor.embed_exemplars(enc, boxes), strict=True):
                 cache[image_id, box] = emb
     fingerprint = model_fingerprint(predictor.model)
-    banks = []
-    for plist in prompts:
+    banks = {}
+    for key, plist in lists.items():
         rows = [torch.stack([cache[e.image_id, tuple(e.box_xyxy)] for e in p.exemplars])
                 for p in plist]  # fmt: skip
-        banks.append(PromptBank.from_exemplar_embeddings(plist, rows, fingerprint) if plist else [])
-    return banks
+        banks[key] = PromptBank.from_exemplar_embeddings(plist, rows, fingerprint) if plist else []
+    return [[banks[id(plist)] for plist in draw] for draw in draws]
 
 
 def _labels(prompts) -> list:
     return list(prompts.labels) if isinstance(prompts, PromptBank) else [p.label for p in prompts]
 
 
-def _predict_all(predictor, dataset, indices, targets, prompts, references, batch_size, progress):
-    """Detections and prompt -> category id maps, by image id; unprompted images are skipped."""
+@dataclass
+class _Run:
+    """What one exemplar draw found, by image id: detections, the category id of each prompt,
+    and (from a Predictor, first draw only) every query."""
+
+    detections: dict[int, Detections] = field(default_factory=dict)
+    category_ids: dict[int, list] = field(default_factory=dict)
+    queries: dict[int, QueryOutputs] = field(default_factory=dict)
+
+
+def _predict_all(predictor, dataset, indices, targets, draws, references, batch_size, progress):
+    """One :class:`_Run` per draw. The images of a chunk are encoded once for every draw;
+    unprompted images are skipped (whether a class has exemplars does not depend on the draw)."""
     cat_id = {c.label: c.id for c in dataset.categories}
-    todo = [n for n in range(len(indices)) if len(prompts[n])]
-    detections, category_ids = {}, {}
-    steps = range(0, len(todo), batch_size)
-    for s in tqdm(steps, desc="evaluate", disable=not progress):
+    todo = [n for n in range(len(indices)) if len(draws[0][n])]
+    runs = [_Run() for _ in draws]
+    for s in tqdm(range(0, len(todo), batch_size), desc="evaluate", disable=not progress):
         chunk = todo[s : s + batch_size]
         images = [dataset.load_image(indices[n]) for n in chunk]
-        chunk_prompts = [prompts[n] for n in chunk]
-        dets = _predict_grouped(predictor, images, chunk_prompts, references, batch_size)
-        for n, d in zip(chunk, dets, strict=True):
-            image_id = targets[n].image_id
-            detections[image_id] = d
-            category_ids[image_id] = [cat_id.get(lab) for lab in _labels(prompts[n])]
-    return detections, category_ids
+        if hasattr(predictor, "encode_batch"):
+            images = predictor.encode_batch(images)
+        for d, (prompts, run) in enumerate(zip(draws, runs, strict=True)):
+            queries = d == 0 and isinstance(predictor, Predictor)
+            found = _predict_grouped(predictor, images, [prompts[n] for n in chunk], references,
+                                     batch_size, queries=queries)  # fmt: skip
+            for n, item in zip(chunk, found, strict=True):
+                image_id = targets[n].image_id
+                run.detections[image_id], q = item if queries else (item, None)
+                run.category_ids[image_id] = [cat_id.get(lab) for lab in _labels(prompts[n])]
+                if q is not None:
+                    run.queries[image_id] = q
+    return runs
 
 
-def _call(predictor, images, prompts, references, batch_size) -> list[Detections]:
+def _call(predictor, images, prompts, references, batch_size, queries: bool = False) -> list:
+    extra = {"return_queries": True} if queries else {}
     if hasattr(predictor, "predict_batch"):
         return predictor.predict_batch(images, prompts, reference_images=references,
-                                       batch_size=batch_size)  # fmt: skip
-    return [predictor.predict(im, p, reference_images=references)
+                                       batch_size=batch_size, **extra)  # fmt: skip
+    return [predictor.predict(im, p, reference_images=references, **extra)
             for im, p in zip(images, prompts, strict=True)]  # fmt: skip
 
 
-def _predict_grouped(predictor, images, prompts, references, batch_size) -> list[Detections]:
-    """Detections of several images. Classes beyond the Predictor's ``max_prompts`` (LVIS has
-    1203) are searched in groups of that size, as Grounding DINO splits long text prompts;
-    the groups' detections are merged by score and cut to ``max_detections``."""
+def _predict_grouped(predictor, images, prompts, references, batch_size, queries: bool = False):
+    """Detections of several images (with ``queries``: ``(Detections, QueryOutputs | None)``
+    pairs). Classes beyond the Predictor's ``max_prompts`` (LVIS has 1203) are searched in
+    groups of that size, as Grounding DINO splits long text prompts; the groups' detections are
+    merged by score and cut to ``max_detections``, and such an image has no single query set."""
     limit = min(_group_size(predictor, p) for p in prompts)
     if all(len(p) <= limit for p in prompts):
-        return _call(predictor, images, prompts, references, batch_size)
-    if hasattr(predictor, "encode_batch"):  # the backbone once for every group
-        images = predictor.encode_batch(images)
+        return _call(predictor, images, prompts, references, batch_size, queries)
+    if hasattr(predictor, "encode_batch") and not isinstance(images[0], EncodedImage):
+        images = predictor.encode_batch(images)  # the backbone once for every group
     groups = [[_take(p, s, limit) for s in range(0, len(p), limit)] for p in prompts]
     found: list[list] = [[] for _ in images]
     for g in range(max(len(x) for x in groups)):
@@ -279,7 +353,8 @@ def _predict_grouped(predictor, images, prompts, references, batch_size) -> list
                      references, batch_size)  # fmt: skip
         for i, d in zip(members, dets, strict=True):
             found[i].append((g * limit, d))
-    return [_merge(parts, getattr(predictor, "max_detections", 300)) for parts in found]
+    merged = [_merge(parts, getattr(predictor, "max_detections", 300)) for parts in found]
+    return [(d, None) for d in merged] if queries else merged
 
 
 def _group_size(predictor, prompts) -> int:
@@ -313,8 +388,8 @@ def _merge(parts: list[tuple[int, Detections]], k: int) -> Detections:
     )
 
 
-def _summarise(gt, results, dataset, indices, targets, prompts, *, protocol, evaluator, k,
-               seconds) -> EvalResult:  # fmt: skip
+def _summarise(gt, results, dataset, indices, targets, prompts, *, protocol, evaluator,
+               k) -> EvalResult:  # fmt: skip
     overall = coco_stats(gt, results, evaluator=evaluator)
     name_of = {c.id: c.name for c in dataset.categories}
     split_stats = {}
@@ -336,5 +411,15 @@ def _summarise(gt, results, dataset, indices, targets, prompts, *, protocol, eva
         protocol=protocol, evaluator=evaluator, exemplars_per_class=k, num_images=len(indices),
         stats=overall.as_dict(),
         per_category={name_of[c]: v for c, v in overall.per_category.items()},
-        split_stats=split_stats, unprompted=unprompted, records=records, seconds=seconds,
+        split_stats=split_stats, unprompted=unprompted, records=records,
     )  # fmt: skip
+
+
+def _query_stats(queries: dict, targets: list[Target], prompts: list, loss) -> list[QueryStats]:
+    """The query counts of every image with queries, against its prompted ground truth."""
+    out = []
+    for target, plist in zip(targets, prompts, strict=True):
+        if target.image_id in queries:
+            boxes, prompt_index = prompted_truth(target, _labels(plist))
+            out.append(query_stats(queries[target.image_id], boxes, prompt_index, loss))
+    return out
