@@ -95,20 +95,33 @@ class GRQOObjective:
     # --- the reference model ----------------------------------------------------------------
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        if self.cfg.reference_policy == "epoch_refresh" or self.reference is None:
+        """``epoch_refresh``: the reference becomes a copy of ``model``. ``frozen`` / ``ema``:
+        it is made once, from the checkpoint's weights after a resume, else from ``model``."""
+        if self.cfg.reference_policy == "epoch_refresh":
             self._copy_reference(model)
+        else:
+            self._ensure_reference(model)
 
     def _copy_reference(self, model: nn.Module) -> None:
         self.reference = copy.deepcopy(_unwrap(model))
         self.reference.requires_grad_(False)
+        self._pending_reference = None
+
+    def _ensure_reference(self, model: nn.Module) -> None:
+        """Make the reference if there is none: ``model``'s architecture holding the weights
+        restored by ``load_state_dict`` (a resumed run), or a copy of ``model`` (a new one)."""
+        if self.reference is not None:
+            return
+        restored = self._pending_reference
+        self._copy_reference(model)
+        if restored is not None:
+            self.reference.load_state_dict(restored)
 
     def _reference_for(self, model: nn.Module) -> nn.Module:
-        if self.reference is None:  # first call, or restored from a checkpoint
-            self._copy_reference(model)
-            if self._pending_reference is not None:
-                self.reference.load_state_dict(self._pending_reference)
-                self._pending_reference = None
-        elif self.cfg.reference_policy == "ema":
+        """The reference for one forward pass; an ``ema`` one first moves towards ``model``, at
+        every call (so a resumed run makes the same updates as an uninterrupted one)."""
+        self._ensure_reference(model)
+        if self.cfg.reference_policy == "ema":
             _ema_update(self.reference, _unwrap(model), self.cfg.ema_decay)
         self.reference.train(self.cfg.reference_mode == "train")
         return self.reference
