@@ -1,6 +1,7 @@
 """GRQO: advantages, muting, the KL against the reference model, and a real training step."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from workbench.data.prompts import sample_training_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
 from workbench.model.build import build_detector
 from workbench.objectives.base import StepInfo
-from workbench.objectives.grqo import GRQOObjective, k3_kl, mute_count
-from workbench.objectives.sft import run_detector
+from workbench.objectives.grqo import GRQOObjective, WeakAdvantageWarning, k3_kl, mute_count
+from workbench.objectives.sft import SFTObjective, run_detector
 
 INFO = StepInfo(step=0, epoch=0, total_steps=10)
 
@@ -73,8 +74,8 @@ def advantage_gradient(model, batch, mute):
     objective = grqo(mute=mute, kl=False)
     step = run_detector(model, batch)
     model.zero_grad()
-    term, _ = objective.grqo_terms(model, batch, step, INFO)
-    term.backward()
+    terms, _ = objective.grqo_terms(model, batch, step, INFO)
+    terms.loss.backward()
     return torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None))
 
 
@@ -154,10 +155,110 @@ def test_warmup_steps_run_sft_only(batch):
     assert later.metrics["grqo_active"] == 1.0
 
 
-def test_gradient_norms_of_both_terms_are_logged(batch):
+def flat_grad(model, loss) -> torch.Tensor:
+    """``d loss / d params`` by a plain backward, flattened in float64 (zeros where unreached)."""
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    return torch.cat([g.flatten() for g in grads]).double()
+
+
+def test_gradient_shares_equal_a_direct_autograd_computation(batch):
+    model = detector().eval()
+    objective = grqo(grad_norm_every=1, reference_exemplars="shared", reference_mode="eval")
+    objective.on_epoch_start(model, 0)
+    with torch.no_grad():
+        model.model.encoder_output_class_embed.bias += 0.5  # drift from the reference: KL > 0
+    measured = objective(model, batch, INFO).metrics
+    step = run_detector(model, batch)  # the same forward again (eval mode: deterministic)
+    sft_loss, _ = objective.sft.detection_losses(step, INFO)
+    terms, _ = objective.grqo_terms(model, batch, step, INFO)
+    sft, adv, kl = (flat_grad(model, x) for x in (sft_loss, terms.advantage.sum(), terms.kl.sum()))
+    grqo_grad = flat_grad(model, terms.loss)
+    norm = torch.linalg.vector_norm
+    expected = {
+        "grad_norm_sft": norm(sft), "grad_norm_adv": norm(adv), "grad_norm_kl": norm(kl),
+        "grad_norm_grqo": norm(grqo_grad),
+        "grad_cos_adv_sft": adv @ sft / (norm(adv) * norm(sft)),
+        "grad_cos_kl_sft": kl @ sft / (norm(kl) * norm(sft)),
+        "grad_share_adv": norm(adv) / norm(sft), "grad_share_kl": norm(kl) / norm(sft),
+    }  # fmt: skip
+    assert min(float(v) for k, v in expected.items() if "norm" in k) > 0
+    for key, value in expected.items():
+        assert measured[key] == pytest.approx(float(value), rel=1e-5, abs=1e-9), key
+
+
+def test_gradients_are_measured_every_n_steps_on_the_first_micro_batch():
+    objective, every = grqo(), GRQOConfig().grad_norm_every
+    assert every > 0  # on by default
+    at = [StepInfo(k, 0, 200, micro_batch=m) for k in (0, every, 2 * every) for m in (0, 1)]
+    assert [objective.measures_gradients(i) for i in at] == [True, False] * 3
+    assert not objective.measures_gradients(StepInfo(every + 1, 0, 200))
+    assert not grqo(grad_norm_every=0).measures_gradients(INFO)
+
+
+def test_zero_alpha_and_beta_give_exactly_the_sft_gradient(batch):
+    """Bitwise: GRQO's extra graph then sends back exact zeros (0 * x = +-0, and g + +-0 = g in
+    IEEE arithmetic), the reference model is not run (no extra random draw before dropout), the
+    gradient measurement at step 0 writes no .grad, and the SFT part is the same operations in
+    the same order."""
     model = detector().train()
-    out = grqo(grad_norm_every=1)(model, batch, INFO)
-    assert out.metrics["grad_norm_sft"] > 0 and out.metrics["grad_norm_grqo"] > 0
+    grads = {}
+    for name, objective in (("sft", SFTObjective(LossConfig())), ("grqo", grqo(alpha=0, beta=0))):
+        torch.manual_seed(1)  # the same dropout and denoising draws
+        model.zero_grad()
+        objective(model, batch, INFO).loss.backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["sft"].keys() == grads["grqo"].keys()
+    for key, grad in grads["sft"].items():
+        assert torch.equal(grads["grqo"][key], grad), key
+
+
+def sgd_step(model, objective, batch, lr):
+    """One plain SGD step; returns the parameters after it, flattened in float64."""
+    torch.manual_seed(1)
+    objective(model, batch, INFO).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).double()
+
+
+@pytest.mark.parametrize("alpha", [0.01, 1.0])
+def test_a_grqo_step_moves_the_model_off_the_sft_step_along_the_advantage_gradient(batch, alpha):
+    """From the same weights on the same batch (KL off): GRQO's step differs from SFT's by
+    -lr times the advantage part's gradient."""
+    start, lr = detector().train(), 0.1
+    sft = sgd_step(copy.deepcopy(start), SFTObjective(LossConfig()), batch, lr)
+    objective = grqo(alpha=alpha, kl=False)
+    moved = sgd_step(copy.deepcopy(start), objective, batch, lr)
+    model = copy.deepcopy(start)
+    torch.manual_seed(1)
+    terms, _ = objective.grqo_terms(model, batch, run_detector(model, batch), INFO)
+    expected = -lr * flat_grad(model, terms.advantage.sum())
+    difference = moved - sft
+    assert difference.abs().max() > 0
+    cosine = difference @ expected / (difference.norm() * expected.norm())
+    assert cosine > 0.999
+    assert difference.norm() == pytest.approx(float(expected.norm()), rel=1e-3)
+
+
+@pytest.mark.parametrize(("alpha", "warns"), [(0.01, True), (10.0, False)])
+def test_a_weak_advantage_term_warns_once_naming_alpha(batch, alpha, warns):
+    model = detector().eval()
+    objective = grqo(alpha=alpha, kl=False, grad_norm_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shares = [
+            objective(model, batch, StepInfo(k, 0, 10)).metrics["grad_share_adv"] for k in range(5)
+        ]
+    weak = [str(w.message) for w in caught if w.category is WeakAdvantageWarning]
+    if warns:  # after the third measurement below 1 %, and not again
+        assert max(shares) < 0.01 and len(weak) == 1
+        assert "grqo.alpha=0.01" in weak[0] and f"{shares[2]:.1e}" in weak[0]
+    else:
+        assert min(shares) > 0.01 and weak == []
 
 
 def test_images_without_boxes_get_no_advantage(batch):

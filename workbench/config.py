@@ -184,14 +184,17 @@ class GRQOConfig:
     warmup_steps: int = 0
     # Vision-R1 reward: STEP's stage switch at a fraction of training (None: stage 1 throughout).
     step_switch_fraction: float | None = 0.5
-    # Gradient norms of the SFT and GRQO terms, measured every N steps (two extra backward
-    # passes; single-process runs only). 0 = never.
-    grad_norm_every: int = 0
+    # Every N steps, the gradients of the SFT loss and of GRQO's advantage and KL parts, each
+    # on its own: norms, cosines with SFT's, shares of SFT's norm (grad_* metrics; three extra
+    # backward passes on the step's first micro-batch; single-process runs only). A run whose
+    # advantage share stays below 1 % warns once. 0 = never.
+    grad_norm_every: int = 50
 
     def __post_init__(self) -> None:
         _require(self.alpha >= 0 and self.beta >= 0, "grqo.alpha", "and grqo.beta must be >= 0")
         _require(self.mute is None or self.mute >= 0, "grqo.mute", "must be >= 0 or null")
         _require(0 < self.ema_decay < 1, "grqo.ema_decay", "must lie in (0, 1)")
+        _require(self.grad_norm_every >= 0, "grqo.grad_norm_every", "must be >= 0 (0: never)")
 
 
 @dataclass

@@ -17,6 +17,11 @@ Loss = SFT losses + sum over decoder layers l of  mean_{b,i}( -alpha * A[l,b,i] 
 Images without ground truth have no reward: their advantages are zero and the advantage mean
 runs over the images that have boxes; the KL still covers every image. Every choice above is a
 ``grqo.*`` config field (see ``GRQOConfig``).
+
+Every ``grqo.grad_norm_every`` steps the gradients of the SFT loss, of the advantage part and of
+the KL part are measured apart (norms, cosines with SFT's, shares of SFT's norm): at the released
+alpha the advantage part is about 1e-3 of SFT's, so GRQO then trains nearly like SFT plus the KL
+term. A run whose advantage share stays below 1 % warns once (``WeakAdvantageWarning``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,6 +45,27 @@ from workbench.rewards import REWARDS, StepSchedule, group_advantages
 from workbench.types import Batch, Target
 
 KL_EPS = 2e-9  # inside the ratio, as released
+# Warn when the advantage part's gradient norm is below this share of SFT's ...
+LOW_ADVANTAGE_SHARE = 0.01
+# ... at this many consecutive measurements (one share below it may be a quiet batch).
+LOW_SHARE_MEASUREMENTS = 3
+
+
+class WeakAdvantageWarning(UserWarning):
+    """GRQO's advantage part moves the model far less than the SFT loss (raise ``grqo.alpha``)."""
+
+
+@dataclass
+class GRQOTerms:
+    """The GRQO term of each decoder layer ``[L]``, in its two parts."""
+
+    advantage: Tensor  # -alpha * mean(A) (or -alpha * mean(A.detach() * log objectness))
+    kl: Tensor  # beta * mean(KL): the same value in every layer
+
+    @property
+    def loss(self) -> Tensor:
+        """The scalar added to the SFT loss: the sum over layers of both parts."""
+        return (self.advantage + self.kl).sum()
 
 
 def mute_count(cfg: GRQOConfig, num_queries: int) -> int:
@@ -86,6 +114,7 @@ class GRQOObjective:
         self.sft = SFTObjective(loss_cfg, name_embeddings=name_embeddings)
         self.reference: nn.Module | None = None
         self._pending_reference: dict[str, Tensor] | None = None
+        self._low_share_streak, self._warned_low_share = 0, False
         self._schedule = (
             StepSchedule(switch_fraction=cfg.step_switch_fraction)
             if cfg.reward == "vision_r1" and cfg.step_switch_fraction is not None
@@ -168,7 +197,11 @@ class GRQOObjective:
         scores = reference.selection_logits(features, classes)
         return scores.gather(1, step.outputs["select_index"])
 
-    def grqo_terms(self, model, batch, step: DetectorStep, info: StepInfo) -> tuple[Tensor, dict]:
+    def grqo_terms(
+        self, model, batch, step: DetectorStep, info: StepInfo
+    ) -> tuple[GRQOTerms, dict]:
+        """Both parts of every layer's GRQO term, and diagnostics (``extras``: the ``[L, B, Q]``
+        rewards and advantages and the ``[B, Q]`` KL)."""
         out, cfg = step.outputs, self.cfg
         rewards = query_rewards(out, step.targets, self.reward_fn(info), self.loss_cfg)  # [L,B,Q]
         q = rewards.shape[-1]
@@ -184,9 +217,9 @@ class GRQOObjective:
         kl = torch.zeros_like(out["select_logits"])
         if cfg.kl and cfg.beta > 0:
             kl = k3_kl(out["select_logits"], self.reference_logits(model, batch, step, info))
-        layers = adv_term + cfg.beta * kl.mean()
-        metrics = _diagnostics(rewards, advantages, kl, has_gt, layers)
-        return layers.sum(), metrics | {"extras": (rewards, advantages, kl)}
+        terms = GRQOTerms(adv_term, (cfg.beta * kl.mean()).expand_as(adv_term))
+        metrics = _diagnostics(rewards, advantages, kl, has_gt, terms.advantage + terms.kl)
+        return terms, metrics | {"extras": (rewards, advantages, kl)}
 
     def __call__(self, model: nn.Module, batch: Batch, info: StepInfo) -> ObjectiveOutput:
         align = self.sft.cfg.align_weight > 0 and batch.prompts.num_prompts > 0
@@ -200,12 +233,40 @@ class GRQOObjective:
         metrics["num_prompts"] = float(step.prompts.num_prompts)
         if not self.active(info) or int(step.prompts.labels.min()) < 0:
             return ObjectiveOutput(sft_loss, metrics | {"grqo_active": 0.0}, {"step": step})
-        grqo_loss, diag = self.grqo_terms(model, batch, step, info)
+        terms, diag = self.grqo_terms(model, batch, step, info)
+        grqo_loss = terms.loss
         extras = {"step": step, "rewards": diag.pop("extras")}
         metrics |= diag | {"loss_grqo": float(grqo_loss.detach()), "grqo_active": 1.0}
-        if self.cfg.grad_norm_every and info.step % self.cfg.grad_norm_every == 0:
-            metrics |= _grad_norms(model, sft_loss, grqo_loss)
+        if self.measures_gradients(info):
+            shares = gradient_shares(model, sft_loss, terms)
+            metrics |= shares
+            if shares:
+                self._watch_advantage_share(shares["grad_share_adv"], info)
         return ObjectiveOutput(sft_loss + grqo_loss, metrics, extras)
+
+    # --- gradient shares ---------------------------------------------------------------------
+
+    def measures_gradients(self, info: StepInfo) -> bool:
+        """Every ``grad_norm_every`` steps, on the step's first micro-batch (one per step)."""
+        every = self.cfg.grad_norm_every
+        return every > 0 and info.step % every == 0 and info.micro_batch == 0
+
+    def _watch_advantage_share(self, share: float, info: StepInfo) -> None:
+        """Warn, once per objective (one run), when the advantage part's share of the SFT
+        gradient norm was below ``LOW_ADVANTAGE_SHARE`` at ``LOW_SHARE_MEASUREMENTS``
+        consecutive measurements."""
+        self._low_share_streak = self._low_share_streak + 1 if share < LOW_ADVANTAGE_SHARE else 0
+        if self._warned_low_share or self._low_share_streak < LOW_SHARE_MEASUREMENTS:
+            return
+        self._warned_low_share = True
+        warnings.warn(
+            f"GRQO's advantage term has a gradient norm of {share:.1e} times the SFT loss's at "
+            f"step {info.step} (below {LOW_ADVANTAGE_SHARE:g} at {self._low_share_streak} "
+            "measurements in a row), so GRQO trains nearly like SFT plus the KL term. Its weight "
+            f"is grqo.alpha={self.cfg.alpha:g}: raise grqo.alpha for the term to matter.",
+            WeakAdvantageWarning,
+            stacklevel=3,
+        )
 
 
 def _diagnostics(
@@ -235,17 +296,51 @@ def _diagnostics(
     return metrics
 
 
-def _grad_norms(model: nn.Module, sft_loss: Tensor, grqo_loss: Tensor) -> dict[str, float]:
-    """L2 norms of the SFT and GRQO terms' gradients, each on its own (two extra backward
-    passes; skipped under DistributedDataParallel, whose hooks expect one backward per step)."""
+def gradient_shares(model: nn.Module, sft_loss: Tensor, terms: GRQOTerms) -> dict[str, float]:
+    """How much each part of the loss moves the model, from its own gradient over all trainable
+    parameters: ``g_sft``, ``g_adv`` (of ``terms.advantage.sum()``) and ``g_kl``.
+
+    Returns the L2 norms ``grad_norm_{sft,adv,kl,grqo}`` (``grqo``: of ``g_adv + g_kl``, the
+    whole GRQO term), the cosines ``grad_cos_{adv,kl}_sft`` with ``g_sft`` and the shares
+    ``grad_share_{adv,kl}`` = norm / ``grad_norm_sft`` (NaN where a norm divided by is 0).
+    Three extra backward passes through the retained graph, holding three gradient copies;
+    ``{}`` under DistributedDataParallel, whose hooks expect one backward per step.
+    """
     if hasattr(model, "module"):
         return {}
     params = [p for p in model.parameters() if p.requires_grad]
-    norms = {}
-    for name, loss in (("grad_norm_sft", sft_loss), ("grad_norm_grqo", grqo_loss)):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        norms[name] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
-    return norms
+    sft, adv, kl = (
+        _grads(loss, params) for loss in (sft_loss, terms.advantage.sum(), terms.kl.sum())
+    )
+    norm_sft, norm_adv, norm_kl = (math.sqrt(_dot(g, g)) for g in (sft, adv, kl))
+    norm_grqo = math.sqrt(max(norm_adv**2 + norm_kl**2 + 2 * _dot(adv, kl), 0.0))
+    return {
+        "grad_norm_sft": norm_sft, "grad_norm_adv": norm_adv, "grad_norm_kl": norm_kl,
+        "grad_norm_grqo": norm_grqo,
+        "grad_cos_adv_sft": _ratio(_dot(adv, sft), norm_adv * norm_sft),
+        "grad_cos_kl_sft": _ratio(_dot(kl, sft), norm_kl * norm_sft),
+        "grad_share_adv": _ratio(norm_adv, norm_sft), "grad_share_kl": _ratio(norm_kl, norm_sft),
+    }  # fmt: skip
+
+
+def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor | None]:
+    """``d loss / d p`` for each of ``params``; None where ``loss`` does not reach ``p``."""
+    if not loss.requires_grad:  # e.g. the KL part with grqo.beta = 0
+        return [None] * len(params)
+    return list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+
+
+def _dot(a: list[Tensor | None], b: list[Tensor | None]) -> float:
+    """Sum over parameters of ``<a_p, b_p>``, accumulated in float64; None counts as zero."""
+    return sum(
+        float((x.double() * y.double()).sum())
+        for x, y in zip(a, b, strict=True)
+        if x is not None and y is not None
+    )
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
 
 
 @torch.no_grad()
