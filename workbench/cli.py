@@ -8,7 +8,7 @@
     python -m workbench data sources
     python -m workbench train configs/tiny_shapes_sft.yaml train.lr=1e-4 [--resume]
     torchrun --nproc_per_node=2 -m workbench train configs/small_shapes_sft.yaml
-    python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--out results.json]
+    python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--split test] [--out r.json]
     python -m workbench predict runs/tiny_shapes_sft image.png --box 10,20,60,80:cell --out out/x
     python -m workbench fiftyone export val.json --model sft=runs/sft --model grqo=runs/grqo \
         --reference sft --all-queries
@@ -136,20 +136,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from workbench.config import load_config
-    from workbench.experiment import open_splits, run_evaluation
+    from workbench.experiment import open_evaluation_data, run_evaluation
     from workbench.predictor import Predictor
 
     config = args.config or _run_config(args.checkpoint)
     cfg = load_config(config, args.overrides)
-    _, val, pool = open_splits(cfg)
+    split = args.split or cfg.data.val_split
+    evaluated, pool = open_evaluation_data(cfg, split)
     predictor = Predictor.from_checkpoint(
         args.checkpoint, min_size=cfg.data.min_size, max_size=cfg.data.max_size
     )
-    results = run_evaluation(predictor, cfg, val, pool)
+    results = run_evaluation(predictor, cfg, evaluated, pool)
     report = {p: r.to_dict() for p, r in results.items()}
+    first = next(iter(results.values()))
+    print(f"split {split!r}: {first.num_images} of {len(evaluated)} images")
     for protocol, result in results.items():
-        split = {k: round(v["AP"], 4) for k, v in result.split_stats.items()}
-        print(f"{protocol}: AP {result.AP:.4f}  AP50 {result.AP50:.4f}  by split {split}")
+        by_split = {k: round(v["AP"], 4) for k, v in result.split_stats.items()}
+        queries = "  ".join(f"{k} {v:.4f}" for k, v in result.query_metrics.items())
+        print(f"{protocol}: AP {result.AP:.4f}  AP50 {result.AP50:.4f}  by split {by_split}\n"
+              f"  queries: {queries}")  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
@@ -403,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved detector")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_images=50")
     p.add_argument("--config", help="YAML config (default: the run's config.yaml)")
+    p.add_argument("--split", help="the split to evaluate (default: data.val_split); 'test' is "
+                   "the held-out split that model selection never sees")  # fmt: skip
     p.add_argument("--out", help="write the full results as JSON")
     p.set_defaults(run=cmd_eval)
 

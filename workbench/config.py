@@ -51,6 +51,9 @@ class DataConfig:
     # only base categories by default, validation images all, to measure base -> novel transfer.
     shapes_train_images: int = 2000
     shapes_val_images: int = 200
+    # The held-out "test" split (all categories, rendered from its own seeds, like val) that
+    # model selection never sees; None: as many images as shapes_val_images.
+    shapes_test_images: int | None = None
     shapes_image_size: int = 256
     # Object sizes in pixels (longer side); None: the generator's (20, 64) scaled to the image.
     shapes_object_size: tuple[int, int] | None = None
@@ -71,12 +74,15 @@ class DataConfig:
         _require(self.max_size >= self.min_size, "data.max_size", "must be >= data.min_size")
         for name in ("hflip_prob", "crop_prob"):
             _require(0.0 <= getattr(self, name) <= 1.0, f"data.{name}", "must lie in [0, 1]")
+        test = self.shapes_test_images
+        _require(test is None or test >= 0, "data.shapes_test_images", "must be >= 0 or null")
 
 
 @dataclass
 class EvalConfig:
-    """COCO AP under the visual-prompt protocols (DINO-R1 §8), run after each epoch and by
-    ``python -m workbench eval``.
+    """COCO AP and query metrics under the visual-prompt protocols (DINO-R1 §8), run on the
+    validation split after each epoch and by ``python -m workbench eval`` (``--split test`` for
+    the held-out test split).
 
     *interactive*: prompts from the searched image; *cross_image*: K exemplars per class from
     the ``pool_split`` images, averaged into one class embedding.
@@ -87,9 +93,13 @@ class EvalConfig:
     pool_split: str = "train"  # where cross-image exemplars come from
     max_images: int | None = None  # evaluate on the first N validation images only
     seed: int = 0
+    # Cross-image exemplar draws (seeds seed, seed + 1, ...) whose AP spread is reported as
+    # ap_std_draws; each image is encoded once for all of them. 1 or 0: the first draw only.
+    exemplar_draws: int = 5
 
     def __post_init__(self) -> None:
         _require(self.exemplars_per_class >= 1, "eval.exemplars_per_class", "must be >= 1")
+        _require(self.exemplar_draws >= 0, "eval.exemplar_draws", "must be >= 0")
         _require(len(self.protocols) >= 1, "eval.protocols", "must name at least one protocol")
 
 

@@ -3,7 +3,9 @@
 config -> datasets (train with augmentation, val, cross-image exemplar pool) -> model (a named
 size, a workbench checkpoint or Grounding-DINO weights) -> objective (``{"sft": ..., "grqo": ...}``)
 -> Trainer, with an evaluation callback that runs the Predictor, the same inference path as the
-app, on the validation set after each epoch.
+app, on the validation set after each epoch (COCO AP and the query metrics of
+:mod:`workbench.query_metrics`, logged as ``cross_image/recall_top_third`` ...). The held-out
+test split is never evaluated during training: ``python -m workbench eval RUN --split test``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from workbench.config import Config, ConfigError, save_config, to_dict
-from workbench.data.dataset import DetectionDataset
+from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.data.sources import open_dataset
 from workbench.data.transforms import train_transforms
 from workbench.evaluation import EvalResult, evaluate
@@ -64,21 +67,31 @@ def build_model(cfg: Config) -> VisualPromptDetector:
 
 def open_splits(cfg: Config) -> tuple[DetectionDataset, DetectionDataset, DetectionDataset]:
     """Training set (augmented), validation set and cross-image exemplar pool (untransformed)."""
-    data = cfg.data
-    train = open_dataset(data, data.train_split, train_transforms(data))
-    if data.val_name:
-        from dataclasses import replace
+    train = open_dataset(cfg.data, cfg.data.train_split, train_transforms(cfg.data))
+    return (train, *open_evaluation_data(cfg))
 
-        other = replace(data, name=data.val_name)
-        return train, open_dataset(other, data.val_split), open_dataset(other, cfg.eval.pool_split)
-    return train, open_dataset(data, data.val_split), open_dataset(data, cfg.eval.pool_split)
+
+def open_evaluation_data(
+    cfg: Config, split: str | None = None
+) -> tuple[DetectionDataset, DetectionDataset]:
+    """The evaluated split (default ``data.val_split``; ``"test"`` for the held-out test split)
+    and the cross-image exemplar pool (``eval.pool_split``), both of ``data.val_name`` when set
+    (zero-shot transfer), untransformed."""
+    data = replace(cfg.data, name=cfg.data.val_name) if cfg.data.val_name else cfg.data
+    split = split or data.val_split
+    if data.name == "coco_json" and split not in (data.train_split, data.val_split):
+        raise DatasetError(
+            f"data.name=coco_json reads only data.train_json and data.val_json, so it has no "
+            f"split {split!r}; evaluate another json with data.val_json=PATH"
+        )
+    return open_dataset(data, split), open_dataset(data, cfg.eval.pool_split)
 
 
 def run_evaluation(
     model_or_predictor, cfg: Config, val: DetectionDataset, pool: DetectionDataset
 ) -> dict[str, EvalResult]:
-    """COCO AP of every configured protocol, through the Predictor (a bare model is wrapped at
-    the data config's resolution)."""
+    """COCO AP and query metrics of every configured protocol, through the Predictor (a bare
+    model is wrapped at the data config's resolution)."""
     results = {}
     for protocol in cfg.eval.protocols:
         results[protocol] = evaluate(
@@ -87,6 +100,7 @@ def run_evaluation(
             prompt_pool=pool if protocol == "cross_image" else None,
             seed=cfg.eval.seed, max_images=cfg.eval.max_images,
             min_size=cfg.data.min_size, max_size=cfg.data.max_size,
+            exemplar_draws=cfg.eval.exemplar_draws, loss=cfg.loss,
         )  # fmt: skip
     return results
 

@@ -256,7 +256,7 @@ def open_dataset(
 ) -> DetectionDataset:
     """The dataset a config names, for ``split`` ("train" / "val" or a source's own split name).
 
-    ``shapes`` is rendered on the fly (splits train / val / prompts, from disjoint seeds);
+    ``shapes`` is rendered on the fly (splits train / val / prompts / test, from disjoint seeds);
     ``coco_json`` reads ``data.train_json`` / ``data.val_json``; ``a+b`` mixes named datasets
     (:mod:`workbench.data.mixture`); any other name goes through :func:`locate`. The "prompts"
     split (a cross-image exemplar pool) falls back to the train split where a dataset has none.
@@ -273,10 +273,12 @@ def open_dataset(
     if cfg.name == "shapes":
         from workbench.data.synthetic import ShapesConfig, ShapesDataset
 
-        # Three disjoint renders: "train" (base categories by default), "val" and "prompts" (an
-        # exemplar pool for cross-image evaluation), all categories. Their seeds differ by large
-        # odd constants, so no image appears in two splits.
-        offsets = {cfg.train_split: 0, cfg.val_split: 1_000_003, "prompts": 2_000_003}
+        # Four disjoint renders: "train" (base categories by default), "val", "prompts" (an
+        # exemplar pool for cross-image evaluation) and "test" (held out from model selection),
+        # all categories. Image i of a split is drawn from the stream (seed + offset, i), and
+        # the offsets are distinct large primes, so no image appears in two splits.
+        offsets = {cfg.train_split: 0, cfg.val_split: 1_000_003, "prompts": 2_000_003,
+                   "test": 3_000_017}  # fmt: skip
         if split not in offsets:
             raise DatasetError(f"shapes has splits {list(offsets)}, not {split!r}")
         train = split == cfg.train_split
@@ -288,6 +290,8 @@ def open_dataset(
             categories=cfg.shapes_train_categories if train else "all",
         )
         count = cfg.shapes_train_images if train else cfg.shapes_val_images
+        if split == "test" and cfg.shapes_test_images is not None:
+            count = cfg.shapes_test_images
         return ShapesDataset(count, cfg.shapes_seed + offsets[split], shapes, transforms=transforms)
     if cfg.name == "coco_json":
         train = split == cfg.train_split
