@@ -13,6 +13,7 @@ from workbench.config import load_config
 from workbench.data.synthetic import render_shapes_image
 from workbench.experiment import open_splits, run_evaluation, train
 from workbench.model.build import from_pretrained
+from workbench.query_metrics import QUERY_METRICS
 
 TINY = "configs/tiny_shapes_sft.yaml"
 # A few fast steps on 64 px images: enough to exercise every part of a real run.
@@ -68,6 +69,19 @@ def test_train_eval_predict_from_the_command_line(tmp_path):
     records = json.loads((tmp_path / "pred.json").read_text())
     assert records and all(r["name"] == "thing" for r in records)
     assert (tmp_path / "pred.png").is_file()
+
+
+def test_each_epoch_logs_the_query_metrics_of_every_protocol(tmp_path):
+    cfg = load_config(TINY, [*QUICK, "data.shapes_train_images=4", "train.epochs=1",
+                             "eval.exemplar_draws=2", f"train.out_dir={tmp_path}"])  # fmt: skip
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if "eval/interactive/AP" in x]
+    assert len(evals) == 1
+    for protocol in ("cross_image", "interactive"):
+        assert {f"eval/{protocol}/{name}" for name in QUERY_METRICS} <= set(evals[0])
+    assert "eval/cross_image/ap_std_draws" in evals[0]
+    assert "eval/interactive/ap_std_draws" not in evals[0]
 
 
 @pytest.mark.parametrize("config", [TINY, "configs/tiny_shapes_grqo.yaml"])
