@@ -243,6 +243,27 @@ def test_inspect_with_ground_truth_shows_rewards_advantages_and_kl(models):
         assert column[field] == pytest.approx(expected, abs=2e-4), field
 
 
+def test_inspect_with_ground_truth_shows_each_models_query_metrics(models):
+    truth = {"path": str(SHAPES / "annotations.json")}
+    _, view, _ = app_logic.inspect(
+        models, None, "sft", payload(IMAGE, STAR), None, "", truth, 3, SETTINGS
+    )
+    line = view.summary.split("\n\n")[-1]
+    assert line.startswith("**Query selection on this image**")
+    # The library's metrics of each model's queries for the same image and prompt.
+    image = read_annotated(payload(), "t", 2048).image
+    prompt = [VisualPrompt(STAR["label"], (Exemplar((133, 155, 190, 205)),))]
+    runs = []
+    for slot in (models.sft, models.grqo):
+        encoded = slot.predictor.encode(image)
+        bank = slot.predictor.embed_prompts(prompt, searched=encoded)
+        runs.append((slot.title, slot.predictor.predict(encoded, bank, return_queries=True)[1]))
+    gt_boxes = torch.tensor([b for b, name in zip(*_truth(), strict=True) if name == STAR["label"]])
+    gt = GroundTruth(gt_boxes, torch.zeros(len(gt_boxes), dtype=torch.int64))
+    assert line == app_logic.describe_query_metrics(runs, gt)
+    assert "SFT: recall of the top ⅓ / ⅔ queries" in line and " · GRQO: recall" in line
+
+
 def _truth():
     """Boxes (xyxy) and class names of IMAGE in the shapes json."""
     data = json.loads((SHAPES / "annotations.json").read_text())
@@ -259,7 +280,7 @@ def test_inspect_without_ground_truth_shows_scores_only(models):
     )
     assert "reward" not in view.headers and "kl" not in view.headers
     assert {"score", "objectness", "select_score", "muted"} <= set(view.headers)
-    assert "no ground truth" in view.summary
+    assert "no ground truth" in view.summary and "Query selection" not in view.summary
     with pytest.raises(InputError, match="GRQO model is not loaded"):
         app_logic.inspect(half, None, "grqo", payload(IMAGE, STAR), None, "", None, 3, SETTINGS)
 

@@ -10,6 +10,7 @@ session and return it; none keeps anything elsewhere. Every user-facing problem 
 from __future__ import annotations
 
 import atexit
+import math
 import re
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from workbench.analysis import reference_selection_logits, table_from_outputs
+from workbench.analysis import GroundTruth, reference_selection_logits, table_from_outputs
 from workbench.inputs import InputError
 from workbench.integrations import app_render as render
 from workbench.integrations.app_inputs import (
@@ -32,8 +33,10 @@ from workbench.integrations.app_inputs import (
     truth_for_prompts,
 )
 from workbench.integrations.app_models import Models, ModelSlot, Settings
+from workbench.postprocess import QueryOutputs
 from workbench.predictor import EncodedImage
 from workbench.prompt_bank import PromptBank
+from workbench.query_metrics import query_stats
 from workbench.types import Detections
 from workbench.viz import to_pil
 
@@ -258,8 +261,9 @@ class QueryView:
 
 def inspect(models, session, model_key, target, reference, bank_name, gt_file, top_k, settings):
     """Every decoder query of one model: table, plot and top-K drawing. With ground truth,
-    rewards and errors; with the other model loaded, the KL of the objectness against it (the
-    paper's GRQO reference is the SFT model). Returns ``(session, QueryView, notices)``."""
+    rewards and errors, and every loaded model's query metrics on this image; with the other
+    model loaded, the KL of the objectness against it (the paper's GRQO reference is the SFT
+    model). Returns ``(session, QueryView, notices)``."""
     session = session if isinstance(session, Session) else Session()
     slot = models.get(model_key)
     if not slot.available:
@@ -274,9 +278,10 @@ def inspect(models, session, model_key, target, reference, bank_name, gt_file, t
         gt, notices = truth_for_prompts(truth, list(bank.names), list(bank.negative))
         request.notices += notices
     other = models.get("grqo" if slot.key == "sft" else "sft")
+    other_run = _prompted(other, request, session) if other.available else None
     reference_logits = None
-    if other.available:
-        reference_logits = _reference_logits(other, request, session, encoded)
+    if other_run is not None:
+        reference_logits = _reference_logits(other, other_run, encoded)
         if reference_logits is None:
             request.notices.append(f"no KL column: {other.title} tokenises images differently")
         else:
@@ -295,19 +300,51 @@ def inspect(models, session, model_key, target, reference, bank_name, gt_file, t
     )
     if reference_logits is not None:
         summary += f" · KL against {other.title}"
+    if gt is not None:
+        runs = [(slot.title, queries)]
+        runs += [(other.title, _queries(other, other_run))] if other_run else []
+        summary += "\n\n" + describe_query_metrics(runs, gt)
     plot = render.query_plot(records, title)
     top = render.draw_top_queries(request.target.image, records, int(top_k))
     return session, QueryView(headers, rows, plot, top, summary), request.notices
 
 
-def _reference_logits(other: ModelSlot, request, session, encoded: EncodedImage):
+def _prompted(slot: ModelSlot, request, session) -> tuple[EncodedImage, PromptBank]:
+    """``slot``'s model's encoding of the target image and its bank of the request's classes."""
+    encoded = slot.predictor.encode(request.target.image)
+    return encoded, prompt_bank(slot, request, session, encoded)
+
+
+def _reference_logits(other: ModelSlot, other_run, encoded: EncodedImage):
     """``[T]`` the other model's selection logit of every token, or None when its tokens do not
     line up with this model's (another backbone or resolution)."""
-    ref_encoded = other.predictor.encode(request.target.image)
+    ref_encoded, bank = other_run
     if ref_encoded.features.spatial_shapes_list != encoded.features.spatial_shapes_list:
         return None
-    bank = prompt_bank(other, request, session, ref_encoded)
     return reference_selection_logits(other.predictor, ref_encoded, bank)
+
+
+def _queries(slot: ModelSlot, run) -> QueryOutputs:
+    encoded, bank = run
+    return slot.predictor.predict(encoded, bank, return_queries=True)[1]
+
+
+def describe_query_metrics(runs: list[tuple[str, QueryOutputs]], gt: GroundTruth) -> str:
+    """This image's query metrics (:mod:`workbench.query_metrics`) of each model, by title, on
+    one line."""
+    parts = []
+    for title, queries in runs:
+        m = query_stats(queries, gt.boxes_xyxy, gt.prompt_index).metrics()
+        parts.append(
+            f"{title}: recall of the top ⅓ / ⅔ queries {_value(m['recall_top_third'])} / "
+            f"{_value(m['recall_top_two_thirds'])}, Spearman(selection, reward) "
+            f"{_value(m['spearman_select_reward'])}, objectness ECE {_value(m['ece_objectness'])}"
+        )
+    return "**Query selection on this image** · " + " · ".join(parts)
+
+
+def _value(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}"
 
 
 # --- prompt banks -----------------------------------------------------------------------------
