@@ -45,6 +45,7 @@ from workbench.integrations.fiftyone_labels import GT_ATTRIBUTES, QUERY_ATTRIBUT
 from workbench.integrations.fiftyone_predict import ImagePrediction, prompted_ground_truth
 from workbench.model.build import build_detector
 from workbench.predictor import Predictor
+from workbench.query_metrics import QUERY_METRICS
 from workbench.types import Detections, QueryRecord
 
 pytestmark = pytest.mark.fiftyone
@@ -187,6 +188,11 @@ def test_exported_counts_and_map_agree_with_workbench_evaluate(exported, shapes,
             r.num_detections for r in result.records
         )
         assert abs(stored[model]["mAP"] - result.AP) <= MAP_TOLERANCE
+        # The query metrics from the exported tables are evaluate's (boxes rounded to 0.01 px).
+        run_info = exported.info["workbench"]["models"][model]["query_metrics"]
+        for name in QUERY_METRICS:
+            assert run_info[name] == stored[model][name], name
+            assert run_info[name] == pytest.approx(result.query_metrics[name], abs=1e-6), name
 
 
 @pytest.mark.slow

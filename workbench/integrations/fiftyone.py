@@ -14,6 +14,11 @@ their attributes: :mod:`~workbench.integrations.fiftyone_labels`; saved views:
 (``evaluate_detections(method="coco", compute_mAP=True)``), tagging every prediction ``tp`` /
 ``fp`` and every ground-truth box ``tp`` / ``fn`` under ``eval_<model>``.
 
+Each exported model's query metrics (:mod:`workbench.query_metrics`: recall of the top third and
+two thirds of the queries, Spearman of selection logit vs reward, objectness ECE) are computed
+from its per-query tables and kept with its run info (``ds.info["workbench"]["models"][model]``)
+and, once evaluated, in its evaluation summary.
+
 Exporting again is idempotent: the dataset keeps its name and samples, each field is overwritten
 in place, evaluations whose labels were rewritten are dropped and redone, views are re-saved.
 
@@ -29,6 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from workbench.data.dataset import DatasetError, DetectionDataset
@@ -51,6 +57,8 @@ from workbench.integrations.fiftyone_predict import (
 )
 from workbench.integrations.fiftyone_views import field_names, save_views
 from workbench.predictor import Predictor
+from workbench.query_metrics import QueryStats, image_stats, pool_metrics, prompted_truth
+from workbench.types import Target
 
 __all__ = [
     "ImagePrediction",
@@ -211,7 +219,8 @@ def evaluate(ds, models: Sequence[str] | None = None, *, iou: float = 0.5,
     Tags predictions ``tp`` / ``fp`` and ground truth ``tp`` / ``fn`` at ``iou`` under
     ``eval_<model>``, counts them per sample (``eval_<model>_tp`` ...), and computes COCO mAP
     (IoU 0.50:0.95, 101 recall points, 100 detections per image and class). Returns ``{model:
-    {"mAP", "tp", "fp", "fn"}}`` (mAP NaN without ground truth), also kept in ``ds.info``.
+    {"mAP", "tp", "fp", "fn", <query metrics>}}`` (mAP NaN without ground truth; the query
+    metrics of the export, None where undefined), also kept in ``ds.info``.
     """
     models = list(ds.info.get("workbench", {}).get("models", {})) if models is None else models
     summary = {}
@@ -228,7 +237,9 @@ def evaluate(ds, models: Sequence[str] | None = None, *, iou: float = 0.5,
         )  # fmt: skip
         m_ap = float(results.mAP())
         counts = {k: int(ds.sum(f"{key}_{k}") or 0) for k in ("tp", "fp", "fn")}
-        summary[model] = {"mAP": m_ap if m_ap >= 0 else math.nan, **counts}
+        queries = ds.info.get("workbench", {}).get("models", {}).get(model, {})
+        summary[model] = {"mAP": m_ap if m_ap >= 0 else math.nan, **counts,
+                          **queries.get("query_metrics", {})}  # fmt: skip
     stored = ds.info.setdefault("workbench", {}).setdefault("evaluations", {})
     stored.update({m: {**s, "mAP": None if math.isnan(s["mAP"]) else s["mAP"], "iou": iou}
                    for m, s in summary.items()})  # fmt: skip
@@ -276,6 +287,7 @@ def export(
         _check_model_name(model)
     ds = build_dataset(dataset, name, image_dir=image_dir, indices=indices, progress=progress)
     references = references or {}
+    order = range(len(dataset)) if indices is None else indices
     for model, predictor in predictors.items():
         stream = iter_predictions(
             predictor, dataset, protocol=protocol, exemplars_per_class=exemplars_per_class,
@@ -286,12 +298,35 @@ def export(
         info = {"protocol": protocol, "exemplars_per_class": exemplars_per_class, "seed": seed,
                 "score_threshold": score_threshold, "kl_reference": model in references,
                 **dict((model_info or {}).get(model, {}))}  # fmt: skip
-        while chunk := list(itertools.islice(stream, _CHUNK)):  # written as they come
-            add_predictions(ds, model, chunk, all_queries=all_queries, info=info)
+        stats, pairs = [], zip(order, stream, strict=True)  # one prediction per index, in order
+        while chunk := list(itertools.islice(pairs, _CHUNK)):  # written as they come
+            add_predictions(ds, model, [p for _, p in chunk], all_queries=all_queries, info=info)
+            stats += [_table_stats(p, dataset.target(i)) for i, p in chunk if p.queries]
+        _store_query_metrics(ds, model, pool_metrics(stats))
     if run_evaluation and predictors:
         analyse(ds, list(predictors), iou=iou, baseline=baseline, candidate=candidate,
                 confidence=confidence, progress=progress)  # fmt: skip
     return ds
+
+
+def _table_stats(prediction: ImagePrediction, target: Target) -> QueryStats:
+    """The query counts of one image from its per-query table (selection order; boxes rounded to
+    0.01 px, reward as the table computed it), against the non-crowd ground truth of the
+    prompted classes."""
+    if target.image_id != prediction.image_id:
+        raise ValueError(f"prediction of image {prediction.image_id} for image {target.image_id}")
+    rows = prediction.queries
+    boxes, _ = prompted_truth(target, [p.label for p in prediction.prompts])
+    rewards = None if rows[0].reward is None else torch.tensor([r.reward for r in rows])
+    logits = torch.tensor([r.select_score for r in rows])
+    return image_stats(logits, torch.tensor([r.box_xyxy for r in rows]), rewards, boxes)
+
+
+def _store_query_metrics(ds, model: str, metrics: Mapping[str, float]) -> None:
+    """A model's query metrics (NaN as None) beside how its predictions were made."""
+    info = ds.info.setdefault("workbench", {}).setdefault("models", {}).setdefault(model, {})
+    info["query_metrics"] = {k: None if math.isnan(v) else v for k, v in metrics.items()}
+    ds.save()
 
 
 def analyse(
