@@ -1,4 +1,4 @@
-"""COCO AP under the visual-prompt protocols (dino-r1.md §8), with per-image records.
+"""COCO AP and query metrics under the visual-prompt protocols (dino-r1.md §8), per-image records.
 
 Protocols (prompt sampling in :mod:`workbench.data.prompts`):
 
