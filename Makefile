@@ -42,6 +42,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 	@$(PIP) install -q --no-deps --force-reinstall -r requirements-nodeps.txt $(QUIET)
 	@$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET)
 	@$(BIN)/python -m workbench.doctor
+	@$(BIN)/python -m workbench.model.deformable  # builds the CPU kernel once (about a minute)
 	@touch $@
 
 # Browser tests drive Debian's Chromium through Playwright (never `playwright install`).

@@ -200,30 +200,6 @@ def test_a_trusted_legacy_state_dict_converts_to_safetensors(tmp_path, tiny):
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
-def test_levelwise_sampling_equals_transformers_implementation():
-    from transformers.models.grounding_dino.modeling_grounding_dino import (
-        MultiScaleDeformableAttention,
-    )
-
-    from workbench.model.deformable import LevelwiseDeformableSampling
-
-    g = torch.Generator().manual_seed(0)
-    shapes = [(6, 5), (3, 3), (2, 1)]
-    spatial = torch.tensor(shapes)
-    start = torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]])
-    value = torch.randn(2, 41, 4, 8, generator=g, requires_grad=True)
-    loc = torch.rand(2, 7, 4, 3, 2, 2, generator=g, requires_grad=True)
-    weights = torch.rand(2, 7, 4, 3, 2, generator=g, requires_grad=True)
-    outs, grads = [], []
-    for module in (MultiScaleDeformableAttention(), LevelwiseDeformableSampling()):
-        out = module(value, spatial, shapes, start, loc, weights, 64)
-        grads.append(torch.autograd.grad(out.square().sum(), [value, loc, weights]))
-        outs.append(out)
-    torch.testing.assert_close(outs[0], outs[1])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b)
-
-
 def test_half_precision_export_halves_the_file_and_loads_back(tmp_path, tiny):
     from workbench.model.export import main as export_main
 

@@ -1,27 +1,165 @@
-"""Multi-scale deformable attention's sampling step, level by level.
+"""Multi-scale deformable attention's sampling step: a fused CPU kernel, or level by level in torch.
 
-transformers' pure-PyTorch ``MultiScaleDeformableAttention`` samples every level, stacks the
-samples of all levels and points into one ``[B*H, D, Q, L*P]`` tensor, then weights and sums it.
-The stack is a full copy and the weighted sum runs over the largest tensor of the layer. Summing
-each level's weighted samples as soon as they are drawn gives the same result (up to float
-rounding) without the copy: on two CPU cores it makes the encoder's attention about 1.9x faster
-forward and 1.6x faster backward (benchmarks/results/deformable_attention.json).
+transformers' pure-PyTorch ``MultiScaleDeformableAttention`` samples every level with
+``grid_sample``, stacks the samples of all levels and points into one ``[B*H, D, Q, L*P]`` tensor,
+then weights and sums it; its backward scatters through ``grid_sample``'s generic kernel. Two
+faster drop-ins share its call signature:
 
-:func:`use_levelwise_sampling` swaps it into a model's attention modules; it has no parameters,
-so checkpoints are unaffected.
+- ``cpp`` (CPU, float32/float64): ``csrc/ms_deform_attn.cpp``, one pass that samples, weights and
+  sums without materialising the samples, and a hand-written backward in one pass. Built on first
+  use with the machine's C++ compiler through ``torch.utils.cpp_extension`` (needs g++ and ninja;
+  about a minute, cached under ``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, one
+  build per source and CPU kind). ``python -m workbench.doctor`` builds it ahead of time.
+- ``torch``: each level's weighted samples summed as soon as they are drawn, which avoids the
+  stack; the fallback on GPUs, for other dtypes (autocast), and where no compiler is found.
+
+Both give transformers' result up to float rounding (tests/test_deformable.py; speed in
+benchmarks/results/deformable_attention.json). ``WORKBENCH_DEFORMABLE=torch`` (or ``cpp``, or the
+default ``auto``: the kernel where it builds) chooses; :func:`set_backend` does the same in code.
+:func:`use_levelwise_sampling` swaps the module into a model; it has no parameters, so checkpoints
+are unaffected.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.grounding_dino.modeling_grounding_dino import (
     MultiScaleDeformableAttention,
 )
 
+BACKENDS = ("auto", "cpp", "torch")
+_SOURCE = Path(__file__).with_name("csrc") / "ms_deform_attn.cpp"
+_lock = threading.Lock()
+_kernel: object | None = None  # the built extension module, once loaded
+_kernel_error: str | None = None  # why it could not be built, once tried
+_backend = os.environ.get("WORKBENCH_DEFORMABLE", "auto")
+
+
+def set_backend(name: str) -> None:
+    """``"auto"`` (the kernel where it builds, else torch), ``"cpp"`` (the kernel or an error)
+    or ``"torch"``; for every deformable-attention module of every model in this process."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"deformable-attention backend {name!r}: choose one of {BACKENDS}")
+    _backend = name
+
+
+def _cpu_kind() -> str:
+    """A short tag of this CPU's instruction-set flags: a kernel built with -march=native for one
+    CPU kind never loads on another that shares the cache folder."""
+    try:
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )  # fmt: skip
+    except (OSError, StopIteration):
+        flags = "unknown"
+    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
+def load_kernel(verbose: bool = False):
+    """The compiled kernel module, building it on first call; None (with the reason in
+    :func:`kernel_status`) when this machine cannot build it."""
+    global _kernel, _kernel_error
+    with _lock:
+        if _kernel is None and _kernel_error is None:
+            try:
+                from torch.utils.cpp_extension import load
+
+                digest = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
+                _kernel = load(
+                    name=f"workbench_msda_{digest}_{_cpu_kind()}", sources=[str(_SOURCE)],
+                    extra_cflags=["-O3", "-march=native"], verbose=verbose,
+                )  # fmt: skip
+            except Exception as err:  # no compiler, no ninja, no headers: fall back to torch
+                _kernel_error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
+        return _kernel
+
+
+def kernel_status() -> str:
+    """ "built", "not built yet", or why it failed to build."""
+    if _kernel is not None:
+        return "built"
+    return _kernel_error or "not built yet"
+
+
+def _use_kernel(value: Tensor) -> bool:
+    if _backend == "torch" or value.device.type != "cpu":
+        return False
+    if value.dtype not in (torch.float32, torch.float64):
+        return False
+    if load_kernel() is None:
+        if _backend == "cpp":
+            raise RuntimeError(f"WORKBENCH_DEFORMABLE=cpp, but the kernel did not build: "
+                               f"{_kernel_error}; install g++ and ninja, or use auto")  # fmt: skip
+        if not getattr(_use_kernel, "warned", False):
+            _use_kernel.warned = True
+            warnings.warn(
+                f"deformable attention runs on the slower torch path: the CPU kernel did not "
+                f"build ({_kernel_error})", stacklevel=3,
+            )  # fmt: skip
+        return False
+    return True
+
+
+class _KernelSampling(torch.autograd.Function):
+    """The C++ kernel with its hand-written backward; ``value`` heads-first ``[B, H, T, D]``."""
+
+    @staticmethod
+    def forward(ctx, value, shapes, starts, locations, weights):
+        ctx.save_for_backward(value, shapes, starts, locations, weights)
+        return _kernel.forward(value, shapes, starts, locations, weights)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        value, shapes, starts, locations, weights = ctx.saved_tensors
+        grads = _kernel.backward(value, shapes, starts, locations, weights, grad_out)
+        return grads[0], None, None, grads[1], grads[2]
+
+
+def kernel_sampling(value: Tensor, shapes: Tensor, starts: Tensor, locations: Tensor,
+                    weights: Tensor) -> Tensor:  # fmt: skip
+    """``value [B, T, H, D]``, ``locations [B, Q, H, L, P, 2]`` in [0, 1], ``weights [B, Q, H, L,
+    P]`` -> ``[B, Q, H * D]`` through the C++ kernel (which must be loaded)."""
+    b, _, heads, dim = value.shape
+    out = _KernelSampling.apply(
+        value.transpose(1, 2).contiguous(), shapes.to(torch.int64).contiguous(),
+        starts.to(torch.int64).contiguous(), locations.contiguous(), weights.contiguous(),
+    )  # fmt: skip
+    return out.view(b, out.shape[1], heads * dim)
+
+
+def levelwise_sampling(
+    value: Tensor, shapes_list: list[tuple[int, int]], locations: Tensor, weights: Tensor
+) -> Tensor:
+    """The torch path: each level sampled with ``grid_sample`` and its weighted samples summed at
+    once (no stack over levels). Same shapes as :func:`kernel_sampling`."""
+    b, _, heads, dim = value.shape
+    q = locations.shape[1]
+    levels = value.split([h * w for h, w in shapes_list], dim=1)
+    grids = 2 * locations - 1  # grid_sample's [-1, 1] coordinates
+    out = None
+    for level, (h, w) in enumerate(shapes_list):
+        v = levels[level].flatten(2).transpose(1, 2).reshape(b * heads, dim, h, w)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [B*H, Q, P, 2]
+        samples = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        level_weights = weights[:, :, :, level].transpose(1, 2).reshape(b * heads, 1, q, -1)
+        term = (samples * level_weights).sum(-1)  # [B*H, D, Q]
+        out = term if out is None else out + term
+    return out.reshape(b, heads * dim, q).transpose(1, 2).contiguous()
+
 
 class LevelwiseDeformableSampling(nn.Module):
-    """Drop-in for transformers' ``MultiScaleDeformableAttention`` (same call signature)."""
+    """Drop-in for transformers' ``MultiScaleDeformableAttention`` (same call signature): the
+    C++ kernel where it applies, else the level-by-level torch path."""
 
     def forward(
         self,
@@ -35,21 +173,12 @@ class LevelwiseDeformableSampling(nn.Module):
     ) -> Tensor:
         """``value [B, T, H, D]``, ``sampling_locations [B, Q, H, L, P, 2]`` in [0, 1],
         ``attention_weights [B, Q, H, L, P]`` -> ``[B, Q, H * D]``."""
-        b, _, heads, dim = value.shape
-        q = sampling_locations.shape[1]
-        levels = value.split([h * w for h, w in value_spatial_shapes_list], dim=1)
-        grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] coordinates
-        out = None
-        for level, (h, w) in enumerate(value_spatial_shapes_list):
-            v = levels[level].flatten(2).transpose(1, 2).reshape(b * heads, dim, h, w)
-            grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [B*H, Q, P, 2]
-            samples = F.grid_sample(
-                v, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-            )
-            weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(b * heads, 1, q, -1)
-            term = (samples * weights).sum(-1)  # [B*H, D, Q]
-            out = term if out is None else out + term
-        return out.reshape(b, heads * dim, q).transpose(1, 2).contiguous()
+        if _use_kernel(value):
+            return kernel_sampling(value, value_spatial_shapes, level_start_index,
+                                   sampling_locations, attention_weights)  # fmt: skip
+        return levelwise_sampling(
+            value, value_spatial_shapes_list, sampling_locations, attention_weights
+        )
 
 
 def use_levelwise_sampling(model: nn.Module) -> int:
@@ -61,3 +190,18 @@ def use_levelwise_sampling(model: nn.Module) -> int:
                 setattr(module, name, LevelwiseDeformableSampling())
                 count += 1
     return count
+
+
+def main() -> int:
+    """``python -m workbench.model.deformable``: build the CPU kernel now (``make setup`` does)."""
+    load_kernel(verbose=False)
+    status = kernel_status()
+    if status == "built":
+        print("deformable attention: CPU kernel built")
+        return 0
+    print(f"deformable attention: CPU kernel unavailable ({status}); the torch path will be used")
+    return 0  # a fallback exists: not a setup failure
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Deformable-attention sampling: the C++ kernel and the torch path both equal transformers'."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.grounding_dino.modeling_grounding_dino import (
+    MultiScaleDeformableAttention,
+)
+
+from workbench.model import deformable
+from workbench.model.deformable import LevelwiseDeformableSampling
+
+SHAPES = [(6, 5), (3, 3), (2, 1)]
+
+
+def inputs(dtype=torch.float32, batch=2, queries=7, heads=4, dim=8, points=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    spatial = torch.tensor(SHAPES)
+    start = torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]])
+    tokens = int(spatial.prod(1).sum())
+    value = torch.randn(batch, tokens, heads, dim, generator=g, dtype=dtype)
+    # Locations a little outside [0, 1] too: corners off the map read zero.
+    loc = torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=g, dtype=dtype)
+    loc = loc * 1.3 - 0.15
+    weights = torch.rand(batch, queries, heads, len(SHAPES), points, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (value, loc, weights)], spatial, start
+
+
+@pytest.fixture
+def backend():
+    """Restores the process-wide backend after a test that sets it."""
+    before = deformable._backend
+    yield deformable.set_backend
+    deformable.set_backend(before)
+
+
+def run(module, tensors, spatial, start):
+    value, loc, weights = tensors
+    out = module(value, spatial, SHAPES, start, loc, weights, 64)
+    return out, torch.autograd.grad(out.square().sum(), tensors)
+
+
+@pytest.mark.parametrize("name", ["cpp", "torch"])
+def test_sampling_equals_transformers_forward_and_backward(name, backend):
+    if name == "cpp" and deformable.load_kernel() is None:
+        pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
+    backend(name)
+    tensors, spatial, start = inputs()
+    expected, expected_grads = run(MultiScaleDeformableAttention(), tensors, spatial, start)
+    out, grads = run(LevelwiseDeformableSampling(), tensors, spatial, start)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_gradients_match_finite_differences():
+    if deformable.load_kernel() is None:
+        pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
+    (value, loc, weights), spatial, start = inputs(torch.float64, batch=1, queries=3, heads=2,
+                                                   dim=3)  # fmt: skip
+    # Keep points off the integer pixel lines, where bilinear sampling has kinks.
+    with torch.no_grad():
+        loc.copy_(loc.clamp(0.02, 0.98))
+
+    def fn(v, locations, w):
+        return deformable.kernel_sampling(v, spatial, start, locations, w)
+
+    assert torch.autograd.gradcheck(fn, (value, loc, weights), eps=1e-6, atol=1e-5)
+
+
+def test_kernel_is_used_for_float_cpu_tensors_only(backend):
+    backend("auto")
+    tensors, _, _ = inputs()
+    assert deformable._use_kernel(tensors[0]) == (deformable.load_kernel() is not None)
+    assert not deformable._use_kernel(tensors[0].to(torch.bfloat16))
+    backend("torch")
+    assert not deformable._use_kernel(tensors[0])
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        deformable.set_backend("fast")
