@@ -15,7 +15,9 @@ faster drop-ins share its call signature:
 
 Both give transformers' result up to float rounding (tests/test_deformable.py; speed in
 benchmarks/results/deformable_attention.json). ``WORKBENCH_DEFORMABLE=torch`` (or ``cpp``, or the
-default ``auto``: the kernel where it builds) chooses; :func:`set_backend` does the same in code.
+default ``auto``: the kernel where it builds) chooses; :func:`set_backend` does the same in code;
+``WORKBENCH_FAST=0`` (:mod:`workbench.model.fastpath`) turns the kernel off with the other
+speed-ups.
 :func:`use_levelwise_sampling` swaps the module into a model; it has no parameters, so checkpoints
 are unaffected.
 """
@@ -34,6 +36,8 @@ from torch import Tensor, nn
 from transformers.models.grounding_dino.modeling_grounding_dino import (
     MultiScaleDeformableAttention,
 )
+
+from workbench.model import fastpath
 
 BACKENDS = ("auto", "cpp", "torch")
 _SOURCE = Path(__file__).with_name("csrc") / "ms_deform_attn.cpp"
@@ -92,7 +96,7 @@ def kernel_status() -> str:
 
 
 def _use_kernel(value: Tensor) -> bool:
-    if _backend == "torch" or value.device.type != "cpu":
+    if _backend == "torch" or value.device.type != "cpu" or not fastpath.enabled():
         return False
     if value.dtype not in (torch.float32, torch.float64):
         return False

@@ -30,6 +30,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import (
     build_position_encoding,
 )
 
+from workbench.model import fastpath
 from workbench.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from workbench.model.config import DetectorConfig
 from workbench.model.decoder import PromptDecoder
@@ -153,6 +154,10 @@ class VisualPromptDetector(nn.Module):
         """``images [B, 3, H, W]`` RGB in [0, 1], ``pixel_mask [B, H, W]`` True on real pixels."""
         m = self.model
         pixels = (images - self.pixel_mean) / self.pixel_std
+        if self.config.backbone == "mobilenet_v2" and fastpath.enabled():
+            # Channels-last keeps every convolution on oneDNN's fast path; the neck's maps then
+            # flatten to [B, h*w, d] without a copy.
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         outs, positions = m.backbone(pixels, pixel_mask.to(torch.bool))
         maps = [m.input_proj_vision[i](f) for i, (f, _) in enumerate(outs)]
         masks = [mask for _, mask in outs]
@@ -192,44 +197,121 @@ class VisualPromptDetector(nn.Module):
 
     # --- stage 3: enhancer, query selection, decoder -------------------------------------
 
-    def enhance(self, features: ImageFeatures, classes: Tensor) -> tuple[Tensor, Tensor]:
-        """Feature enhancer: ``([B, T, d] image tokens, [B, U, d] prompt tokens)``."""
+    def _prompt_inputs(self, features: ImageFeatures, classes: Tensor) -> dict:
+        """The enhancer's prompt-side arguments: prompts sit where text tokens would, each seeing
+        only itself (identity self-attention mask, position id 0)."""
         b, u = features.tokens.shape[0], classes.shape[-2]
         prompts = classes.expand(b, -1, -1) if classes.dim() == 2 else classes
-        not_self = ~torch.eye(u, dtype=torch.bool, device=prompts.device)  # each prompt sees itself
-        out = self.model.encoder(
-            vision_features=features.tokens,
-            vision_attention_mask=~features.valid,
-            vision_position_embedding=features.position,
-            spatial_shapes=features.spatial_shapes,
-            spatial_shapes_list=list(features.spatial_shapes_list),
-            level_start_index=features.level_start_index,
-            valid_ratios=features.valid_ratios,
+        not_self = ~torch.eye(u, dtype=torch.bool, device=prompts.device)
+        return dict(
             text_features=prompts,
             text_attention_mask=torch.zeros(b, u, dtype=torch.bool, device=prompts.device),
             text_position_embedding=None,
             text_self_attention_masks=not_self.expand(b, -1, -1),
             text_position_ids=torch.zeros(b, u, dtype=torch.long, device=prompts.device),
-            return_dict=True,
         )
+
+    def _vision_inputs(self, features: ImageFeatures) -> dict:
+        return dict(
+            vision_position_embedding=features.position,
+            spatial_shapes=features.spatial_shapes,
+            spatial_shapes_list=list(features.spatial_shapes_list),
+            level_start_index=features.level_start_index,
+        )
+
+    def enhance(self, features: ImageFeatures, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """Feature enhancer: ``([B, T, d] image tokens, [B, U, d] prompt tokens)``."""
+        out = self.model.encoder(
+            vision_features=features.tokens, vision_attention_mask=~features.valid,
+            valid_ratios=features.valid_ratios, return_dict=True,
+            **self._vision_inputs(features), **self._prompt_inputs(features, classes),
+        )  # fmt: skip
         return out.last_hidden_state_vision, out.last_hidden_state_text
 
+    def _enhance_at(
+        self, features: ImageFeatures, classes: Tensor, index: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`enhance`, with the last layer's image side (deformable self-attention and FFN,
+        which mix nothing across tokens after sampling) run for the tokens ``index [B, Q]`` only:
+        ``([B, Q, d] those image tokens, [B, U, d] prompt tokens)``."""
+        enc, vision_args = self.model.encoder, self._vision_inputs(features)
+        prompt_args = self._prompt_inputs(features, classes)
+        points = enc.get_reference_points(
+            features.spatial_shapes_list, features.valid_ratios, features.tokens.device
+        )
+        vision, text = features.tokens, prompt_args.pop("text_features")
+        for layer in enc.layers[:-1]:
+            (vision, text), _ = layer(
+                vision_features=vision, key_padding_mask=~features.valid, reference_points=points,
+                text_features=text, **vision_args, **prompt_args,
+            )  # fmt: skip
+        last = enc.layers[-1]
+        text_position = last.get_text_position_embeddings(
+            text, None, prompt_args["text_position_ids"]
+        )
+        (vision, _), (text, _) = last.fusion_layer(
+            vision_features=vision, text_features=text, attention_mask_vision=~features.valid,
+            attention_mask_text=prompt_args["text_attention_mask"],
+        )  # fmt: skip
+        text, _ = last.text_enhancer_layer(
+            hidden_states=text, attention_masks=~prompt_args["text_self_attention_masks"],
+            position_embeddings=text_position,
+        )  # fmt: skip
+        take = lambda x: x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+        layer = last.deformable_layer
+        picked = take(vision)
+        attended, _ = layer.self_attn(
+            hidden_states=picked, attention_mask=features.valid, encoder_hidden_states=vision,
+            encoder_attention_mask=features.valid, position_embeddings=take(features.position),
+            reference_points=take(points.flatten(2)).view(*index.shape, *points.shape[2:]),
+            **{k: vision_args[k] for k in ("spatial_shapes", "spatial_shapes_list",
+                                           "level_start_index")},
+        )  # fmt: skip
+        hidden = layer.self_attn_layer_norm(picked + attended)
+        hidden = layer.final_layer_norm(hidden + layer.fc2(layer.activation_fn(layer.fc1(hidden))))
+        return hidden, text
+
     def token_scores(self, features: ImageFeatures, memory: Tensor, prompts: Tensor):
-        """Encoder-side predictions for every token: proposal content, class logits
-        ``[B, T, U]``, box logits ``[B, T, 4]`` (inverse sigmoid), and a validity mask."""
+        """Encoder-side class predictions for every token: proposal content ``[B, T, d]``, class
+        logits ``[B, T, U]`` and a validity mask ``[B, T]``; boxes come from :meth:`token_boxes`
+        for the tokens that are selected."""
         m = self.model
         proposals, valid = _grid_proposals(features)
         content = memory.masked_fill(~valid[..., None], 0.0)
         content = m.enc_output_norm(m.enc_output(content))
-        logits = m.encoder_output_class_embed(content, prompts)
-        box_logits = m.encoder_output_bbox_embed(content) + proposals
-        return content, logits, box_logits, valid
+        return content, m.encoder_output_class_embed(content, prompts), proposals, valid
 
-    def selection_logits(self, features: ImageFeatures, classes: Tensor) -> Tensor:
-        """``[B, T]`` max-over-prompts encoder logit of every token (GRQO's reference model runs
-        only this: backbone, prompt encoder, enhancer, encoder head)."""
-        memory, prompts = self.enhance(features, classes)
-        return self.token_scores(features, memory, prompts)[1].max(-1).values
+    def token_boxes(self, content: Tensor, proposals: Tensor) -> Tensor:
+        """Box logits (inverse sigmoid, ``[..., 4]``) of tokens with ``content`` and grid
+        ``proposals``; a per-token MLP, so it runs on the selected tokens only."""
+        return self.model.encoder_output_bbox_embed(content) + proposals
+
+    def selection_logits(
+        self, features: ImageFeatures, classes: Tensor, index: Tensor | None = None
+    ) -> Tensor:
+        """``[B, T]`` max-over-prompts encoder logit of every token, or ``[B, Q]`` of the tokens
+        ``index [B, Q]`` only (GRQO's reference model runs only this: backbone, prompt encoder,
+        enhancer, encoder head). With an ``index`` and the fast path on, the enhancer's last
+        image-side step runs for those tokens only (:meth:`_enhance_at`); the result equals the
+        full computation gathered at ``index`` up to float rounding."""
+        if index is None:
+            memory, prompts = self.enhance(features, classes)
+            return self.token_scores(features, memory, prompts)[1].max(-1).values
+        valid = _grid_proposals(features)[1].gather(1, index)
+        if fastpath.enabled() and self._deformable_layer_is_deterministic():
+            memory, prompts = self._enhance_at(features, classes, index)
+        else:
+            memory, prompts = self.enhance(features, classes)
+            memory = memory.gather(1, index[..., None].expand(-1, -1, memory.shape[-1]))
+        m = self.model
+        content = m.enc_output_norm(m.enc_output(memory.masked_fill(~valid[..., None], 0.0)))
+        return m.encoder_output_class_embed(content, prompts).max(-1).values
+
+    def _deformable_layer_is_deterministic(self) -> bool:
+        """The shortened last layer skips the deformable layer's dropouts: exact only without
+        them (every named size has none) or in eval mode."""
+        layer = self.model.encoder.layers[-1].deformable_layer
+        return not self.training or layer.dropout == layer.activation_dropout == 0
 
     def detect(
         self, features: ImageFeatures, classes: Tensor, targets: list[Target] | None = None
@@ -239,7 +321,7 @@ class VisualPromptDetector(nn.Module):
         if classes.shape[-2] == 0:
             raise ValueError("no prompts: give at least one exemplar box to search for")
         memory, prompts = self.enhance(features, classes)
-        _, logits, box_logits, valid = self.token_scores(features, memory, prompts)
+        content, logits, proposals, valid = self.token_scores(features, memory, prompts)
         q = min(self.config.num_queries, memory.shape[1])
         scores = logits.max(-1).values
         # Rank tokens by score, padding and off-image proposals last; keep the raw logit (with
@@ -248,7 +330,7 @@ class VisualPromptDetector(nn.Module):
         select_index = torch.topk(ranking, q, dim=1).indices
         select_logits = scores.gather(1, select_index)
         gather = lambda x: x.gather(1, select_index[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
-        reference = gather(box_logits).sigmoid()
+        reference = self.token_boxes(gather(content), gather(proposals)).sigmoid()
         out = {
             "enc_outputs": {"pred_logits": gather(logits), "pred_boxes": reference},
             "select_index": select_index,

@@ -181,21 +181,26 @@ class GRQOObjective:
             )
         return fn
 
-    @torch.no_grad()
     def reference_logits(
         self, model: nn.Module, batch: Batch, step: DetectorStep, info: StepInfo
     ) -> Tensor:
-        """``[B, Q]`` the reference model's selection logits at the policy's selected tokens."""
-        reference = self._reference_for(model)
+        """``[B, Q]`` the reference model's selection logits at the policy's selected tokens.
+
+        Runs under ``inference_mode`` and computes the encoder head at those tokens only (see
+        ``VisualPromptDetector.selection_logits``); the result is a plain tensor without grad.
+        """
+        with torch.no_grad():
+            reference = self._reference_for(model)
         prompts = step.prompts
         if self.cfg.reference_exemplars == "own":  # a fresh draw of one exemplar per class
             # Seeded from torch's generator, which the trainer reseeds per (run, step, micro-batch).
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             prompts = sample_training_prompts(batch.targets, rng)
-        features = reference.extract_features(batch.images, batch.pixel_mask)
-        classes = reference.encode_prompts(features, prompts.to(batch.images.device)).classes
-        scores = reference.selection_logits(features, classes)
-        return scores.gather(1, step.outputs["select_index"])
+        with torch.inference_mode():
+            features = reference.extract_features(batch.images, batch.pixel_mask)
+            classes = reference.encode_prompts(features, prompts.to(batch.images.device)).classes
+            scores = reference.selection_logits(features, classes, step.outputs["select_index"])
+        return scores.clone()  # an inference tensor cannot enter the policy's autograd graph
 
     def grqo_terms(
         self, model, batch, step: DetectorStep, info: StepInfo
