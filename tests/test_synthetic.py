@@ -266,3 +266,18 @@ def test_image_depends_only_on_seed_and_index():
     image, _ = render_shapes_image(SMALL, 9, 2)
     assert torch.equal(big_set.load_image(2), torch.from_numpy(image).permute(2, 0, 1) / 255)
     assert not np.array_equal(image, render_shapes_image(SMALL, 9, 3)[0])
+
+
+def test_cached_pixels_equal_a_fresh_render_and_respect_the_budget():
+    cfg = ShapesConfig(image_size=64, object_size=(8, 24), supersample=1)
+    cached = ShapesDataset(4, seed=5, cfg=cfg, cache_bytes=2 * 3 * 64 * 64)  # room for two
+    fresh = ShapesDataset(4, seed=5, cfg=cfg, cache_bytes=0)
+    for _ in range(2):  # the second pass reads the cache where it holds the image
+        for i in range(4):
+            image, target = cached[i]
+            expected, expected_target = fresh[i]
+            assert torch.equal(image, expected)
+            assert torch.equal(target.boxes_cxcywh, expected_target.boxes_cxcywh)
+    assert len(cached._pixels) == 2 and not fresh._pixels
+    cached[0][0].mul_(0)  # a caller editing its image in place leaves the cache intact
+    assert torch.equal(cached[0][0], fresh[0][0])
