@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from workbench.cpu import use_available_cpus
 from workbench.integrations import app_export
 from workbench.integrations import app_logic as logic
 from workbench.integrations.app_inputs import NEGATIVE_PREFIXES, size_notice
@@ -290,6 +291,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    use_available_cpus()
     models = Models.from_checkpoints(
         args.sft, args.grqo, min_size=args.min_size, max_size=args.max_size, device=args.device
     )

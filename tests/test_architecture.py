@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Left to right along the data flow; a module may import its own layer and layers to its left.
 LAYERS = [
-    {"types", "boxes", "config", "doctor", "checkpoint", "checkpoint_state"},
+    {"types", "boxes", "config", "doctor", "checkpoint", "checkpoint_state", "cpu"},
     {"data"},
     {"model"},
     {"matching"},

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from workbench.checkpoint import CheckpointError
 from workbench.config import ConfigError
+from workbench.cpu import use_available_cpus
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.inputs import InputError
 
@@ -432,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_available_cpus()
     try:
         return args.run(args)
     except (DatasetError, ConfigError, CheckpointError, InputError, FileNotFoundError) as err:
