@@ -22,7 +22,7 @@ from workbench.model import deformable, fastpath
 from workbench.model.build import build_detector
 from workbench.objectives.base import StepInfo
 from workbench.objectives.grqo import GRQOObjective
-from workbench.objectives.sft import SFTObjective
+from workbench.objectives.sft import SFTObjective, run_detector
 
 
 def batches(image_size: int, count: int, batch_size: int = 2):
@@ -94,3 +94,27 @@ def test_reference_selection_at_chosen_tokens_equals_the_full_computation(size, 
         fast = model.selection_logits(features, classes, index)
     assert calls  # the shortened path ran
     torch.testing.assert_close(fast, full.gather(1, index), rtol=1e-5, atol=1e-5)
+
+
+def test_reference_on_the_policy_features_skips_its_backbone():
+    """``grqo.reference_features=policy`` (a documented deviation) reuses the policy's image
+    features: equal to the reference's own while both models are the same, no backbone run."""
+    torch.manual_seed(0)
+    model = build_detector("tiny", backbone_pretrained=False).eval()  # no random drop-path
+    batch = batches(64, 1)[0]
+    step = run_detector(model, batch)
+    logits, backbone_calls = {}, {}
+    for features in ("own", "policy"):
+        cfg = GRQOConfig(
+            reference_features=features, reference_exemplars="shared", reference_mode="eval"
+        )
+        objective = GRQOObjective(LossConfig(), cfg)
+        objective.on_epoch_start(model, 0)
+        calls = backbone_calls[features] = []
+        hook = objective.reference.model.backbone.register_forward_hook(
+            lambda *_, c=calls: c.append(1)
+        )
+        logits[features] = objective.reference_logits(model, batch, step, StepInfo(0, 0, 1))
+        hook.remove()
+    assert backbone_calls == {"own": [1], "policy": []}
+    torch.testing.assert_close(logits["own"], logits["policy"], rtol=1e-5, atol=1e-5)

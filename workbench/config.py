@@ -189,6 +189,11 @@ class GRQOConfig:
     reference_mode: Literal["train", "eval"] = "train"  # the release runs it in train mode
     # "own": the reference draws its own exemplar per class (the release); "shared": the policy's.
     reference_exemplars: Literal["own", "shared"] = "own"
+    # "own": the reference computes its image features with its own backbone and neck (the
+    # release); "policy": it reuses the policy's (detached) and runs only its prompt encoder,
+    # enhancer and encoder head, a deviation from the release that saves the reference's
+    # backbone forward (about half its cost for the small detector).
+    reference_features: Literal["own", "policy"] = "own"
     # SFT only for the first epochs / steps (the paper's "1+5": one epoch of SFT, five of GRQO).
     warmup_epochs: int = 0
     warmup_steps: int = 0

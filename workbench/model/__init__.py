@@ -9,6 +9,7 @@ Model API (``workbench.model.detector.VisualPromptDetector``)::
     out = model(images, pixel_mask, prompt_set, targets=None)   # the three above in one call
     scores = model.selection_logits(feats, prompt.classes)      # [B, T] max-over-prompts encoder
                                                                 # logits of every token (no decoder)
+    scores = model.selection_logits(feats, classes, index)      # [B, Q] the same at tokens index
 
 ``images`` are ``[B, 3, H, W]`` float32 RGB in [0, 1] (the model normalises them itself),
 ``pixel_mask`` ``[B, H, W]`` bool True on real pixels. ``prompt_set.image_index`` indexes the images
@@ -34,4 +35,5 @@ Output dict, DETR-shaped; boxes are normalised cxcywh, logits raw (before sigmoi
                      negative_index: list of B int64 tensors  -- dn queries that must say "nothing",
                      num_groups: int}
     prompt_embeddings {exemplars [E, d], classes [U, d]}: before the feature enhancer
+    image_features  the ImageFeatures of ``model(...)`` (backbone + neck), with gradient
 """

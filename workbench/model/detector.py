@@ -18,6 +18,7 @@ checkpoint loads into every module the two share (see build.py). The output cont
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -56,6 +57,13 @@ class ImageFeatures:
     spatial_shapes_list: tuple[tuple[int, int], ...]
     level_start_index: Tensor  # [levels]
     valid_ratios: Tensor  # [B, levels, 2] unpadded fraction (w, h) of each map
+
+    def detach(self) -> ImageFeatures:
+        """The same features without autograd history (GRQO's reference may reuse them)."""
+        return dataclasses.replace(
+            self, tokens=self.tokens.detach(), position=self.position.detach(),
+            valid_ratios=self.valid_ratios.detach(),
+        )  # fmt: skip
 
     def select(self, index: Tensor) -> ImageFeatures:
         """The features of images ``index`` (e.g. the searched image of a batch)."""
@@ -396,6 +404,7 @@ class VisualPromptDetector(nn.Module):
         embedded = self.encode_prompts(features, prompts)
         out = self.detect(features, embedded.classes, targets)
         out["prompt_embeddings"] = {"exemplars": embedded.exemplars, "classes": embedded.classes}
+        out["image_features"] = features
         if align_boxes is not None:
             out["align_embeddings"] = self.encode_prompts(features, align_boxes).exemplars
         return out

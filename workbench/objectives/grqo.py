@@ -197,7 +197,10 @@ class GRQOObjective:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             prompts = sample_training_prompts(batch.targets, rng)
         with torch.inference_mode():
-            features = reference.extract_features(batch.images, batch.pixel_mask)
+            if self.cfg.reference_features == "policy":  # a deviation: the policy's backbone
+                features = step.outputs["image_features"].detach()
+            else:
+                features = reference.extract_features(batch.images, batch.pixel_mask)
             classes = reference.encode_prompts(features, prompts.to(batch.images.device)).classes
             scores = reference.selection_logits(features, classes, step.outputs["select_index"])
         return scores.clone()  # an inference tensor cannot enter the policy's autograd graph
