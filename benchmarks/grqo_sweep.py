@@ -1,0 +1,487 @@
+"""Which GRQO weights help, and where? A resumable sweep of the reward weight and its ablations.
+
+    python benchmarks/grqo_sweep.py run --workers 2   # train and evaluate whatever is missing
+    python benchmarks/grqo_sweep.py status            # done / running / waiting, per run
+    python benchmarks/grqo_sweep.py report            # benchmarks/results/grqo_sweep.json + PNG
+
+The released config has alpha = 0.01, while a public question on the DINO-R1 repository (#7)
+reports 10e3 as the paper's best reward weight (research/dino-r1.md §11.2). Every arm uses the
+``small`` detector, batch 8, the same data, seeds and budget; only the GRQO settings differ:
+
+- ``shapes`` ("1+N" schedule): per seed, one epoch of SFT on synthetic shapes (base categories,
+  600 images: 75 steps) is the shared start; every arm then trains 3 more epochs from it (225
+  steps, the last at lr x 0.1): SFT, or GRQO. Evaluated on all categories, base and novel apart.
+- ``bccd_ft`` (fine-tuning onto an unseen domain, the paper's largest gain): the shapes SFT arm
+  of the same seed is fine-tuned on BCCD blood cells for 6 epochs (150 steps, lr 1e-4).
+
+Arms: SFT; GRQO with alpha in {0.01, 1, 10, 100, 1e4} (beta 0.04, the reference drawing its own
+exemplar, as released); the policy-gradient form at alpha in {0.01, 1}; then, at the alpha that
+wins on validation (mean paired gain over SFT in cross-image AP, one exemplar), beta = 0 and a
+reference sharing the policy's exemplar. Seeds 0, 1, 2.
+
+Each run is an ordinary run folder under ``runs/grqo_sweep/<domain>/<arm>/seed<k>``; a run that
+was interrupted continues from its latest checkpoint (``--resume``), a finished one is skipped,
+so the sweep completes across several sittings. Workers claim runs with a lock file holding their
+pid (a dead pid's lock is taken over). After training, each run is evaluated on validation and
+on the held-out test split: interactive, cross-image with 1 exemplar (AP spread over 5 exemplar
+draws) and with 8 exemplars, with the query-level metrics; model selection reads validation only,
+the report gives test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import results_dir, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "runs" / "grqo_sweep"
+BCCD_FOLDER = REPO.parent / "shared" / "data" / "bccd" / "BCCD"  # unless WORKBENCH_BCCD says
+SEEDS = (0, 1, 2)
+ALPHAS = (0.01, 1.0, 10.0, 100.0, 1e4)
+PG_ALPHAS = (0.01, 1.0)
+COMMON = [
+    "model.size=small", "train.batch_size=8", "train.checkpoint_every=25",
+    "train.keep_checkpoints=1", "train.log_every=5", "train.eval_every_epochs=0",
+    "data.crop_prob=0.3", "grqo.grad_norm_every=25",
+]  # fmt: skip
+SHAPES = [
+    "data.name=shapes", "data.shapes_train_images=600", "data.shapes_val_images=150",
+    "data.shapes_test_images=150", "data.shapes_image_size=256", "data.min_size=256",
+    "data.max_size=256", "eval.pool_split=prompts",
+]  # fmt: skip
+BCCD = ["data.name=bccd", "data.min_size=256", "data.max_size=342", "eval.pool_split=train"]
+STAGES = {  # domain -> (data, training of every arm, the run each arm starts from)
+    "shapes": (SHAPES, ["train.epochs=3", "train.lr=2e-4", "train.lr_drop_epochs=[2]"], "base"),
+    "bccd_ft": (BCCD, ["train.epochs=6", "train.lr=1e-4", "train.lr_drop_epochs=[5]"], "sft"),
+}
+BASE = ["train.objective=sft", "train.epochs=1", "train.lr=2e-4", "train.warmup_steps=50"]
+SELECT = ("val", "cross_image_k1", "AP")  # split, evaluation, metric that picks the best alpha
+EVALUATIONS = {  # name -> (protocol, exemplars per class, exemplar draws)
+    "interactive": ("interactive", 1, 1),
+    "cross_image_k1": ("cross_image", 1, 5),
+    "cross_image_k8": ("cross_image", 8, 1),
+}
+
+
+def _alpha_name(alpha: float) -> str:
+    return f"{alpha:g}".replace("+", "")
+
+
+def stage_one_arms() -> dict[str, list[str]]:
+    arms = {"sft": ["train.objective=sft"]}
+    for a in ALPHAS:
+        arms[f"grqo_a{_alpha_name(a)}"] = ["train.objective=grqo", f"grqo.alpha={a}"]
+    for a in PG_ALPHAS:
+        arms[f"pg_a{_alpha_name(a)}"] = [
+            "train.objective=grqo",
+            f"grqo.alpha={a}",
+            "grqo.advantage_mode=policy_gradient",
+        ]
+    return arms
+
+
+def stage_two_arms(best_alpha: float) -> dict[str, list[str]]:
+    grqo = ["train.objective=grqo", f"grqo.alpha={best_alpha}"]
+    return {"best_beta0": [*grqo, "grqo.beta=0"],
+            "best_shared_exemplar": [*grqo, "grqo.reference_exemplars=shared"]}  # fmt: skip
+
+
+@dataclass
+class Run:
+    name: str  # domain/arm/seedK
+    overrides: list[str]
+    after: list[str] = field(default_factory=list)  # runs that must be trained first
+
+    @property
+    def folder(self) -> Path:
+        return ROOT / self.name
+
+    @property
+    def trained(self) -> bool:
+        return (self.folder / "summary.json").is_file()
+
+    @property
+    def evaluated(self) -> bool:
+        return (self.folder / "sweep_eval.json").is_file()
+
+    @property
+    def failed(self) -> str | None:
+        """Why the run stopped (e.g. a diverging loss at a large alpha), if it did."""
+        path = self.folder / "sweep_failed.json"
+        return json.loads(path.read_text())["error"] if path.is_file() else None
+
+
+def plan() -> list[Run]:
+    """Every run, in the order workers take them: bases, the SFT arms BCCD starts from, stage
+    one seed by seed, then stage two where the best alpha of a domain is known."""
+    runs = [Run(f"shapes/base/seed{s}", [*COMMON, *SHAPES, *BASE, f"train.seed={s}"])
+            for s in SEEDS]  # fmt: skip
+    arms = stage_one_arms()
+    for domain, (data, schedule, start) in STAGES.items():
+        best = best_alpha(domain)
+        extra = stage_two_arms(best) if best is not None else {}
+        for s in SEEDS:
+            origin = f"shapes/{start}/seed{s}"
+            for arm, changes in {**arms, **extra}.items():
+                runs.append(Run(
+                    f"{domain}/{arm}/seed{s}",
+                    [*COMMON, *data, *schedule, *changes, f"train.seed={s}",
+                     f"model.init_from={ROOT / origin}"],
+                    after=[origin],
+                ))  # fmt: skip
+    order = {"base": 0, "sft": 1}
+    return sorted(runs, key=lambda r: (order.get(r.name.split("/")[1], 2),
+                                       r.name.split("/")[1].startswith("best"),
+                                       r.name.endswith(("seed1", "seed2")), r.name))  # fmt: skip
+
+
+# --- claiming runs ------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run: Run) -> bool:
+    """Take ``run`` for this process unless a live process holds it."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    lock = run.folder / "sweep.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("host") == socket.gethostname() and _alive(int(owner.get("pid", 0))):
+                return False
+            lock.unlink(missing_ok=True)  # a stale lock of a process that is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+        return True
+    return False
+
+
+def release(run: Run) -> None:
+    (run.folder / "sweep.lock").unlink(missing_ok=True)
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+def config_of(run: Run):
+    from workbench.config import load_config
+
+    return load_config(None, [*run.overrides, f"train.out_dir={run.folder}"])
+
+
+def train_run(run: Run) -> None:
+    from workbench.checkpoint import find_latest
+    from workbench.experiment import train
+
+    if find_latest(run.folder) is None:  # nothing to resume: start clean
+        (run.folder / "metrics.jsonl").unlink(missing_ok=True)
+    start = time.perf_counter()
+    train(config_of(run), resume=True)
+    _add_seconds(run, "train_seconds", time.perf_counter() - start)
+
+
+def evaluate_run(run: Run) -> None:
+    from workbench.evaluation import evaluate
+    from workbench.experiment import open_evaluation_data
+    from workbench.model.build import from_pretrained
+    from workbench.predictor import Predictor
+
+    cfg, start = config_of(run), time.perf_counter()
+    model = from_pretrained(run.folder)
+    predictor = Predictor.from_model(model, min_size=cfg.data.min_size, max_size=cfg.data.max_size)
+    results = {}
+    for split in ("val", "test"):
+        data, pool = open_evaluation_data(cfg, split)
+        results[split] = {}
+        for name, (protocol, k, draws) in EVALUATIONS.items():
+            result = evaluate(
+                predictor, data, protocol=protocol, exemplars_per_class=k,
+                prompt_pool=pool if protocol == "cross_image" else None,
+                exemplar_draws=draws, loss=cfg.loss, seed=cfg.eval.seed,
+            )  # fmt: skip
+            record = result.to_dict()
+            record.pop("records")
+            results[split][name] = record
+    path = run.folder / "sweep_eval.json"
+    path.with_suffix(".tmp").write_text(json.dumps(results, indent=1, default=float))
+    path.with_suffix(".tmp").replace(path)
+    _add_seconds(run, "eval_seconds", time.perf_counter() - start)
+
+
+def _add_seconds(run: Run, key: str, seconds: float) -> None:
+    path = run.folder / "sweep_times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[key] = times.get(key, 0.0) + seconds
+    path.write_text(json.dumps(times))
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+def work() -> None:
+    """Take the first run that is ready and not held, train and evaluate it; repeat until every
+    run is done (waiting while runs this one needs are in other workers' hands)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SWEEP_THREADS", "1")))
+    while True:
+        runs = plan()
+        todo = [r for r in runs if not (r.evaluated or r.failed)]
+        if not todo:
+            return
+        trained = {r.name for r in runs if r.trained}
+        ready = [r for r in todo if all(a in trained for a in r.after)]
+        if not ready and not any((r.folder / "sweep.lock").is_file() for r in todo):
+            return  # what is left waits on runs that failed
+        for run in ready:
+            if claim(run):
+                try:
+                    if not run.trained:
+                        train_run(run)
+                    evaluate_run(run)
+                except Exception as err:  # recorded; the sweep goes on with the other runs
+                    (run.folder / "sweep_failed.json").write_text(
+                        json.dumps({"error": f"{type(err).__name__}: {err}"})
+                    )
+                    print(f"{run.name} failed: {type(err).__name__}: {err}", flush=True)
+                finally:
+                    release(run)
+                break
+        else:
+            time.sleep(30)  # everything ready is held by other workers
+
+
+def spawn(workers: int) -> int:
+    """``workers`` processes of :func:`work`, one torch thread each; waits for them."""
+    env = {**os.environ, "SWEEP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env.setdefault("WORKBENCH_BCCD", str(BCCD_FOLDER))
+    procs = []
+    for i in range(workers):
+        log = (ROOT / f"worker{i}.log").open("a")
+        procs.append(subprocess.Popen([sys.executable, __file__, "work"], env=env, cwd=REPO,
+                                      stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        time.sleep(5)  # staggered, so they claim different runs
+    return max(p.wait() for p in procs)
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def read_eval(run: Run) -> dict | None:
+    return json.loads((run.folder / "sweep_eval.json").read_text()) if run.evaluated else None
+
+
+def metric(evaluation: dict, split: str, name: str, key: str, part: str | None = None) -> float:
+    record = evaluation[split][name]
+    stats = record["split_stats"][part] if part else record["stats"]
+    value = stats.get(key) if key in stats else record["query_metrics"].get(key)
+    return math.nan if value is None else float(value)
+
+
+def best_alpha(domain: str) -> float | None:
+    """The alpha with the largest mean paired gain over SFT on validation, once every stage-one
+    GRQO arm and SFT of ``domain`` is evaluated for every seed; None before."""
+    gains = {}
+    for alpha in ALPHAS:
+        deltas = []
+        for s in SEEDS:
+            sft = _evaluation(f"{domain}/sft/seed{s}")
+            grqo = _evaluation(f"{domain}/grqo_a{_alpha_name(alpha)}/seed{s}")
+            if sft is None or grqo is None:
+                return None
+            deltas.append(metric(grqo, *SELECT) - metric(sft, *SELECT))
+        gains[alpha] = sum(deltas) / len(deltas)
+    return max(gains, key=gains.get)
+
+
+def _evaluation(name: str) -> dict | None:
+    path = ROOT / name / "sweep_eval.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gradient_shares(run: Run) -> dict[str, float]:
+    """Mean over the run of every logged gradient-share metric (GRQO arms)."""
+    sums: dict[str, list[float]] = {}
+    path = run.folder / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        for key, value in row.items():
+            if key.startswith(("grad_share_", "grad_cos_", "grad_norm_")) and value is not None:
+                sums.setdefault(key, []).append(float(value))
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def paired(values: list[float]) -> dict:
+    """Mean and 95 % t-interval of paired differences (one per seed)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": values}
+
+
+HEADLINES = {  # what the README reports, per domain: (evaluation, metric, category split)
+    "shapes": [("cross_image_k1", "AP", None), ("cross_image_k1", "AP", "novel"),
+               ("cross_image_k8", "AP", "novel"), ("interactive", "AP", None)],
+    "bccd_ft": [("cross_image_k1", "AP", None), ("cross_image_k8", "AP", None),
+                ("interactive", "AP", None)],
+}  # fmt: skip
+QUERY_METRICS = ("recall_top_third", "recall_top_two_thirds", "spearman_select_reward",
+                 "ece_objectness", "ap_std_draws")  # fmt: skip
+
+
+def report() -> Path:
+    runs, rows = plan(), []
+    for run in runs:
+        evaluation = read_eval(run)
+        times_path = run.folder / "sweep_times.json"
+        rows.append({
+            "run": run.name, "overrides": run.overrides, "trained": run.trained,
+            "evaluated": evaluation is not None, "failed": run.failed, "evaluation": evaluation,
+            "gradient_shares": gradient_shares(run),
+            "seconds": json.loads(times_path.read_text()) if times_path.is_file() else {},
+        })  # fmt: skip
+    by_name = {r["run"]: r["evaluation"] for r in rows}
+    summary = {}
+    for domain, headlines in HEADLINES.items():
+        arms = sorted({r.name.split("/")[1] for r in runs if r.name.startswith(domain + "/")})
+        summary[domain] = {"best_alpha_on_val": best_alpha(domain), "arms": {}}
+        for arm in (a for a in arms if a != "sft"):
+            entry = {}
+            for split in ("val", "test"):
+                for name, key, part in headlines:
+                    deltas = []
+                    for s in SEEDS:
+                        a, b = (
+                            by_name.get(f"{domain}/{arm}/seed{s}"),
+                            by_name.get(f"{domain}/sft/seed{s}"),
+                        )
+                        if a and b:
+                            deltas.append(metric(a, split, name, key, part) -
+                                          metric(b, split, name, key, part))  # fmt: skip
+                    if deltas:
+                        label = f"{split}/{name}/{key}" + (f"_{part}" if part else "")
+                        entry[f"delta/{label}"] = paired(deltas)
+            summary[domain]["arms"][arm] = entry
+    path = write_result("grqo_sweep", {"budget": _budget(), "summary": summary, "runs": rows})
+    figure(summary)
+    return path
+
+
+def _budget() -> dict:
+    return {"seeds": list(SEEDS), "alphas": list(ALPHAS), "policy_gradient_alphas": list(PG_ALPHAS),
+            "common": COMMON, "shapes": SHAPES, "bccd": BCCD, "base": BASE,
+            "stages": {k: v[1] for k, v in STAGES.items()}, "select": list(SELECT),
+            "evaluations": EVALUATIONS}  # fmt: skip
+
+
+def figure(summary: dict) -> Path:
+    """Test gain over SFT (cross-image AP, one exemplar; paired by seed, 95 % interval) against
+    alpha, one panel per domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.6), squeeze=False)
+    for ax, (domain, info) in zip(axes[0], summary.items(), strict=True):
+        for prefix, colour, label in (("grqo_a", "tab:blue", "GRQO (through reward)"),
+                                      ("pg_a", "tab:orange", "policy gradient")):  # fmt: skip
+            xs, ys, lo, hi = [], [], [], []
+            for arm, entry in info["arms"].items():
+                d = entry.get("delta/test/cross_image_k1/AP")
+                if arm.startswith(prefix) and d:
+                    xs.append(float(arm[len(prefix) :]))
+                    ys.append(d["mean"])
+                    lo.append(d["mean"] - d["low"] if d["n"] > 1 else 0)
+                    hi.append(d["high"] - d["mean"] if d["n"] > 1 else 0)
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            if order:
+                ax.errorbar([xs[i] for i in order], [ys[i] for i in order],
+                            yerr=[[lo[i] for i in order], [hi[i] for i in order]], marker="o",
+                            capsize=3, color=colour, label=label)  # fmt: skip
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0.01, color="grey", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("reward weight alpha (dotted: released 0.01)")
+        ax.set_ylabel("test AP gain over SFT")
+        ax.set_title(f"{domain}: cross-image AP, 1 exemplar")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = results_dir() / "grqo_sweep.png"
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def status() -> None:
+    for run in plan():
+        lock = run.folder / "sweep.lock"
+        state = (
+            "evaluated"
+            if run.evaluated
+            else "failed"
+            if run.failed
+            else "trained"
+            if run.trained
+            else "held"
+            if lock.is_file()
+            else "started"
+            if run.folder.is_dir()
+            else "waiting"
+        )
+        print(f"{state:10s} {run.name}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start workers and wait for them")
+    run.add_argument("--workers", type=int, default=2)
+    sub.add_parser("work", help="one worker (what `run` starts)")
+    sub.add_parser("status")
+    sub.add_parser("report")
+    args = parser.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    if args.command == "run":
+        return spawn(args.workers)
+    if args.command == "work":
+        os.environ.setdefault("WORKBENCH_BCCD", str(BCCD_FOLDER))
+        work()
+    elif args.command == "status":
+        status()
+    else:
+        print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
