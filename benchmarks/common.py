@@ -24,16 +24,19 @@ def results_dir() -> Path:
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    cpu, flags = "unknown", []
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
     import torch
 
     return {
         "cpu": cpu,
+        # The vector and matrix units speed claims depend on (AVX-512, bf16, AMX, ...).
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -1,10 +1,13 @@
 """Training-step time of SFT and GRQO, measured in the same run, and where GRQO's extra time goes.
 
-    python benchmarks/step_time.py [--sizes tiny small] [--steps 12]
+    python benchmarks/step_time.py [--sizes tiny small] [--steps 12] [--threads N]
 
 For each size, SFT and GRQO steps alternate on the same batches (so load on the machine hits
 both alike); each step is forward + backward + AdamW. GRQO's extra work is split into the
-reference model's forward and the per-layer rewards. Writes benchmarks/results/step_time.json.
+reference model's forward and the per-layer rewards; GRQO with ``grqo.reference_features=policy``
+(a documented deviation: the reference reuses the policy's image features) runs in the same
+rotation. Writes benchmarks/results/step_time.json; ``benchmarks/before_after.py step_time``
+compares it with an earlier commit's code.
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ class Stopwatch:
             self.seconds += time.perf_counter() - start
 
 
+def _grqo_config(**changes) -> GRQOConfig:
+    """The released GRQO settings, without the periodic gradient-share measurement (three extra
+    backward passes every ``grqo.grad_norm_every`` steps, which this benchmark leaves out)."""
+    if "grad_norm_every" in GRQOConfig.__dataclass_fields__:
+        changes.setdefault("grad_norm_every", 0)
+    return GRQOConfig(**changes)
+
+
 def step(model, objective, optimizer, batch, k):
     start = time.perf_counter()
     out = objective(model, batch, StepInfo(k, 0, 100))
@@ -72,36 +83,52 @@ def measure(size: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = build_detector(size).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    sft, grqo = SFTObjective(LossConfig()), GRQOObjective(LossConfig(), GRQOConfig())
-    grqo.on_epoch_start(model, 0)
+    objectives = {"sft": SFTObjective(LossConfig()),
+                  "grqo": GRQOObjective(LossConfig(), _grqo_config())}  # fmt: skip
+    if "reference_features" in GRQOConfig.__dataclass_fields__:  # the documented deviation
+        objectives["grqo_policy_features"] = GRQOObjective(
+            LossConfig(), _grqo_config(reference_features="policy")
+        )
+    grqo = objectives["grqo"]
+    for objective in objectives.values():
+        if hasattr(objective, "on_epoch_start"):
+            objective.on_epoch_start(model, 0)
     reference = Stopwatch(grqo.reference_logits)
     grqo.reference_logits = reference
     rewards = Stopwatch(grqo_module.query_rewards)
     grqo_module.query_rewards = rewards
-    times = {"sft": [], "grqo": []}
+    times = {name: [] for name in objectives}
     data = batches(image_size, batch_size, 4)
     for k in range(steps + 2):  # two warm-up rounds
-        for name, objective in (("sft", sft), ("grqo", grqo)):
+        for name, objective in objectives.items():
             if k == 2 and name == "grqo":
                 reference.seconds = rewards.seconds = 0.0
             seconds = step(model, objective, optimizer, data[k % len(data)], k)
             if k >= 2:
                 times[name].append(seconds)
     grqo_module.query_rewards = rewards.fn
-    sft_s, grqo_s = statistics.median(times["sft"]), statistics.median(times["grqo"])
-    return {
+    median = {name: statistics.median(t) for name, t in times.items()}
+    out = {
         "image_size": image_size, "batch_size": batch_size, "steps": steps,
-        "sft_step_s": sft_s, "grqo_step_s": grqo_s, "grqo_over_sft": grqo_s / sft_s,
+        "sft_step_s": median["sft"], "grqo_step_s": median["grqo"],
+        "grqo_over_sft": median["grqo"] / median["sft"],
         "grqo_reference_forward_s_per_step": reference.seconds / steps,
         "grqo_rewards_s_per_step": rewards.seconds / steps,
     }  # fmt: skip
+    if "grqo_policy_features" in median:
+        out["grqo_policy_features_step_s"] = median["grqo_policy_features"]
+        out["grqo_policy_features_over_sft"] = median["grqo_policy_features"] / median["sft"]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {size: measure(size, args.steps) for size in args.sizes}
     for size, r in results.items():
         print(f"{size}: SFT {r['sft_step_s']:.3f} s, GRQO {r['grqo_step_s']:.3f} s, "
