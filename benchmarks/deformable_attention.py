@@ -1,9 +1,10 @@
-"""Deformable-attention sampling: transformers' stacked version against the level-by-level one.
+"""Deformable-attention sampling: transformers' stacked version, our level-by-level torch path
+and the fused CPU kernel (workbench/model/deformable.py).
 
     python benchmarks/deformable_attention.py
 
 Times forward and backward of one encoder-sized call (batch 8, 8 heads x 16 dims, the four
-levels of a 256 px image, 4 points: the small detector's encoder) and checks both give the same
+levels of a 256 px image, 4 points: the small detector's encoder) and checks all give the same
 output. Writes benchmarks/results/deformable_attention.json.
 """
 
@@ -21,6 +22,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import (
     MultiScaleDeformableAttention,
 )
 
+from workbench.model import deformable
 from workbench.model.deformable import LevelwiseDeformableSampling
 
 
@@ -54,16 +56,28 @@ def timed(module, args, repeats=7):
 def main() -> None:
     args = inputs()
     stacked = timed(MultiScaleDeformableAttention(), args)
-    levelwise = timed(LevelwiseDeformableSampling(), args)
-    diff = (stacked[2] - levelwise[2]).abs().max().item()
+    runs = {"transformers_stacked": stacked}
+    for backend in ("torch", "cpp"):  # our module on each of its paths
+        deformable.set_backend(backend)
+        if backend == "cpp" and deformable.load_kernel() is None:
+            print(f"no CPU kernel here: {deformable.kernel_status()}")
+            continue
+        runs["levelwise" if backend == "torch" else "kernel"] = timed(
+            LevelwiseDeformableSampling(), args
+        )
+    deformable.set_backend("auto")
     result = {
         "shape": {"batch": 8, "heads": 8, "head_dim": 16, "levels": 4, "points": 4,
                   "queries": args[0].shape[1]},
-        "transformers_stacked": {"forward_s": stacked[0], "backward_s": stacked[1]},
-        "levelwise": {"forward_s": levelwise[0], "backward_s": levelwise[1]},
-        "speedup_forward": stacked[0] / levelwise[0],
-        "speedup_backward": stacked[1] / levelwise[1],
-        "max_abs_difference": diff,
+        "threads": torch.get_num_threads(),
+        **{name: {"forward_s": r[0], "backward_s": r[1]} for name, r in runs.items()},
+        "speedup_over_stacked": {
+            name: {"forward": stacked[0] / r[0], "backward": stacked[1] / r[1]}
+            for name, r in runs.items() if name != "transformers_stacked"
+        },
+        "max_abs_difference": {
+            name: (stacked[2] - r[2]).abs().max().item() for name, r in runs.items()
+        },
     }  # fmt: skip
     print(result)
     print(write_result("deformable_attention", result))
