@@ -6,14 +6,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Left to right along the data flow; a module may import its own layer and layers to its left.
 LAYERS = [
-    {"types", "boxes", "config", "doctor", "checkpoint", "checkpoint_state", "cpu"},
+    {"types", "boxes", "config", "doctor", "checkpoint", "checkpoint_state", "cpu", "safe_paths"},
     {"data"},
     {"model"},
     {"matching"},
     {"losses"},
     {"rewards", "vision_r1", "vision_r1_trl"},
     {"objectives"},
-    {"trainer", "optim"},
+    {"trainer", "optim", "run_folder"},
     {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},
     {"evaluation", "coco_eval", "query_metrics"},
     {"analysis"},
