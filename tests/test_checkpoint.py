@@ -205,3 +205,58 @@ def test_damaged_or_missing_files_and_mismatched_models_give_clear_errors(tmp_pa
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         load_checkpoint(tmp_path / "empty_run")
+
+
+def test_saving_never_deletes_a_folder_that_is_not_a_checkpoint(tmp_path):
+    model = trained()[0]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(CheckpointError, match=r"is not a saved detector.*notes\.txt.*new or empty"):
+        save_checkpoint(folder, model, {"width": 6})
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    (folder / "notes.txt").unlink()
+    save_checkpoint(folder, model, {"width": 6})  # an empty folder is fine
+    # A checkpoint that also holds a file of the user's: refused too, the file kept.
+    (folder / "README.md").write_text("about this model")
+    with pytest.raises(CheckpointError, match=r"also holds README\.md"):
+        save_checkpoint(folder, model, {"width": 6})
+    assert (folder / "README.md").read_text() == "about this model"
+    with pytest.raises(CheckpointError, match="is a file"):
+        save_checkpoint(folder / "README.md", model, {"width": 6})
+
+
+def test_a_checkpoint_is_replaced_in_one_step(tmp_path, monkeypatch):
+    first, second = trained(0)[0], trained(1)[0]
+    folder = save_checkpoint(tmp_path / "model", first, {"width": 6})
+    swaps = []
+    real = ckpt._exchange
+    monkeypatch.setattr(ckpt, "_exchange", lambda a, b: swaps.append((a, b)) or real(a, b))
+    save_checkpoint(folder, second, {"width": 6})
+    assert [b for _, b in swaps] == [folder]
+    loaded = Tied()
+    load_checkpoint(folder, loaded)
+    assert torch.equal(loaded.backbone.weight, second.backbone.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+
+
+def test_save_pretrained_and_export_refuse_what_they_would_destroy(tmp_path):
+    from workbench.model.build import build_detector, save_pretrained
+    from workbench.model.export import export_half, main
+    from workbench.safe_paths import OutputError
+
+    run = tmp_path / "run"  # a training run's folder is not a detector folder
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    model = build_detector("tiny")
+    with pytest.raises(CheckpointError, match="is not a saved detector"):
+        save_pretrained(model, run)
+    assert (run / "metrics.jsonl").read_text() == "{}\n"
+    source = save_pretrained(model, tmp_path / "sft")
+    save_pretrained(model, source)  # a detector folder is replaced
+    half = export_half(source, tmp_path / "half")
+    with pytest.raises(OutputError, match="already exists; pass --force"):
+        export_half(source, half)
+    assert main([str(source), str(half), "--force"]) == 0
+    with pytest.raises(OutputError, match="is the source"):
+        export_half(source, source, force=True)

@@ -19,7 +19,9 @@ Atomicity: the directory is written under a temporary name beside its target, ev
 the directory are fsync'ed, then one ``os.replace`` renames it into place; a ``latest`` file
 (itself replaced atomically) names the newest one. A crash at any moment leaves the previous
 checkpoint complete and :func:`find_latest` finds it; half-written temporary directories are
-ignored and removed at the next save.
+ignored and removed at the next save. A checkpoint of the same name is swapped with the new one in
+one step (Linux ``renameat2``); a folder holding any other file is never replaced (it would be
+deleted): saving there is refused.
 
 The module knows nothing about the model: the caller passes the architecture config (a JSON-able
 dict) and gets it back to rebuild the model before loading the weights.
@@ -146,13 +148,15 @@ def save_checkpoint(
     *,
     full_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (replacing one of the same name) and return it.
+    """Write a checkpoint directory atomically (replacing a checkpoint of the same name; a
+    non-empty folder that is not one is refused) and return it.
 
     ``model``'s state_dict goes to safetensors (unwrap DDP first); ``config_dict`` is what the
     caller needs to rebuild the model; states may hold tensors, numbers, strings, lists, tuples,
     dicts and numpy arrays.
     """
     final = Path(directory)
+    _check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -162,11 +166,9 @@ def save_checkpoint(
         state = {"trainer": trainer_state, "objective": objective_state}
     try:
         _write_contents(tmp, model, dict(config_dict), state, full_config)
-        if final.exists():  # same step written again (a resumed run): swap, then drop the old
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+        if final.exists():  # a checkpoint (or empty folder) of that name: swap, drop the old
+            _exchange(tmp, final)
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, final)
         _fsync(final.parent)
@@ -174,6 +176,50 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _check_replaceable(final: Path) -> None:
+    """Refuse to replace anything but nothing, an empty folder, or a checkpoint holding only the
+    files a checkpoint has: a save must never delete a file it did not write."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise CheckpointError(f"{final} is a file; save the checkpoint to a folder path")
+    names = {p.name for p in final.iterdir()}
+    if not names:
+        return
+    foreign = sorted(names - {MODEL_FILE, STATE_FILE, STATE_JSON, MANIFEST})
+    try:
+        manifest = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
+        ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    except (OSError, ValueError):
+        ours = False
+    if ours and not foreign:
+        return
+    held = ", ".join(sorted(foreign or names)[:4]) + (", ..." if len(foreign or names) > 4 else "")
+    kind = "also holds" if ours else "is not a saved detector or checkpoint; it holds"
+    raise CheckpointError(
+        f"{final} {kind} {held}, which saving would delete; save to a new or empty folder, or "
+        "move those files elsewhere first"
+    )
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE), so a reader of ``b``
+    sees the old or the new one, never none; elsewhere two renames."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+    except (OSError, AttributeError):  # no renameat2 in this C library
+        pass
+    aside = b.with_name(f".old-{b.name}-{os.getpid()}")
+    os.replace(b, aside)
+    os.replace(a, b)
+    os.replace(aside, a)
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -333,6 +379,12 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
             f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})"
         )
     return manifest
+
+
+def saved_full_config(path: str | Path) -> dict[str, Any] | None:
+    """The run config saved with the checkpoint at ``path`` (a run folder: its latest), read
+    from its manifest only (no tensor is loaded)."""
+    return _read_manifest(_resolve(Path(path))).get("full_config")
 
 
 def _resolve(path: Path) -> Path:
