@@ -45,8 +45,10 @@ def logged_steps(out_dir: Path) -> list[int]:
 
 
 def run_and_kill_at(out_dir: Path, step: int) -> None:
-    """Start (or resume) the run and SIGKILL it once it has logged ``step``."""
-    proc = subprocess.Popen(command(out_dir, resume=True), stdout=subprocess.DEVNULL,
+    """Start (or resume: --resume needs a run to continue) the run and SIGKILL it once it has
+    logged ``step``."""
+    started = (out_dir / "metrics.jsonl").exists()
+    proc = subprocess.Popen(command(out_dir, resume=started), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:

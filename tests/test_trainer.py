@@ -6,6 +6,7 @@ also the script the 2-process torchrun test launches (see ``__main__`` at the bo
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,15 +16,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workbench.checkpoint import CheckpointError
 from workbench.config import ConfigError, DataConfig, TrainConfig
+from workbench.data.dataset import DatasetError
 from workbench.data.prompts import assign_targets
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
 from workbench.data.transforms import train_transforms
 from workbench.objectives.base import ObjectiveOutput
+from workbench.run_folder import RunFolderError
 from workbench.trainer import NonFiniteLossError, Trainer, lr_factor
 
 SHAPES = ShapesConfig(
@@ -159,8 +163,112 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, ho
 def test_resuming_with_another_global_batch_is_refused(tmp_path):
     trainer(tmp_path, config(max_steps=3)).fit()
     other = trainer(tmp_path, config(batch_size=2, grad_accum=1), resume=True)
-    with pytest.raises(CheckpointError, match="global_batch=4, this run has 2"):
+    with pytest.raises(RunFolderError, match=r"train\.batch_size: 4 -> 2; train\.grad_accum"):
         other.fit()
+    allowed = trainer(tmp_path, config(batch_size=2, grad_accum=1), resume=True,
+                      allow_changes=True)  # fmt: skip
+    with pytest.raises(CheckpointError, match="global_batch=4, this run has 2"):
+        allowed.fit()
+
+
+def test_a_changed_lr_on_resume_is_refused_unless_allowed_then_the_optimizer_uses_it(tmp_path):
+    trainer(tmp_path, config(max_steps=3)).fit()
+    changed = config(lr=0.05, weight_decay=0.3)
+    with pytest.raises(RunFolderError, match=r"train\.lr: 0\.02 -> 0\.05; train\.weight_decay"):
+        trainer(tmp_path, changed, resume=True).fit()
+    run = trainer(tmp_path, changed, resume=True, allow_changes=True)
+    assert run.resume()
+    groups = {g["name"]: g for g in run.optimizer.param_groups}
+    # step 3 is past the 2 warm-up steps: the full new lr, the backbone at its 0.1 ratio
+    assert groups["main"]["lr"] == pytest.approx(0.05)
+    assert groups["backbone"]["lr"] == pytest.approx(0.005)
+    assert groups["main"]["weight_decay"] == 0.3 and groups["main_no_decay"]["weight_decay"] == 0
+    assert run.optimizer.state  # Adam's moments came back from the checkpoint
+    run.fit()
+    lrs = sorted({g["lr"] for g in run.optimizer.param_groups})
+    assert lrs == pytest.approx([0.005, 0.05])
+    logged = [r["lr"] for r in rows(tmp_path) if "loss" in r]
+    assert logged[3:] == pytest.approx([0.05] * (len(logged) - 3))
+
+
+def test_an_unchanged_resume_continues_and_run_length_may_change(tmp_path):
+    trainer(tmp_path, config(max_steps=3)).fit()
+    run = trainer(tmp_path, config(max_steps=5, log_every=2), resume=True)
+    assert run.fit()["global_step"] == 5
+
+
+def test_a_new_run_refuses_a_folder_that_holds_a_run(tmp_path):
+    trainer(tmp_path, config(max_steps=2)).fit()
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    log = (tmp_path / "metrics.jsonl").read_bytes()
+    with pytest.raises(RunFolderError, match=r"already holds a run.*--resume.*--overwrite"):
+        trainer(tmp_path, config(max_steps=1))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert (tmp_path / "metrics.jsonl").read_bytes() == log
+
+
+def test_resume_of_a_start_cut_before_its_first_checkpoint_starts_over(tmp_path):
+    tmp_path.joinpath("metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
+    trainer(tmp_path, config(max_steps=2), resume=True).fit()
+    assert [r["step"] for r in rows(tmp_path)] == [0, 1]  # one history, not two
+
+
+def test_a_diverging_matching_cost_ends_in_the_nonfinite_guard(tmp_path):
+    class Diverging(ReferenceL1):
+        def __call__(self, model, batch, info):
+            if info.step >= 1:
+                raise FloatingPointError("the matching cost of image 0 holds NaN or inf")
+            return super().__call__(model, batch, info)
+
+    run = trainer(tmp_path, config(max_nonfinite_streak=3), Diverging())
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive steps \(1\.\.3.*train\.lr"):
+        run.fit()
+    assert [r["skipped"] for r in rows(tmp_path)] == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"),
+     SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")],
+    ids=["oserror", "safetensors"],
+)  # fmt: skip
+def test_a_full_disk_during_a_checkpoint_is_one_clear_error(tmp_path, monkeypatch, failure):
+    import workbench.checkpoint as ckpt
+
+    run = trainer(tmp_path, config(max_steps=6))
+    real, calls = ckpt.save_model, []
+
+    def save_model(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the second checkpoint (after step 6) hits a full disk
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_model", save_model)
+    with pytest.raises(CheckpointError, match=r"after step 6 could not be written.*No space left"
+                       r".*step_000000003\).*--resume"):  # fmt: skip
+        run.fit()
+    assert ckpt.find_latest(tmp_path).name == "step_000000003"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_training_set_without_a_usable_box_is_refused(tmp_path):
+    from workbench.data.coco import CocoDetection
+
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10],
+                             "iscrowd": 1}],
+            "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    empty = CocoDetection(data, tmp_path)
+    with pytest.raises(DatasetError, match="has no usable box"):
+        Trainer(TinyDetector(), ReferenceL1(), empty, config(), run_dir=tmp_path,
+                model_config={})  # fmt: skip
+
+
+def test_a_dataset_smaller_than_one_batch_is_a_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match=r"fewer than one global batch.*train\.batch_size=4"):
+        Trainer(TinyDetector(), ReferenceL1(), shapes(3), config(), run_dir=tmp_path,
+                model_config={})  # fmt: skip
 
 
 def test_nonfinite_steps_are_skipped_and_counted_and_a_streak_stops_the_run(tmp_path):

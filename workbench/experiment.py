@@ -11,6 +11,7 @@ test split is never evaluated during training: ``python -m workbench eval RUN --
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,12 +22,16 @@ import torch
 
 from workbench.config import Config, ConfigError, save_config, to_dict
 from workbench.data.dataset import DatasetError, DetectionDataset
+from workbench.data.loader import steps_per_epoch
 from workbench.data.sources import open_dataset
 from workbench.data.transforms import train_transforms
 from workbench.evaluation import EvalResult, evaluate
-from workbench.model.build import FORMAT, build_detector, from_pretrained
+from workbench.model.build import FORMAT, SIZES, build_detector, from_pretrained
 from workbench.model.detector import VisualPromptDetector
 from workbench.objectives.sft import SFTObjective
+from workbench.optim import check_device
+from workbench.run_folder import check_resume_config, prepare
+from workbench.safe_paths import writable_folder
 
 
 def is_workbench_checkpoint(path: str) -> bool:
@@ -131,17 +136,48 @@ def _grqo(cfg: Config, names):
     return GRQOObjective(cfg.loss, cfg.grqo, name_embeddings=names)
 
 
-def train(cfg: Config, *, resume: bool = False, num_workers: int | None = None) -> dict[str, Any]:
-    """Train, evaluate after every ``train.eval_every_epochs`` epochs, write ``eval.json``."""
+def check_settings(cfg: Config) -> None:
+    """What the config's own checks cannot see: the size names of the model module and the
+    devices of this machine. Raises a ConfigError naming the setting."""
+    if not cfg.model.init_from and cfg.model.size not in SIZES:
+        raise ConfigError(f"model.size={cfg.model.size!r} is not a known size; choose one of "
+                          f"{list(SIZES)}")  # fmt: skip
+    check_device(cfg.train.device)
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: bool = False,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate after every ``train.eval_every_epochs`` epochs, write ``summary.json``.
+
+    A ``train.out_dir`` that already holds a run is refused unless ``resume`` (continue from its
+    latest checkpoint; a folder without one starts the run; settings that differ from the
+    checkpoint's are refused unless ``allow_changes``, which applies them) or ``overwrite``
+    (move the old run to ``OUT_DIR.old-N``, deleting nothing). See :mod:`workbench.run_folder`.
+    """
     from workbench.trainer import Trainer
 
-    torch.manual_seed(cfg.train.seed)  # the initial weights
+    check_settings(cfg)
     run_dir = Path(cfg.train.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    prepare(run_dir, resume=resume, overwrite=overwrite, move=False)  # refusals come first
+    writable_folder(run_dir, "train.out_dir")
+    if resume:
+        check_resume_config(run_dir, to_dict(cfg), allow=allow_changes)
+    torch.manual_seed(cfg.train.seed)  # the initial weights
     train_set, val, pool = open_splits(cfg)
+    steps_per_epoch(len(train_set), cfg.train.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
     model = build_model(cfg)
     objective = build_objective(cfg, model, train_set)
+    # Only now, with data and model ready, is an old run moved aside (never for nothing).
+    moved = prepare(run_dir, resume=resume, overwrite=overwrite)
+    if moved is not None:
+        writable_folder(run_dir, "train.out_dir")
+        print(f"moved the run that was in {run_dir} to {moved}")
 
     def eval_fn(trained, epoch: int) -> dict[str, float]:
         return flat_scores(run_evaluation(trained, cfg, val, pool))
@@ -149,9 +185,10 @@ def train(cfg: Config, *, resume: bool = False, num_workers: int | None = None) 
     trainer = Trainer(
         model, objective, train_set, cfg.train, run_dir=run_dir,
         model_config={"format": FORMAT, **model.config.to_dict()}, eval_fn=eval_fn,
-        full_config=to_dict(cfg), resume=resume,
+        full_config=to_dict(cfg), resume=resume, allow_changes=allow_changes,
         num_workers=cfg.data.num_workers if num_workers is None else num_workers,
     )  # fmt: skip
+    save_config(cfg, run_dir / "config.yaml")
     summary = trainer.fit()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from workbench.config import TrainConfig
+from workbench.config import ConfigError, TrainConfig
 
 
 def _decays(module: nn.Module, name: str, param: nn.Parameter) -> bool:
@@ -71,13 +71,34 @@ class DistInfo:
     owns_group: bool  # the trainer started the process group, so it ends it
 
 
+def check_device(device: str) -> torch.device:
+    """``train.device`` as a torch device that exists on this machine, or a ConfigError naming
+    the setting and what to use instead. ``"auto"``: cuda if CUDA is available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"train.device={device!r} is not a device ({err}); use auto, cpu, "
+                          "cuda or cuda:N") from err  # fmt: skip
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}.get(dev.type, False)  # fmt: skip
+    if not available:
+        raise ConfigError(f"train.device={device} is not available on this machine; use "
+                          "train.device=auto (CUDA when present, else CPU) or cpu")  # fmt: skip
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"train.device={device}: this machine has {count} CUDA devices; "
+                          "use cuda:0 or auto")  # fmt: skip
+    return dev
+
+
 def setup_distributed(device: str) -> DistInfo:
     """Join torchrun's process group (env RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, nccl on
-    CUDA). ``device="auto"``: cuda:LOCAL_RANK if CUDA is available, else cpu."""
+    CUDA). ``device="auto"``: cuda:LOCAL_RANK if CUDA is available, else cpu. A device this
+    machine lacks is a ConfigError."""
     world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
+    dev = check_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)

@@ -12,9 +12,12 @@ micro-batches divided by W * A; the step's gradient is then the sum over its box
 their number, whatever the layout.
 
 A resumed run restores weights, optimizer, schedule, RNG states, objective state and the data
-position, so it ends with the same parameters as an uninterrupted run. A step whose loss or
-gradient norm is not finite applies no update but still consumes its data and advances the
-schedule and the step count.
+position, so it ends with the same parameters as an uninterrupted run; it refuses settings that
+differ from the checkpoint's unless ``allow_changes``, which puts the new learning rates and
+weight decays into the restored optimizer (:mod:`workbench.run_folder`). A new run refuses a
+folder that already holds checkpoints or a metrics log. A step whose loss or gradient norm is not
+finite (or whose matching cost is: a diverging model) applies no update but still consumes its
+data and advances the schedule and the step count.
 """
 
 from __future__ import annotations
@@ -30,29 +33,46 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import workbench.checkpoint as ckpt
 from workbench.config import ConfigError, TrainConfig, to_dict
-from workbench.data.dataset import DetectionDataset
+from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.data.loader import SEED_FORWARD, derive_seed, make_loader, steps_per_epoch
 from workbench.data.prompts import sample_training_prompts
 from workbench.objectives.base import Objective, StepInfo, objective_hooks
 from workbench.optim import default_param_groups, lr_factor, setup_distributed
+from workbench.run_folder import check_changes, prepare
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN/inf loss or gradient norm."""
 
 
+_TRAINER_FILES = ("checkpoints", "metrics.jsonl")  # what a new run would replace or append to
 # A resumed run must cut the data into the same steps and micro-batches.
 _SAME_ON_RESUME = ("global_batch", "micro_batch", "steps_per_epoch")
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def _require_boxes(dataset: DetectionDataset) -> None:
+    """Refuse a training set without one usable (non-crowd) box: it would train at loss 0.
+    Reads targets only, and stops at the first image with a box."""
+    for index in range(len(dataset)):
+        target = dataset.target(index)
+        if len(target) and not bool(target.iscrowd.all()):
+            return
+    name = getattr(dataset, "source", type(dataset).__name__)
+    raise DatasetError(
+        f"the training set {name} ({len(dataset)} images) has no usable box (none left after "
+        "repairs, or all crowd); check its annotations, data.min_box_size and the train json"
+    )
 
 
 class Trainer:
@@ -66,6 +86,9 @@ class Trainer:
         eval_fn: ``(model, epoch) -> {name: float}``, on rank 0 every ``eval_every_epochs``.
         full_config: the resolved experiment config saved with checkpoints (default: ``cfg``).
         resume: True: continue from the latest checkpoint in run_dir if any; a path: from it.
+            Without it, a run_dir holding checkpoints or metrics.jsonl is refused.
+        allow_changes: resume even if ``full_config`` differs from the checkpoint's (other than
+            in the settings :data:`workbench.run_folder.MAY_CHANGE_ON_RESUME`), applying it.
         num_workers: DataLoader workers (the data is the same for any number).
         find_unused_parameters: passed to DDP; only for models with unused parameters.
     """
@@ -74,10 +97,16 @@ class Trainer:
                  cfg: TrainConfig, *, run_dir: str | Path, model_config: dict,
                  param_groups_fn=None, eval_fn=None, full_config: dict | None = None,
                  resume: bool | str | Path = False, num_workers: int = 0,
-                 find_unused_parameters: bool = False) -> None:  # fmt: skip
+                 find_unused_parameters: bool = False,
+                 allow_changes: bool = False) -> None:  # fmt: skip
         self.cfg, self.objective, self.eval_fn = cfg, objective, eval_fn
+        self.param_groups_fn = param_groups_fn or default_param_groups
+        self.allow_changes = allow_changes
+        _require_boxes(train_dataset)
         self.dataset = train_dataset
         self.run_dir, self.resume_from, self.num_workers = Path(run_dir), resume, num_workers
+        # Before joining the process group, so no process has written anything yet.
+        prepare(self.run_dir, resume=bool(resume), overwrite=False, files=_TRAINER_FILES)
         self.model_config, self.full_config = model_config, full_config or {"train": to_dict(cfg)}
         self.dist = setup_distributed(cfg.device)
         self.device, world = self.dist.device, self.dist.world_size
@@ -87,7 +116,7 @@ class Trainer:
                 f"device is {self.device}: use train.amp=bf16 or train.amp=off on CPU"
             )
         self.module = self.model = model.to(self.device)
-        groups = (param_groups_fn or default_param_groups)(self.module, cfg)
+        groups = self.param_groups_fn(self.module, cfg)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -111,8 +140,11 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train for ``epochs`` (or up to ``max_steps``); returns a summary of the run."""
+        resumed = False
         if self.resume_from:
-            self.resume(None if self.resume_from is True else self.resume_from)
+            resumed = self.resume(None if self.resume_from is True else self.resume_from)
+        if self.resume_from and not resumed and self.dist.rank == 0:
+            ckpt.truncate_jsonl(self.run_dir / "metrics.jsonl", 0)  # a start cut before step 1
         self.module.train()
         self._open_logs()
         try:
@@ -177,8 +209,13 @@ class Trainer:
         torch.manual_seed(derive_seed(SEED_FORWARD, self.cfg.seed, step, g))
         last = (g + 1) % accum == 0  # DDP all-reduces the gradients in the last backward only
         with self.model.no_sync() if self.dist.world_size > 1 and not last else nullcontext():
-            with self._autocast():
-                out = self.objective(self.model, batch, info)
+            try:
+                with self._autocast():
+                    out = self.objective(self.model, batch, info)
+            except FloatingPointError as err:  # the matcher's cost is NaN/inf: diverging
+                if self.dist.world_size > 1:  # the other processes cannot skip this step too
+                    raise NonFiniteLossError(f"step {step}: {err}. Lower train.lr") from err
+                return math.nan, {}
             if not out.loss.requires_grad:
                 raise RuntimeError("the objective's loss has no gradient; was it detached?")
             loss = out.loss.float() / accum
@@ -306,11 +343,32 @@ class Trainer:
             nonfinite={"total": self.nonfinite_total, "streak": self.nonfinite_streak},
         )  # fmt: skip
         objective_state = self.hooks["state_dict"]() if "state_dict" in self.hooks else None
-        path = ckpt.save_run_checkpoint(
-            self.run_dir, self.global_step, self.module, self.model_config, state, objective_state,
-            full_config=self.full_config, keep=self.cfg.keep_checkpoints,
-        )  # fmt: skip
+        try:
+            path = ckpt.save_run_checkpoint(
+                self.run_dir, self.global_step, self.module, self.model_config, state,
+                objective_state, full_config=self.full_config, keep=self.cfg.keep_checkpoints,
+            )  # fmt: skip
+        except (OSError, SafetensorError) as err:  # a full or failing disk
+            reason = (err.strerror or str(err)) if isinstance(err, OSError) else str(err)
+            latest = ckpt.find_latest(self.run_dir)
+            kept = f"the previous one, {latest}, is intact" if latest else "none was written before"
+            raise ckpt.CheckpointError(
+                f"the checkpoint after step {self.global_step} could not be written to "
+                f"{ckpt.checkpoint_path(self.run_dir, self.global_step)} ({reason}); {kept}. Free "
+                "disk space or set train.out_dir to another disk, then run again with --resume"
+            ) from err
         self.last_checkpoint = str(path)
+
+    def _apply_hyperparameters(self, step: int) -> None:
+        """Put this run's lr and weight decay into the restored optimizer's groups (which hold
+        the checkpoint's) and the scheduler's base lrs, at the schedule's point ``step``."""
+        fresh = self.param_groups_fn(self.module, self.cfg)
+        factor = lr_factor(step, self.cfg, self.steps_per_epoch)
+        for group, new in zip(self.optimizer.param_groups, fresh, strict=True):
+            group["initial_lr"], group["weight_decay"] = new["lr"], new["weight_decay"]
+            group["lr"] = new["lr"] * factor
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def resume(self, checkpoint: str | Path | None = None) -> bool:
         """Restore everything from ``checkpoint`` (default: the latest in run_dir). Returns
@@ -322,10 +380,15 @@ class Trainer:
         state = loaded.trainer_state
         if state is None:
             raise ckpt.CheckpointError(f"{loaded.path} holds weights only; it cannot resume a run")
+        changes = check_changes(
+            loaded.full_config, self.full_config, loaded.path, allow=self.allow_changes
+        )
         here = {k: self._position()[k] for k in _SAME_ON_RESUME}
         ckpt.restore_training_state(
             state, loaded.path, self.optimizer, self.scheduler, self.scaler, expect=here
         )
+        if changes:
+            self._apply_hyperparameters(state["position"]["global_step"])
         pos = state["position"]
         if loaded.objective_state is not None and "load_state_dict" in self.hooks:
             self.hooks["load_state_dict"](loaded.objective_state)

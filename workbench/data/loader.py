@@ -26,7 +26,7 @@ from torch import Tensor
 
 from workbench.config import TrainConfig
 from workbench.data.collate import collate
-from workbench.data.dataset import DetectionDataset
+from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.types import Batch, Target
 
 # Domain tags keep the seeds of different uses apart even when their other inputs coincide.
@@ -92,7 +92,7 @@ def steps_per_epoch(num_items: int, batch_size: int, world_size: int = 1) -> int
     """Complete steps in one epoch; ``batch_size`` is per process (TrainConfig.batch_size)."""
     global_batch = batch_size * world_size
     if num_items < global_batch:
-        raise ValueError(
+        raise DatasetError(
             f"the dataset has {num_items} images, fewer than one global batch of {global_batch} "
             f"(train.batch_size={batch_size} x {world_size} processes); lower train.batch_size "
             "or use more images"
