@@ -282,6 +282,40 @@ def test_size_mismatch_warns_counts_and_scales_boxes(tmp_path):
         CocoDetection(_coco([_ann([6, 4, 30, 20])]), tmp_path, strict=True)[0]
 
 
+def _portrait_photo(tmp_path: Path) -> Path:
+    """A 40 x 60 (h x w) grid whose EXIF tag (6) shows it turned to 60 x 40, upright: its top
+    stored row (red) becomes the right displayed column."""
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:4] = (255, 0, 0)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "photo.png", exif=exif)
+    return tmp_path / "photo.png"
+
+
+def test_exif_turned_images_share_the_frame_of_their_boxes(tmp_path):
+    _portrait_photo(tmp_path)
+    # Annotated as displayed (60 x 40, the red band is the right column x in [36, 40)): image
+    # and box come upright, with no size warning and nothing stretched.
+    shown = {"id": 1, "file_name": "photo.png", "height": 60, "width": 40}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = CocoDetection(_coco([_ann([36, 0, 4, 60])], images=[shown]), tmp_path)
+        image, target = dataset[0]
+    assert image.shape == (3, 60, 40) and target.size == (60, 40)
+    x0, _, x1, _ = (round(float(v)) for v in target.boxes_xyxy()[0])
+    assert image[0, :, x0:x1].min() == 1.0 and image[0, :, : x0 - 1].max() == 0.0  # box on red
+    # A json that states the stored size (an exporter that ignored the tag): the stored frame.
+    stored = {"id": 1, "file_name": "photo.png", "height": 40, "width": 60}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = CocoDetection(_coco([_ann([0, 0, 60, 4])], images=[stored]), tmp_path)
+        image, target = dataset[0]
+    assert image.shape == (3, 40, 60) and image[0, :4].min() == 1.0
+    assert dataset.report.counts["exif_stored_frame"] == 1
+
+
 def test_unreadable_image_names_the_json_the_image_and_the_fix(tmp_path):
     (tmp_path / "a.png").write_text("not a png")
     (tmp_path / "ann.json").write_text(json.dumps(_coco()))

@@ -90,14 +90,30 @@ def test_bilevel_and_cmyk_images_become_rgb(tmp_path):
     assert torch.allclose(read_image(tmp_path / "cmyk.tif")[:, 0, 0], torch.tensor([1.0, 0, 0]))
 
 
-def test_exif_orientation_is_ignored_unless_asked(tmp_path):
+def test_exif_orientation_is_applied_unless_asked_not_to(tmp_path):
     img = Image.fromarray(_rgb_noise(h=10, w=20))
     exif = img.getexif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     img.save(tmp_path / "rotated.jpg", exif=exif)
-    assert read_image(tmp_path / "rotated.jpg").shape == (3, 10, 20)
-    assert image_size(tmp_path / "rotated.jpg") == (10, 20)
-    assert read_image(tmp_path / "rotated.jpg", apply_exif=True).shape == (3, 20, 10)
+    assert read_image(tmp_path / "rotated.jpg").shape == (3, 20, 10)  # as displayed
+    assert image_size(tmp_path / "rotated.jpg") == (20, 10)  # the same frame, header only
+    assert read_image(tmp_path / "rotated.jpg", apply_exif=False).shape == (3, 10, 20)
+    assert image_size(tmp_path / "rotated.jpg", apply_exif=False) == (10, 20)
+
+
+def test_float_images_in_the_unit_range_are_kept_others_refused_with_their_range(tmp_path):
+    ramp = np.array([[0.0, 0.25, 1.0]], dtype=np.float32)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")
+    assert torch.allclose(
+        read_image(tmp_path / "unit.tif")[:, 0, :], torch.tensor([[0, 0.25, 1]] * 3)
+    )
+    Image.fromarray(ramp * 1000, mode="F").save(tmp_path / "raw.tif")
+    with pytest.raises(DatasetError, match=r"raw\.tif holds float pixels in \[0, 1000\].*must lie "
+                       r"in \[0, 1\].*8- or 16-bit"):  # fmt: skip
+        read_image(tmp_path / "raw.tif")
+    Image.fromarray(np.array([[np.nan, 0.5]], dtype=np.float32), mode="F").save(tmp_path / "n.tif")
+    with pytest.raises(DatasetError, match=r"\[0\.5, 0\.5\] and NaN/inf"):
+        read_image(tmp_path / "n.tif")
 
 
 def test_image_size_is_height_width_and_reads_only_the_header(tmp_path):

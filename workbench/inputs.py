@@ -49,7 +49,10 @@ def to_rgb_tensor(image: ImageInput, name: str = "image") -> Tensor:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise InputError(f"{name} is empty ({image.width}x{image.height} pixels)")
-        return pil_to_rgb_tensor(image)
+        try:
+            return pil_to_rgb_tensor(image, name)
+        except ValueError as err:  # a float image outside [0, 1]
+            raise InputError(str(err)) from err
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = image[..., None]

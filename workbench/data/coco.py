@@ -34,7 +34,7 @@ from workbench.data.dataset import (
     Transform,
     make_target,
 )
-from workbench.data.images import read_image
+from workbench.data.images import exif_frame_for, read_image
 from workbench.types import Target
 
 # DatasetWarning and load_coco_json live in dataset.py and coco_json.py; this is their usual door.
@@ -72,12 +72,17 @@ class CocoDetection:
         min_box_size: boxes narrower or shorter than this many pixels, after clipping, are dropped.
         strict: raise a DatasetError at the first repair instead of repairing.
 
-    If a decoded image's size differs from the json's ``width`` / ``height``, ``__getitem__``
-    warns, counts ``size_mismatch`` and scales the boxes with the image (the normalised boxes are
-    kept, ``size`` and ``orig_size`` become the decoded size): the json's size is the one the
+    Images are read as displayed (EXIF orientation applied, the frame annotation tools draw
+    in), and the json's ``width`` / ``height`` are checked against that size. A json that states
+    the stored size of an image its EXIF tag turns (an exporter that ignored the tag) has its
+    boxes in the stored frame: that image is read unturned (counted as ``exif_stored_frame``), so
+    image and boxes always share one frame.
+
+    If a decoded image's size still differs from the json's, ``__getitem__`` warns, counts
+    ``size_mismatch`` and scales the boxes with the image (the normalised boxes are kept,
+    ``size`` and ``orig_size`` become the decoded size): the json's size is the one the
     annotator's boxes were drawn at, so a resized copy of the image needs proportionally resized
-    boxes. A transposed size (an EXIF-rotated export) cannot be fixed this way; the warning names
-    the image. In DataLoader workers the count stays in the workers' copies of the dataset.
+    boxes. In DataLoader workers the counts stay in the workers' copies of the dataset.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class CocoDetection:
                 self._annotations[self._index_of_id[clean["image_id"]]].append(clean)
         self.report.counts["images_without_annotations"] = sum(not a for a in self._annotations)
         self._instances: list[Instance] | None = None
+        self._stored_frame: set[int] = set()  # images whose json is in the stored (unturned) frame
         self._warn_summary()
 
     # --- repairs --------------------------------------------------------------------------------
@@ -229,9 +235,20 @@ class CocoDetection:
         return [dict(a) for a in self._annotations[index]]
 
     def load_image(self, index: int) -> Tensor:
-        """``[3, H, W]`` float32 RGB in [0, 1]; DatasetError naming json and image if unreadable."""
+        """``[3, H, W]`` float32 RGB in [0, 1], in the frame of the json's boxes (see the class
+        docstring); DatasetError naming json and image if unreadable."""
+        img = self.images[index]
         try:
-            return read_image(self.image_path(index))
+            path = self.image_path(index)
+            displayed = exif_frame_for(path, (img["height"], img["width"]))
+            if not displayed and index not in self._stored_frame:
+                self._stored_frame.add(index)
+                self.report.add(
+                    "exif_stored_frame",
+                    f"{self.source}: image {img['id']} ({img['file_name']}): the json gives its "
+                    "stored size, not the EXIF-turned one it displays at; read unturned",
+                )
+            return read_image(path, apply_exif=displayed)
         except DatasetError as err:
             raise DatasetError(
                 f"{self.source}, image id {self.images[index]['id']}: {err}"

@@ -3,16 +3,22 @@
 ``read_image`` gives a float32 ``[3, H, W]`` RGB tensor in [0, 1] for any file PIL can open, and a
 :class:`DatasetError` naming the file and the fix for anything it cannot. Choices:
 
-- **Stored pixels, no EXIF rotation by default.** A COCO json's ``width`` / ``height`` and boxes
-  (and VOC's) refer to the pixel grid as stored in the file; applying the EXIF orientation would
-  turn the image away from its boxes. ``image_size`` reads the stored size too. Pass
-  ``apply_exif=True`` for user photos without annotations (the app's uploads).
+- **The displayed image: EXIF orientation applied.** A camera stores a portrait photo as a
+  landscape grid plus an orientation tag; viewers and annotation tools (CVAT, Label Studio,
+  Roboflow, the browsers behind the app and FiftyOne) show it turned upright, and that is the
+  frame boxes are drawn in. ``read_image`` and ``image_size`` give that frame (as detectron2's
+  ``read_image`` does); ``apply_exif=False`` gives the stored grid. A json that states the
+  *stored* size of a turned image (its exporter ignored the tag) is read in the stored frame
+  instead (:func:`exif_frame_for`), so that image and boxes always share one frame.
 - **Transparency is composited over white.** Transparent pixels of PNG/GIF exports usually hold
   arbitrary colours (often black) that no one saw while annotating; viewers and annotation tools
   show them over a white page, so white reproduces what the annotator looked at.
-- **16-bit and 32-bit single-channel images** (``I;16*``, ``I``, ``F``) are divided by 65535, so
-  the full 16-bit range maps onto [0, 1] (PIL's own conversion would clip everything above 255).
-  ``I`` and ``F`` values outside [0, 65535] are clipped.
+- **16-bit and 32-bit integer single-channel images** (``I;16*``, ``I``) are divided by 65535,
+  so the full 16-bit range maps onto [0, 1] (PIL's own conversion would clip everything above
+  255); ``I`` values outside [0, 65535] are clipped.
+- **Float images** (``F``, e.g. a 32-bit float TIFF) hold intensities in [0, 1] by convention and
+  are used as they are; any other range (or NaN) has no agreed meaning, so such a file is refused
+  with its range and how to convert it, rather than silently turned black or white.
 - **Over-large images** (more than ``max_pixels`` pixels) are refused before decoding: a
   decompression bomb would otherwise exhaust memory in a DataLoader worker.
 """
@@ -35,7 +41,9 @@ from workbench.data.dataset import DatasetError
 MAX_IMAGE_PIXELS = 89_478_485
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING = {5, 6, 7, 8}  # orientations that swap width and height
 _FULL_16_BIT = 65535.0
 
 
@@ -72,15 +80,54 @@ def _open(path: str | Path) -> Iterator[Image.Image]:
         yield img
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of the stored pixel grid, read from the file header only (no EXIF)."""
+def _turns(img: Image.Image) -> bool:
+    """Whether the image's EXIF orientation swaps its width and height."""
+    try:
+        return img.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING
+    except Exception:  # a damaged EXIF block: PIL's exif_transpose ignores it as well
+        return False
+
+
+def image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, int]:
+    """``(height, width)`` as displayed (EXIF orientation applied; ``apply_exif=False``: as
+    stored), read from the file header only."""
     with _open(path) as img:
         width, height = img.size
+        if apply_exif and _turns(img):
+            width, height = height, width
     return int(height), int(width)
 
 
-def pil_to_rgb_tensor(img: Image.Image) -> Tensor:
-    """Decoded PIL image of any mode -> ``[3, H, W]`` float32 RGB in [0, 1]."""
+def exif_frame_for(path: str | Path, size_hw: tuple[int, int]) -> bool:
+    """Whether boxes annotated at ``size_hw`` (a json's height, width) are in the displayed
+    frame of the image at ``path`` (True: read it with EXIF applied) or in its stored frame
+    (False: the json states the stored size of an image its tag turns). Header only."""
+    with _open(path) as img:
+        width, height = img.size
+        turns = _turns(img)
+    return not (turns and tuple(size_hw) == (height, width))
+
+
+def _float_to_tensor(img: Image.Image, name: str) -> Tensor:
+    """A float (``F``) image in [0, 1] as ``[H, W]``; any other range is refused."""
+    values = np.array(img, dtype=np.float32)
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+        finite = values[np.isfinite(values)]
+        shown = f"[{finite.min():.4g}, {finite.max():.4g}]" if finite.size else "no finite values"
+        nan = "" if finite.size == values.size else " and NaN/inf"
+        raise DatasetError(
+            f"{name} holds float pixels in {shown}{nan}; float images must lie in [0, 1]. "
+            "Scale it to [0, 1] or save it as an 8- or 16-bit image (e.g. with "
+            "numpy: (x - x.min()) / (x.max() - x.min()))"
+        )
+    return torch.from_numpy(values)
+
+
+def pil_to_rgb_tensor(img: Image.Image, name: str = "image") -> Tensor:
+    """Decoded PIL image of any mode -> ``[3, H, W]`` float32 RGB in [0, 1]; ``name`` is the
+    image in an error (a float image outside [0, 1] is a DatasetError)."""
+    if img.mode == "F":
+        return _float_to_tensor(img, name).unsqueeze(0).expand(3, -1, -1).contiguous()
     if img.mode in _HIGH_BIT_MODES:
         gray = np.array(img, dtype=np.float32) / _FULL_16_BIT
         gray = torch.from_numpy(gray).clamp_(0.0, 1.0)
@@ -99,21 +146,21 @@ def pil_to_rgb_tensor(img: Image.Image) -> Tensor:
 
 
 def read_image(
-    path: str | Path, *, apply_exif: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
+    path: str | Path, *, apply_exif: bool = True, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> Tensor:
-    """Decode an image file to ``[3, H, W]`` float32 RGB in [0, 1].
+    """Decode an image file to ``[3, H, W]`` float32 RGB in [0, 1], as displayed.
 
     Args:
         path: any format PIL reads; for multi-frame files (GIF, TIFF) the first frame.
-        apply_exif: rotate/flip by the EXIF orientation tag. Off by default because dataset boxes
-            refer to the stored pixels (see the module docstring).
+        apply_exif: rotate/flip by the EXIF orientation tag, as viewers do (see the module
+            docstring); False: the pixel grid as stored.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard). PIL
             itself warns above ``PIL.Image.MAX_IMAGE_PIXELS`` and refuses above twice that, so a
             larger ``max_pixels`` also needs that raised.
 
     Raises:
-        DatasetError: missing, unreadable, truncated, corrupt or over-large files; the message
-            names the file and says how to fix it.
+        DatasetError: missing, unreadable, truncated, corrupt or over-large files, and float
+            images outside [0, 1]; the message names the file and says how to fix it.
     """
     with _open(path) as img:
         width, height = img.size
@@ -126,7 +173,7 @@ def read_image(
             img.load()
             if apply_exif:
                 img = ImageOps.exif_transpose(img)
-            return pil_to_rgb_tensor(img)
+            return pil_to_rgb_tensor(img, f"image {path}")
         except DatasetError:
             raise
         except Exception as err:  # PIL decoders raise OSError, SyntaxError, ValueError, ...
