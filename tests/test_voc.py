@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 from workbench.data.coco import CocoDetection, DatasetWarning
 from workbench.data.dataset import DatasetError
 from workbench.data.voc import convert_voc
+from workbench.safe_paths import OutputError
 
 # --- BCCD, the real dataset -----------------------------------------------------------------------
 
@@ -168,10 +169,15 @@ def test_split_files_are_read_and_per_class_files_ignored(tmp_path):
     assert "val.txt: image id zzz has no Annotations/zzz.xml" in result.report.messages[0]
 
 
-def test_images_are_copied_and_a_rerun_overwrites_cleanly(tmp_path):
+def test_images_are_copied_and_a_rerun_overwrites_only_when_asked(tmp_path):
     voc = _voc(tmp_path / "voc", {"é": _xml("é.jpg", objects=[("x", 1, 1, 5, 5)])})
-    for _ in range(2):
-        result = convert_voc(voc, tmp_path / "out")
+    first = convert_voc(voc, tmp_path / "out")["annotations"].read_bytes()
+    (tmp_path / "out" / "annotations.json").write_text("edited by hand")
+    with pytest.raises(OutputError, match=r"annotations\.json already exists; pass --force"):
+        convert_voc(voc, tmp_path / "out")
+    assert (tmp_path / "out" / "annotations.json").read_text() == "edited by hand"
+    result = convert_voc(voc, tmp_path / "out", overwrite=True)
+    assert result["annotations"].read_bytes() == first
     copied = tmp_path / "out" / "images" / "é.jpg"
     assert not copied.is_symlink()
     assert copied.read_bytes() == (voc / "JPEGImages" / "é.jpg").read_bytes()
@@ -206,3 +212,19 @@ def test_unreadable_image_and_empty_folder_are_refused(tmp_path):
         convert_voc(voc, tmp_path / "out")
     with pytest.raises(DatasetError, match=r"holds no \.xml files; voc_root must be the folder"):
         convert_voc(tmp_path / "empty", tmp_path / "out")
+
+
+@pytest.mark.parametrize("size_hw", [(40, 60), (60, 40)], ids=["stored", "displayed"])
+def test_exif_turned_images_keep_the_frame_their_xml_was_drawn_in(tmp_path, size_hw):
+    voc = _voc(tmp_path / "voc", {"p": _xml("p.jpg", size_hw=size_hw, objects=[("x", 1, 1, 5, 5)])})
+    img = Image.open(voc / "JPEGImages" / "p.jpg")
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored 40 x 60, displayed 60 x 40
+    img.save(voc / "JPEGImages" / "p.jpg", exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no size repair, no size mismatch
+        result = convert_voc(voc, tmp_path / "out")
+        image, target = CocoDetection(result["annotations"])[0]
+    record = _load(result["annotations"])["images"][0]
+    assert (record["height"], record["width"]) == size_hw
+    assert tuple(image.shape[1:]) == target.size == size_hw

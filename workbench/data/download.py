@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from workbench.data.dataset import DatasetError
+from workbench.safe_paths import refuse_existing
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,12 @@ def download_file(item: Download, out: Path, *, progress: bool = True) -> Path:
     return out
 
 
-def unpack_zip(archive: Path, dest: Path) -> None:
-    """Extract ``archive`` into ``dest`` atomically; refuse members that would escape ``dest``."""
+def unpack_zip(archive: Path, dest: Path, *, replace: bool = False) -> None:
+    """Extract ``archive`` into ``dest`` atomically; refuse members that would escape ``dest``.
+
+    Files and folders in ``dest`` with the names of the archive's top-level entries are refused
+    (an OutputError naming them, before anything moves) unless ``replace``.
+    """
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -80,6 +85,9 @@ def unpack_zip(archive: Path, dest: Path) -> None:
                 if not target.is_relative_to(staging.resolve()):
                     raise DatasetError(f"{archive} member {member!r} points outside the archive")
             zf.extractall(staging)
+        if not replace:
+            refuse_existing([dest / item.name for item in staging.iterdir()], setting="--root",
+                            what=f"unpacking {archive.name} would replace")  # fmt: skip
         for item in staging.iterdir():
             target = dest / item.name
             if target.exists():

@@ -26,6 +26,7 @@ from pathlib import Path
 from workbench.config import DataConfig
 from workbench.data.dataset import DatasetError, DetectionDataset, Transform
 from workbench.data.download import Download, download_file, unpack_zip, verified
+from workbench.safe_paths import refuse_existing
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class Source:
     """A named dataset.
 
     ``splits`` maps a split to ``(json path, image folder)`` relative to the source's folder.
-    ``prepare(raw, out)`` turns downloaded or user-provided raw files into that layout in ``out``;
+    ``prepare(raw, out, overwrite)`` turns downloaded or user-provided raw files into that layout
+    in ``out`` (replacing files there only with ``overwrite``);
     ``check(out)`` verifies the content where no checksum is published.
     """
 
@@ -43,7 +45,7 @@ class Source:
     env_var: str
     splits: dict[str, tuple[str, str]]
     downloads: tuple[Download, ...] = ()
-    prepare: Callable[[Path, Path], None] | None = field(default=None, repr=False)
+    prepare: Callable[[Path, Path, bool], None] | None = field(default=None, repr=False)
     check: Callable[[Path], None] | None = field(default=None, repr=False)
 
 
@@ -71,7 +73,7 @@ _LVIS = "https://dl.fbaipublicfiles.com/LVIS"
 _ODINW = "https://huggingface.co/GLIPModel/GLIP/resolve/main/odinw_35"
 
 
-def _prepare_bccd(raw: Path, out: Path) -> None:
+def _prepare_bccd(raw: Path, out: Path, overwrite: bool) -> None:
     """Convert BCCD's VOC XML (``raw`` holds ``Annotations/`` somewhere below) to COCO json."""
     from workbench.data.voc import convert_voc
 
@@ -80,7 +82,7 @@ def _prepare_bccd(raw: Path, out: Path) -> None:
         raise DatasetError(
             f"no VOC 'Annotations' folder under {raw}; point WORKBENCH_BCCD at BCCD/"
         )
-    convert_voc(voc, out, progress=True)
+    convert_voc(voc, out, progress=True, overwrite=overwrite)
 
 
 def _check_counts(images: int, categories: int, boxes: int, rel: str) -> Callable[[Path], None]:
@@ -236,7 +238,7 @@ def locate(
         _prepare_from(src, raw, cache)
         return Located(cache / rel_json, cache / rel_images, src.name, split)
     if download and src.downloads:
-        fetch(src, cache, progress=progress)
+        fetch(src, cache, progress=progress, force=True)  # the cache's own folder
         if (cache / rel_json).is_file():
             return Located(cache / rel_json, cache / rel_images, src.name, split)
     looked = ", ".join(str(p / rel_json) for p in [*candidates, cache])
@@ -283,12 +285,16 @@ def open_dataset(
             raise DatasetError(f"shapes has splits {list(offsets)}, not {split!r}")
         train = split == cfg.train_split
         scale = cfg.shapes_image_size / 256
-        shapes = ShapesConfig(
-            image_size=cfg.shapes_image_size,
-            object_size=cfg.shapes_object_size or (max(8, round(20 * scale)), round(64 * scale)),
-            novel=cfg.novel_categories,
-            categories=cfg.shapes_train_categories if train else "all",
-        )
+        try:
+            shapes = ShapesConfig(
+                image_size=cfg.shapes_image_size,
+                object_size=cfg.shapes_object_size
+                or (max(8, round(20 * scale)), round(64 * scale)),
+                novel=cfg.novel_categories,
+                categories=cfg.shapes_train_categories if train else "all",
+            )
+        except ValueError as err:  # e.g. an unknown name in data.novel_categories
+            raise DatasetError(f"data.shapes_* / data.novel_categories: {err}") from err
         count = cfg.shapes_train_images if train else cfg.shapes_val_images
         if split == "test" and cfg.shapes_test_images is not None:
             count = cfg.shapes_test_images
@@ -314,7 +320,7 @@ def _prepare_from(src: Source, raw: Path, cache: Path) -> None:
     """Prepare a user's raw copy into the cache; a failed preparation leaves no partial cache."""
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=cache.parent))
     try:
-        src.prepare(raw, staging)
+        src.prepare(raw, staging, True)  # a fresh folder of its own
         if src.check is not None:
             src.check(staging)
         shutil.rmtree(cache, ignore_errors=True)
@@ -323,21 +329,26 @@ def _prepare_from(src: Source, raw: Path, cache: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def fetch(src: Source, dest: Path, *, progress: bool = True) -> Path:
+def fetch(src: Source, dest: Path, *, progress: bool = True, force: bool = False) -> Path:
     """Download every file of ``src`` into ``dest``, verify it, unpack it, prepare and check it.
 
     Files already present with a good checksum are not downloaded again. Unpacking goes to a
-    temporary folder first, so an interrupted run never leaves a half-written dataset.
+    temporary folder first, so an interrupted run never leaves a half-written dataset. Unless
+    ``force``, a ``dest`` that already holds the dataset's json files, or files and folders with
+    the names the archives unpack to, is refused (an OutputError) before anything is replaced.
     """
+    if not force:
+        refuse_existing({dest / rel for rel, _ in src.splits.values()}, setting="--root",
+                        what=f"{src.name} is already in {dest}:")  # fmt: skip
     dest.mkdir(parents=True, exist_ok=True)
     for item in src.downloads:
         archive = dest / "downloads" / item.filename
         if not (archive.is_file() and verified(archive, item)):
             download_file(item, archive, progress=progress)
         if zipfile.is_zipfile(archive):
-            unpack_zip(archive, dest)
+            unpack_zip(archive, dest, replace=force)
     if src.prepare is not None:
-        src.prepare(dest, dest)
+        src.prepare(dest, dest, force)
     if src.check is not None:
         src.check(dest)
     return dest

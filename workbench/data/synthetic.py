@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from workbench.data.shapes_render import (
     compose_image,
     layout_layers,
 )
+from workbench.safe_paths import refuse_existing, write_atomic
 from workbench.types import Target
 
 __all__ = ["COLOURS", "DISTRACTOR_SHAPES", "OFF_PALETTE", "SHAPES", "TEXTURES", "SceneLayer",
@@ -222,15 +222,24 @@ def write_shapes_dataset(
     seed: int,
     cfg: ShapesConfig | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``out_dir/images/shapes_{i:06d}.png`` and ``out_dir/annotations.json`` (COCO).
 
     Image ids are ``i + 1`` and file names relative to the json's folder, so the json agrees
     exactly with ``ShapesDataset(num_images, seed, cfg)``; ``info`` records the generator's
-    parameters. The same arguments give byte-identical files. Returns the json's path.
+    parameters. The same arguments give byte-identical files. Returns the json's path. Existing
+    files of those names are refused (an :class:`~workbench.safe_paths.OutputError`, before
+    anything is written) unless ``overwrite``.
     """
     cfg = cfg or ShapesConfig()
     out_dir = Path(out_dir)
+    if not overwrite:
+        refuse_existing(
+            [out_dir / "annotations.json"]
+            + [out_dir / _image_record(cfg, i)["file_name"] for i in range(num_images)],
+            setting="--out",
+        )
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in tqdm(range(num_images), desc="shapes images", disable=not progress):
@@ -246,11 +255,7 @@ def write_shapes_dataset(
             "seed": seed, "num_images": num_images, "config": dataclasses.asdict(cfg)}  # fmt: skip
     coco = {"info": info, "images": images, "annotations": annotations,
             "categories": shape_categories(cfg)}  # fmt: skip
-    path = out_dir / "annotations.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(coco, separators=(",", ":")))
-    os.replace(tmp, path)  # readers never see half a file
-    return path
+    return write_atomic(out_dir / "annotations.json", json.dumps(coco, separators=(",", ":")))
 
 
 class ShapesDataset(torch.utils.data.Dataset):

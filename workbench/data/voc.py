@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -31,6 +29,7 @@ from tqdm import tqdm
 
 from workbench.data.dataset import DatasetError, DatasetWarning, LoadReport
 from workbench.data.images import image_size
+from workbench.safe_paths import refuse_existing, write_atomic
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
@@ -73,9 +72,14 @@ def _find_image(xml_path: Path, root: ET.Element, image_dir: Path) -> Path:
 def _image_hw(
     xml_path: Path, root: ET.Element, image_path: Path, report: LoadReport
 ) -> tuple[int, int]:
-    """``(height, width)``: the image header's, noting when ``<size>`` is missing or wrong."""
+    """``(height, width)``: the image header's, noting when ``<size>`` is missing or wrong.
+
+    The displayed size (EXIF orientation applied) unless ``<size>`` is the stored size of an
+    image its EXIF tag turns: then the boxes were drawn on the stored grid, and the json says so
+    (CocoDetection reads such an image unturned)."""
     try:
         header_hw = image_size(image_path)
+        stored_hw = image_size(image_path, apply_exif=False)
     except DatasetError as err:
         raise DatasetError(f"{xml_path}: {err}") from err
     try:
@@ -84,6 +88,8 @@ def _image_hw(
         xml_hw = (0, 0)
     if min(xml_hw) <= 0:
         report.add("size_from_image", f"{xml_path.name}: no valid <size>; used the image's")
+    elif xml_hw == stored_hw:
+        return stored_hw
     elif xml_hw != header_hw:
         report.add(
             "size_corrected",
@@ -215,26 +221,24 @@ def _coco_records(records: list[dict]) -> tuple[list, list, list]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (a reader sees the old file or the new one), with the user's umask."""
+    write_atomic(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+
+def _already_placed(src: Path, dst: Path, link: bool) -> bool:
+    """``dst`` is already the copy (same size and mtime) or the link :func:`_place_image` makes."""
+    if link:
+        return dst.is_symlink() and dst.readlink() == src.resolve()
+    if dst.is_file() and not dst.is_symlink():
+        s, d = src.stat(), dst.stat()
+        return (s.st_size, int(s.st_mtime)) == (d.st_size, int(d.st_mtime))
+    return False
 
 
 def _place_image(src: Path, dst: Path, link: bool) -> None:
     """Copy (or symlink) ``src`` to ``dst``; an identical existing copy or link is left alone."""
-    if link:
-        if dst.is_symlink() and dst.readlink() == src.resolve():
-            return
-    elif dst.is_file() and not dst.is_symlink():
-        s, d = src.stat(), dst.stat()
-        if (s.st_size, int(s.st_mtime)) == (d.st_size, int(d.st_mtime)):
-            return
+    if _already_placed(src, dst, link):
+        return
     dst.unlink(missing_ok=True)
     if link:
         dst.symlink_to(src.resolve())
@@ -269,7 +273,12 @@ def _write_splits(
 
 
 def convert_voc(
-    voc_root: str | Path, out_dir: str | Path, *, link_images: bool = False, progress: bool = False
+    voc_root: str | Path,
+    out_dir: str | Path,
+    *,
+    link_images: bool = False,
+    progress: bool = False,
+    overwrite: bool = False,
 ) -> VocConversion:
     """Convert a VOC folder to ``out_dir/annotations.json`` (all images) + ``out_dir/{split}.json``.
 
@@ -277,6 +286,10 @@ def convert_voc(
     is ``images/<name>``, so ``CocoDetection(out_dir / "train.json")`` finds them. Image ids are
     1..N in sorted XML order, annotation ids 1..M, category ids 1..C in sorted name order; the
     same ids are used in every split file. Output is deterministic for a given input.
+
+    Existing json files of those names, or other files where images go, are refused (an
+    :class:`~workbench.safe_paths.OutputError`, before anything is written) unless
+    ``overwrite``; images already copied or linked from the same source are left alone.
 
     Returns:
         ``{json stem: path}``, with ``.summary`` (counts) and ``.report`` (repairs).
@@ -296,6 +309,13 @@ def convert_voc(
     ]
     images, annotations, categories = _coco_records(records)
     splits = _read_image_sets(voc_root / "ImageSets" / "Main", {r["stem"] for r in records}, report)
+    if not overwrite:
+        places = [(r["image_path"], out_dir / "images" / r["image_path"].name) for r in records]
+        refuse_existing(
+            [out_dir / f"{name}.json" for name in ("annotations", *splits)]
+            + [dst for src, dst in places if not _already_placed(src, dst, link_images)],
+            setting="--out",
+        )
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     for record in tqdm(records, desc="images", disable=not progress):
         src = record["image_path"]
