@@ -6,7 +6,7 @@
     python -m workbench data show DIR/annotations.json --count 8 --out grid.png
     python -m workbench data fetch coco          # users with a network
     python -m workbench data sources
-    python -m workbench train configs/tiny_shapes_sft.yaml train.lr=1e-4 [--resume]
+    python -m workbench train configs/tiny_shapes_sft.yaml train.lr=1e-4 [--resume | --overwrite]
     torchrun --nproc_per_node=2 -m workbench train configs/small_shapes_sft.yaml
     python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--split test] [--out r.json]
     python -m workbench predict runs/tiny_shapes_sft image.png --box 10,20,60,80:cell --out out/x
@@ -15,23 +15,76 @@
     python -m workbench fiftyone evaluate workbench-val [--iou 0.5]
     python -m workbench fiftyone launch workbench-val [--port 5151]
 
-Library errors (bad files, unknown datasets, wrong config keys) print as one clear line and
-exit with status 2; anything else is a bug and keeps its traceback.
+Nothing is lost: an output that exists is replaced only with ``--force`` (``train``: a folder
+holding a run only with ``--resume`` or ``--overwrite``), and never an input of the command.
+User errors (bad files and arguments, unknown datasets, wrong config keys or values, an
+unwritable or full disk, a diverging run) print as one line, ``error: ...``, naming the setting
+and the fix, and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from workbench.checkpoint import CheckpointError
 from workbench.config import ConfigError
 from workbench.cpu import use_available_cpus
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.inputs import InputError
+from workbench.safe_paths import (
+    USER_ERRNOS,
+    OutputError,
+    check_output_file,
+    os_error_line,
+    write_atomic,
+)
+from workbench.trainer import NonFiniteLossError
+
+# Mistakes a user can fix: reported as one line, exit status 2.
+USER_ERRORS = (DatasetError, ConfigError, CheckpointError, InputError, OutputError,
+               NonFiniteLossError, FileNotFoundError)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (status 2, as argparse's own)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must lie in [0, 1]")
+    return value
+
+
+def _save_png(image, path: Path) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
 
 
 def _open_dataset(args: argparse.Namespace) -> DetectionDataset:
@@ -55,8 +108,13 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     cats = args.categories if args.categories in ("all", "base", "novel") else tuple(
         n.strip() for n in args.categories.split(",")
     )  # fmt: skip
-    cfg = ShapesConfig(image_size=args.image_size, novel=novel, categories=cats)
-    path = write_shapes_dataset(args.out, args.images, args.seed, cfg, progress=True)
+    try:
+        cfg = ShapesConfig(image_size=args.image_size, novel=novel, categories=cats)
+    except ValueError as err:
+        raise InputError(f"make-shapes: {err}") from err
+    path = write_shapes_dataset(
+        args.out, args.images, args.seed, cfg, progress=True, overwrite=args.force
+    )
     print(f"wrote {args.images} images and {path}")
     return 0
 
@@ -64,7 +122,9 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
 def cmd_convert_voc(args: argparse.Namespace) -> int:
     from workbench.data.voc import convert_voc
 
-    written = convert_voc(args.voc_root, args.out, link_images=args.link_images, progress=True)
+    written = convert_voc(
+        args.voc_root, args.out, link_images=args.link_images, progress=True, overwrite=args.force
+    )
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0
@@ -82,6 +142,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from workbench import viz
     from workbench.data.prompts import interactive_prompts
 
+    out = check_output_file(args.out, force=args.force, inputs=[args.json])
     dataset = _open_dataset(args)
     indices = args.index or list(range(min(args.count, len(dataset))))
     for i in indices:
@@ -97,9 +158,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             prompts = interactive_prompts(target, dataset.categories, seed=args.seed)
             tile = viz.draw_prompts(tile, prompts)
         tiles.append(tile)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    viz.image_grid(tiles, columns=args.columns).save(out)
+    _save_png(viz.image_grid(tiles, columns=args.columns), out)
     print(f"wrote {out} ({len(tiles)} images)")
     return 0
 
@@ -109,7 +169,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     src = get_source(args.name)
     dest = Path(args.root) if args.root else data_root() / src.name
-    fetch(src, dest, progress=True)
+    fetch(src, dest, progress=True, force=args.force)
     print(f"{src.name} is ready in {dest}")
     return 0
 
@@ -128,9 +188,16 @@ def cmd_sources(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from workbench.config import load_config
     from workbench.experiment import train
+    from workbench.run_folder import require_run
 
+    if args.allow_changes and not args.resume:
+        raise InputError("--allow-changes applies changed settings to a resumed run: add --resume")
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume)
+    if args.resume:
+        require_run(cfg.train.out_dir)
+    summary = train(
+        cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -140,6 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from workbench.experiment import open_evaluation_data, run_evaluation
     from workbench.predictor import Predictor
 
+    out = check_output_file(args.out, force=args.force) if args.out else None
     config = args.config or _run_config(args.checkpoint)
     cfg = load_config(config, args.overrides)
     split = args.split or cfg.data.val_split
@@ -156,9 +224,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         queries = "  ".join(f"{k} {v:.4f}" for k, v in result.query_metrics.items())
         print(f"{protocol}: AP {result.AP:.4f}  AP50 {result.AP50:.4f}  by split {by_split}\n"
               f"  queries: {queries}")  # fmt: skip
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+    if out is not None:
+        write_atomic(out, json.dumps(report, indent=2))
+        print(f"wrote {out}")
     return 0
 
 
@@ -188,30 +256,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from workbench.predictor import Predictor
     from workbench.types import Exemplar, VisualPrompt
 
-    predictor = Predictor.from_checkpoint(
-        args.checkpoint, min_size=args.min_size, max_size=args.max_size
-    )
-    image = read_image(args.image, apply_exif=True)
+    if args.max_size < args.min_size:
+        raise InputError(f"--max-size {args.max_size} is below --min-size {args.min_size}; "
+                         "the longer side cannot be capped below the shorter one")  # fmt: skip
+    json_path, png_path = _predict_outputs(args)
     source = "reference" if args.reference else None
     by_name: dict[str, list[Exemplar]] = {}
     for text in args.box:
         box, name = _parse_box(text)
         by_name.setdefault(name, []).append(Exemplar(box, source))
     prompts = [VisualPrompt(n, tuple(ex), prompt_id=i) for i, (n, ex) in enumerate(by_name.items())]
-    refs = {"reference": read_image(args.reference, apply_exif=True)} if args.reference else None
+    image = read_image(args.image)  # as displayed (EXIF orientation applied)
+    refs = {"reference": read_image(args.reference)} if args.reference else None
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, min_size=args.min_size, max_size=args.max_size
+    )
     detections = predictor.predict(
         image, prompts, reference_images=refs, score_threshold=args.threshold
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     records = [{"image": str(args.image), **r} for r in detections.to_records()]
-    out.with_suffix(".json").write_text(json.dumps(records, indent=2))
+    write_atomic(json_path, json.dumps(records, indent=2))
     drawn = viz.draw_detections(image, detections)
     if source is None:
         drawn = viz.draw_prompts(drawn, prompts)
-    drawn.save(out.with_suffix(".png"))
-    print(f"{len(detections)} detections -> {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+    _save_png(drawn, png_path)
+    print(f"{len(detections)} detections -> {json_path}, {png_path}")
     return 0
+
+
+def _predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``STEM.json`` and ``STEM.png`` for ``--out STEM``; a folder (``--out DIR/`` or an
+    existing one) gets ``IMAGE_STEM.json`` and ``.png`` inside it. Refused: an input file of the
+    command, and an existing file without --force."""
+    out = Path(args.out)
+    if args.out.endswith(("/", os.sep)) or out.is_dir():
+        out = out / Path(args.image).stem
+    inputs = [p for p in (args.image, args.reference, args.checkpoint) if p]
+    return tuple(  # type: ignore[return-value]
+        check_output_file(out.with_suffix(suffix), force=args.force, inputs=inputs)
+        for suffix in (".json", ".png")
+    )
 
 
 def _checkpoint_predictor(path: str, args: argparse.Namespace):
@@ -348,27 +433,33 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="local folder of --source")
 
 
+def _force_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=what)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m workbench", description=__doc__.split("\n")[0])
     groups = parser.add_subparsers(dest="group", required=True)
     data = groups.add_parser("data", help="datasets: make, convert, inspect, fetch")
     sub = data.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-shapes", help="write a synthetic shapes dataset (PNGs + COCO json)")
     p.add_argument("--out", required=True)
-    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--images", type=_count, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=_count, default=256)
     p.add_argument("--categories", default="all", help="all | base | novel | name,name,...")
     p.add_argument(
         "--novel", help="comma-separated held-out category names (default: built-in split)"
     )
+    _force_arg(p, "replace an existing annotations.json and images of the same names")
     p.set_defaults(run=cmd_make_shapes)
 
     p = sub.add_parser("convert-voc", help="VOC XML folder -> COCO json per split")
     p.add_argument("voc_root")
     p.add_argument("--out", required=True)
     p.add_argument("--link-images", action="store_true", help="symlink images instead of copying")
+    _force_arg(p, "replace existing json files and other images of the same names in --out")
     p.set_defaults(run=cmd_convert_voc)
 
     p = sub.add_parser("stats", help="counts, repairs and unreadable images of a dataset")
@@ -383,15 +474,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--index", type=int, nargs="*", help="image indices (default: the first --count)"
     )
-    p.add_argument("--count", type=int, default=8)
-    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--count", type=_count, default=8)
+    p.add_argument("--columns", type=_count, default=4)
     p.add_argument("--prompts", action="store_true", help="also draw interactive prompts")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw")
+    _force_arg(p, "replace an existing --out file")
     p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("fetch", help="download a named dataset into the cache (needs a network)")
     p.add_argument("name")
     p.add_argument("--root", help="folder to put it in (default: the cache)")
+    _force_arg(p, "fetch again, replacing the dataset's files and same-named folders in the folder")
     p.set_defaults(run=cmd_fetch)
 
     p = sub.add_parser("sources", help="list the named datasets")
@@ -400,9 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = groups.add_parser("train", help="train a detector (SFT or GRQO) from a YAML config")
     p.add_argument("config", help="a YAML file listing differences from the defaults")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir "
+                   "from its latest checkpoint, with the settings it was saved with")  # fmt: skip
+    p.add_argument("--allow-changes", action="store_true", help="with --resume: apply settings "
+                   "that differ from the run's (new lr, weight decay, losses, ...)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="move a run already in "
+                   "train.out_dir to OUT_DIR.old-N (nothing is deleted); start anew")  # fmt: skip
     p.set_defaults(run=cmd_train)
 
     p = groups.add_parser("eval", help="COCO AP of a checkpoint under the visual-prompt protocols")
@@ -412,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="the split to evaluate (default: data.val_split); 'test' is "
                    "the held-out split that model selection never sees")  # fmt: skip
     p.add_argument("--out", help="write the full results as JSON")
+    _force_arg(p, "replace an existing --out file")
     p.set_defaults(run=cmd_eval)
 
     p = groups.add_parser("predict", help="detect what example boxes show; writes JSON and a PNG")
@@ -422,10 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="x0,y0,x1,y1[:name] in pixels; repeat for more boxes or classes",
     )  # fmt: skip
     p.add_argument("--reference", help="the boxes lie on this image instead (cross-image)")
-    p.add_argument("--threshold", type=float, default=0.3)
-    p.add_argument("--min-size", type=int, default=800)
-    p.add_argument("--max-size", type=int, default=1333)
-    p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.png")
+    p.add_argument("--threshold", type=_fraction, default=0.3)
+    p.add_argument("--min-size", type=_count, default=800)
+    p.add_argument("--max-size", type=_count, default=1333)
+    p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.png; "
+                   "a folder (ending in / or existing) gets IMAGE_STEM.json and .png")  # fmt: skip
+    _force_arg(p, "replace existing output files (never the input image)")
     p.set_defaults(run=cmd_predict)
     _fiftyone_parser(groups)
     return parser
@@ -436,6 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     use_available_cpus()
     try:
         return args.run(args)
-    except (DatasetError, ConfigError, CheckpointError, InputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return _report(str(err))
+    except OSError as err:  # a full, read-only or forbidden disk
+        if err.errno not in USER_ERRNOS:
+            raise
+        return _report(os_error_line(err))
+
+
+def _report(message: str) -> int:
+    """``error: MESSAGE`` on one line of stderr; status 2."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
