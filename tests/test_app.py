@@ -455,7 +455,9 @@ def test_every_endpoint_through_gradio_client(server, tmp_path):
     assert with_bank[2]["data"][0][:3] == ["red solid star", 30, 30]
     exported, _ = client.predict(api_name="/export_coco")
     assert len(exported) == 3 and json.loads(Path(exported[0]).read_text())["images"]
-    assert isinstance(client.predict(api_name="/send_to_fiftyone"), str)
+    sent = client.predict(api_name="/send_to_fiftyone")
+    assert "Sent 2 model result(s)" in sent, sent
+    check_the_fiftyone_dataset_holds(exported)
     # Bad input: a clear status line, no exception, and the server keeps answering.
     text = tmp_path / "notes.txt"
     text.write_text("hello")
@@ -468,17 +470,51 @@ def test_every_endpoint_through_gradio_client(server, tmp_path):
     assert client.predict(api_name="/model_info")["models"]["grqo"]["available"]
 
 
-def test_eight_parallel_clients_get_their_own_answers(server):
-    from gradio_client import Client
+def check_the_fiftyone_dataset_holds(exported: list[str]) -> None:
+    """The app's FiftyOne dataset has the exported image, once, with each model's detections
+    (as many as its COCO json, at the same boxes)."""
+    import fiftyone as fo
+
+    from workbench.integrations.fiftyone_app import APP_DATASET
+
+    ds = fo.load_dataset(APP_DATASET)
+    name = Path(exported[2]).name
+    samples = [s for s in ds if Path(s.filepath).name == name]
+    assert len(samples) == 1, [s.filepath for s in ds]
+    width, height = Image.open(exported[2]).size
+    for model, path in zip(("sft", "grqo"), exported[:2], strict=True):
+        annotations = json.loads(Path(path).read_text())["annotations"]
+        detections = samples[0][f"{model}_predictions"].detections
+        assert len(detections) == len(annotations) > 0, model
+        x, y, w, h = annotations[0]["bbox"]
+        first = [x / width, y / height, w / width, h / height]
+        assert any(d.bounding_box == pytest.approx(first, abs=1e-6) for d in detections), model
+
+
+def test_eight_parallel_clients_get_their_own_answers(server, models, tmp_path):
+    from gradio_client import Client, handle_file
+
+    # Each user its own image (a crop of its own width), box and class name; the answer each
+    # must get is what the library gives for that request alone.
+    requests, expected = {}, {}
+    for k in range(8):
+        path = tmp_path / f"user{k}.png"
+        Image.open(IMAGE).crop((0, 0, 256 - 12 * k, 256)).save(path)
+        box = {**CIRCLE, "xmin": CIRCLE["xmin"] - 3 * k, "label": f"shape of user {k}"}
+        requests[k] = (path, box)
+        _, view, _ = compare(models, payload(path, box))
+        expected[k] = (view.rows, Image.open(path).size)
+    assert len({str(rows) for rows, _ in expected.values()}) > 1  # the answers differ
 
     results, errors = {}, []
 
     def user(k: int) -> None:
         try:
             client = Client(server, verbose=False)
-            box = {**STAR, "xmin": STAR["xmin"] - 4 * k}  # each user its own box
-            out = client.predict(client_target(box), None, "", 0.0, api_name="/compare")
-            results[k] = (out[2]["data"][0][1], out[4])
+            path, box = requests[k]
+            target = {"image": handle_file(str(path)), "boxes": [{**box, "color": "red"}]}
+            out = client.predict(target, None, "", 0.0, api_name="/compare")
+            results[k] = (out[2]["data"], Image.open(out[0]).size, out[4])
         except Exception as err:  # collected, so the assertion names every failure
             errors.append(f"client {k}: {type(err).__name__}: {err}")
 
@@ -488,4 +524,7 @@ def test_eight_parallel_clients_get_their_own_answers(server):
     for t in threads:
         t.join(timeout=120)
     assert not errors and len(results) == 8
-    assert all(count == 30 and status == "Detection done." for count, status in results.values())
+    for k, (rows, (width, height), status) in results.items():
+        own_rows, (own_width, own_height) = expected[k]
+        assert status == "Detection done." and rows == own_rows, k
+        assert width / height == pytest.approx(own_width / own_height, rel=0.02), k

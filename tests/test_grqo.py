@@ -274,3 +274,25 @@ def test_images_without_boxes_get_no_advantage(batch):
     rewards, advantages, _ = out.extras["rewards"]
     assert torch.isnan(rewards[:, 1]).all() and (advantages[:, 1] == 0).all()
     assert out.metrics["images_with_reward"] == 2.0
+
+
+def test_a_grqo_step_moves_a_weight_that_an_sft_step_leaves_alone(batch):
+    """With loss.enc_loss off, the encoder's class head (the logits query selection ranks tokens
+    by) gets gradient from GRQO's KL term only: from the same weights and batch, an SFT step
+    leaves it where it was and a GRQO step moves it."""
+    reference = detector().train()
+    start = copy.deepcopy(reference)
+    with torch.no_grad():  # the policy has drifted from its reference: the KL has a gradient
+        start.model.encoder_output_class_embed.bias += 0.5
+    no_enc = LossConfig(enc_loss=False)
+    objective = GRQOObjective(no_enc, GRQOConfig())
+    objective.on_epoch_start(reference, 0)
+    moved = {}
+    for name, step_objective in (("sft", SFTObjective(no_enc)), ("grqo", objective)):
+        model = copy.deepcopy(start)
+        head = dict(model.model.encoder_output_class_embed.named_parameters())
+        before = {n: p.detach().clone() for n, p in head.items()}
+        sgd_step(model, step_objective, batch, lr=0.1)
+        moved[name] = {n: not torch.equal(p, before[n]) for n, p in head.items()}
+    assert set(moved["sft"]) == {"bias"}  # the contrastive head's one parameter
+    assert not any(moved["sft"].values()) and all(moved["grqo"].values())
