@@ -126,17 +126,43 @@ def image_size(page, selector: str) -> tuple[int, int]:
     return image.evaluate("el => [el.naturalWidth, el.naturalHeight]")
 
 
+# Counts the times the query panel's outputs start an event (their status tracker shows), so a
+# test can wait for an event that changes nothing visible, such as Detect's follow-up after a
+# refusal, to end.
+WATCH_QUERY_PANEL = """() => {
+    window.queryPanelEvents = 0;
+    const tracker = () => document.querySelector('#queries [data-testid="status-tracker"]');
+    let busy = false;
+    new MutationObserver(() => {
+        const t = tracker();
+        const now = !!t && !t.classList.contains('hide');
+        if (now && !busy) window.queryPanelEvents += 1;
+        busy = now;
+    }).observe(document.body, {subtree: true, childList: true, attributes: true});
+}"""
+QUERY_PANEL_IDLE = """() => {
+    const t = document.querySelector('#queries [data-testid="status-tracker"]');
+    return window.queryPanelEvents > 0 && (!t || t.classList.contains('hide'));
+}"""
+CANVAS_PAINTED = """() => {
+    const canvas = document.querySelector('#target canvas');
+    if (!canvas || !canvas.width || !canvas.height) return false;
+    const pixel = canvas.getContext('2d').getImageData(canvas.width / 2, canvas.height / 2, 1, 1);
+    return pixel.data[3] > 0;
+}"""
+
+
 def test_draw_a_box_detect_and_inspect_queries(page):
     start = time.perf_counter()
+    page.evaluate(WATCH_QUERY_PANEL)
     page.locator("#detect").click()  # nothing uploaded yet: a message, not a crash
     page.wait_for_function("document.querySelector('#status').innerText.includes('no image')")
-    page.wait_for_timeout(1000)  # the query panel's follow-up event must not fail either
+    page.wait_for_function(QUERY_PANEL_IDLE)  # the follow-up event must not fail either
     toasts = [t.inner_text() for t in page.locator("[data-testid='toast-body']").all()]
     assert toasts and not [t for t in toasts if t.startswith("Error")], toasts
 
     page.locator("#target input[type=file]").first.set_input_files(str(IMAGE))
-    page.wait_for_selector("#target canvas")
-    page.wait_for_timeout(500)  # the canvas draws the image after it loads
+    page.wait_for_function(CANVAS_PAINTED)  # the canvas draws the image once it has loaded
     drag_box(page, (-40, -40), (30, 30), "star")
     first = detect(page, None)
 

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -380,6 +379,14 @@ def test_cli_exports_a_coco_json_and_evaluates_it(fo, tmp_path, capsys):
     assert "no FiftyOne dataset 'no-such-dataset'" in capsys.readouterr().err
 
 
+# Every thumbnail of the grid (a FiftyOne "looker" canvas) has pixels at its centre.
+THUMBNAILS_PAINTED = """() => {
+    const thumbnails = [...document.querySelectorAll('canvas[class*="lookerCanvas"]')];
+    return thumbnails.length > 0 && thumbnails.every(c => c.width > 0 && c.height > 0
+        && c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data[3] > 0);
+}"""
+
+
 def listening_addresses(port: int) -> set[str]:
     """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
@@ -433,7 +440,7 @@ def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_pa
                 # open sft_predictions in the sidebar: its per-query attributes are listed
                 page.locator("[data-cy='sidebar-field-arrow-enabled-sft_predictions']").click()
                 page.wait_for_function("document.body.innerText.includes('reward')")
-                time.sleep(2)  # let the grid's thumbnails paint
+                page.wait_for_function(THUMBNAILS_PAINTED, timeout=60_000)
                 page.screenshot(path=str(tmp_path / "fiftyone_app.png"))
                 text = page.inner_text("body")
             finally:
