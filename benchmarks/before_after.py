@@ -9,7 +9,8 @@ then runs on its own code, alternating with this checkout's copy (before, after,
 private folder; this script collects them all and writes
 ``benchmarks/results/<benchmark>_before_after.json``: every round's result of both, and the
 ratio after / before of the median over rounds of each number the two have in common (for a time,
-below 1 is faster).
+below 1 is faster), and of the minimum over rounds (other work on the machine only ever slows a
+run down, so the minima are the least disturbed pair).
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def numbers(record, prefix: str = "") -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="arguments after -- go to the benchmark"
+    )
     parser.add_argument("benchmark", help="a script of benchmarks/, without .py")
     parser.add_argument("--baseline", required=True, help="the earlier commit")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("args", nargs="*", help="arguments for the benchmark (after --)")
-    opts = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    opts = parser.parse_args(argv[:split])
+    opts.args = argv[split + 1 :]  # the benchmark's own arguments
     scratch = Path(tempfile.mkdtemp(prefix="before_after_"))
     base = worktree(opts.baseline, scratch / "before")
     try:
@@ -87,8 +92,10 @@ def main() -> None:
         for key in common:
             b = statistics.median(n[key] for n in before_n)
             a = statistics.median(n[key] for n in after_n)
-            if b:
-                ratios[key] = {"before": b, "after": a, "after_over_before": a / b}
+            b_min, a_min = min(n[key] for n in before_n), min(n[key] for n in after_n)
+            if b and b_min:
+                ratios[key] = {"before": b, "after": a, "after_over_before": a / b,
+                               "after_over_before_of_minima": a_min / b_min}  # fmt: skip
         path = write_result(f"{opts.benchmark}_before_after", {
             "baseline": opts.baseline, "benchmark_args": opts.args, "rounds": opts.rounds,
             "ratios": ratios, "runs": rounds,
