@@ -379,3 +379,12 @@ def test_two_processes_match_one_process_with_gradient_accumulation(tmp_path):
 
 if __name__ == "__main__":
     _ddp_run(sys.argv[1])
+
+
+def test_settings_added_to_the_code_since_a_checkpoint_do_not_block_its_resume():
+    from workbench.run_folder import config_changes
+
+    saved = {"train": {"lr": 0.02}, "grqo": {"alpha": 0.01}}
+    current = {"train": {"lr": 0.02, "new_option": 3}, "grqo": {"alpha": 0.01}}
+    assert config_changes(saved, current) == []
+    assert config_changes(saved, {**current, "grqo": {"alpha": 1.0}}) == ["grqo.alpha: 0.01 -> 1.0"]

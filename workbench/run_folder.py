@@ -99,15 +99,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``["train.lr: 0.0001 -> 0.001", ...]``: the settings of ``current`` (a nested config
-    dict) that differ from ``saved``, other than those a resumed run may change."""
+    dict) that differ from ``saved``, other than those a resumed run may change. A setting only
+    one side has (added to or removed from the code since the checkpoint) is not compared."""
     old, new = _flatten(saved), _flatten(current)
     changes = []
-    for key in sorted(old.keys() | new.keys()):
+    for key in sorted(old.keys() & new.keys()):
         if key in MAY_CHANGE_ON_RESUME or key.startswith(_MAY_CHANGE_SECTIONS):
             continue
-        before, after = old.get(key, "(unset)"), new.get(key, "(unset)")
-        if before != after:
-            changes.append(f"{key}: {before!r} -> {after!r}")
+        if old[key] != new[key]:
+            changes.append(f"{key}: {old[key]!r} -> {new[key]!r}")
     return changes
 
 
