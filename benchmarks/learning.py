@@ -85,7 +85,7 @@ def run_one(dataset: str, overrides: list[str], variant: str, seed: int, root: P
     out = root / f"{dataset}_{variant}_seed{seed}"
     cfg = load_config(config, [*overrides, *extra, f"train.seed={seed}", f"train.out_dir={out}"])
     start = time.perf_counter()
-    summary = train(cfg)
+    summary = train(cfg, resume=True)  # an interrupted benchmark continues where it stopped
     points = curve(out)
     return {
         "dataset": dataset, "variant": variant, "seed": seed, "steps": summary["global_step"],

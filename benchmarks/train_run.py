@@ -32,7 +32,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     cpu_start = time.process_time()
     with Timer() as timer:
-        summary = train(cfg)
+        summary = train(cfg, overwrite=True)  # a previous run there is moved aside
     train_cpu = time.process_time() - cpu_start
     _, val, pool = open_splits(cfg)
     with Timer() as eval_timer:
