@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -69,6 +70,19 @@ def _cpu_kind() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
+def _ninja_on_path() -> None:
+    """torch's extension builder runs ``ninja`` from PATH; the pinned ``ninja`` wheel installs it
+    beside this Python (``.venv/bin``), which is not on PATH when that Python is run directly."""
+    try:
+        import ninja
+
+        folder = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        folder = str(Path(sys.executable).parent)
+    if folder not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+
+
 def load_kernel(verbose: bool = False):
     """The compiled kernel module, building it on first call; None (with the reason in
     :func:`kernel_status`) when this machine cannot build it."""
@@ -78,6 +92,7 @@ def load_kernel(verbose: bool = False):
             try:
                 from torch.utils.cpp_extension import load
 
+                _ninja_on_path()
                 digest = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
                 _kernel = load(
                     name=f"workbench_msda_{digest}_{_cpu_kind()}", sources=[str(_SOURCE)],
