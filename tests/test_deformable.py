@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers.models.grounding_dino.modeling_grounding_dino import (
@@ -81,3 +83,32 @@ def test_kernel_is_used_for_float_cpu_tensors_only(backend):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="choose one of"):
         deformable.set_backend("fast")
+
+
+def test_a_build_that_overruns_its_time_is_stopped_and_remembered(tmp_path):
+    folder = tmp_path / deformable.kernel_name()
+    reason = deformable.build_kernel(folder, folder.name, timeout=1)
+    assert reason is not None and "took over 1 s" in reason
+    assert (folder / "FAILED").read_text().strip() == reason
+    assert not (folder / "BUILT").exists()
+    (folder / "FAILED").write_text("remembered\n")
+    assert deformable.build_kernel(folder, folder.name, timeout=1) == "remembered"  # not retried
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
+    """torch's builder waits forever on its ``lock`` file; a killed build leaves one behind."""
+    built = deformable.kernel_root() / deformable.kernel_name()
+    if deformable.load_kernel() is None:
+        pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
+    folder = tmp_path / built.name
+    shutil.copytree(built, folder)  # up to date: the build only re-links if anything changed
+    (folder / "BUILT").unlink()
+    (folder / "lock").touch()
+    assert deformable.build_kernel(folder, folder.name, timeout=600) is None
+    assert (folder / "BUILT").is_file() and not (folder / "lock").exists()
+    module = deformable._import_built(folder, folder.name)
+    tensors, spatial, start = inputs()
+    value, loc, weights = (t.detach() for t in tensors)
+    out = module.forward(value.transpose(1, 2).contiguous(), spatial, start, loc, weights)
+    expected = deformable.kernel_sampling(value, spatial, start, loc, weights)
+    torch.testing.assert_close(out.view_as(expected), expected)

@@ -8,8 +8,10 @@ faster drop-ins share its call signature:
 - ``cpp`` (CPU, float32/float64): ``csrc/ms_deform_attn.cpp``, one pass that samples, weights and
   sums without materialising the samples, and a hand-written backward in one pass. Built on first
   use with the machine's C++ compiler through ``torch.utils.cpp_extension`` (needs g++ and ninja;
-  about a minute, cached under ``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, one
-  build per source and CPU kind). ``python -m workbench.doctor`` builds it ahead of time.
+  about a minute, in a child process stopped after ``WORKBENCH_KERNEL_BUILD_TIMEOUT`` seconds,
+  900 by default; one build per source, torch version and CPU kind, kept in :func:`kernel_root`;
+  a failed build is remembered there, not retried). ``make setup`` builds it ahead of time with
+  ``python -m workbench.model.deformable`` (``--rebuild`` forgets an earlier build or failure).
 - ``torch``: each level's weighted samples summed as soon as they are drawn, which avoids the
   stack; the fallback on GPUs, for other dtypes (autocast), and where no compiler is found.
 
@@ -24,8 +26,14 @@ are unaffected.
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import hashlib
+import importlib.util
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import threading
 import warnings
@@ -46,6 +54,7 @@ _lock = threading.Lock()
 _kernel: object | None = None  # the built extension module, once loaded
 _kernel_error: str | None = None  # why it could not be built, once tried
 _backend = os.environ.get("WORKBENCH_DEFORMABLE", "auto")
+BUILD_TIMEOUT = float(os.environ.get("WORKBENCH_KERNEL_BUILD_TIMEOUT", 900))
 
 
 def set_backend(name: str) -> None:
@@ -59,7 +68,7 @@ def set_backend(name: str) -> None:
 
 def _cpu_kind() -> str:
     """A short tag of this CPU's instruction-set flags: a kernel built with -march=native for one
-    CPU kind never loads on another that shares the cache folder."""
+    CPU kind never loads on another that shares the kernel folder."""
     try:
         flags = next(
             line for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -70,7 +79,26 @@ def _cpu_kind() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
-def _ninja_on_path() -> None:
+def kernel_name() -> str:
+    """The extension's name: one per kernel source, torch and Python version, and CPU kind."""
+    versions = f"{torch.__version__} {sys.version_info[:2]}".encode()
+    digest = hashlib.sha1(_SOURCE.read_bytes() + versions).hexdigest()[:8]
+    return f"workbench_msda_{digest}_{_cpu_kind()}"
+
+
+def kernel_root() -> Path:
+    """Where kernels are built: ``WORKBENCH_KERNEL_DIR``; else beside this Python's environment
+    (a fresh environment starts with no build state), or ``~/.cache/workbench/kernels`` when the
+    environment is not writable."""
+    if os.environ.get("WORKBENCH_KERNEL_DIR"):
+        return Path(os.environ["WORKBENCH_KERNEL_DIR"])
+    prefix = Path(sys.prefix)
+    if os.access(prefix, os.W_OK):
+        return prefix / "workbench-kernels"
+    return Path.home() / ".cache" / "workbench" / "kernels"
+
+
+def _ninja_on_path(env: dict[str, str]) -> None:
     """torch's extension builder runs ``ninja`` from PATH; the pinned ``ninja`` wheel installs it
     beside this Python (``.venv/bin``), which is not on PATH when that Python is run directly."""
     try:
@@ -79,26 +107,87 @@ def _ninja_on_path() -> None:
         folder = ninja.BIN_DIR
     except (ImportError, AttributeError):
         folder = str(Path(sys.executable).parent)
-    if folder not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+    if folder not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = folder + os.pathsep + env.get("PATH", "")
 
 
-def load_kernel(verbose: bool = False):
+def _import_built(folder: Path, name: str):
+    """The built extension module at ``folder/name.so``, imported directly (no build tools)."""
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.so")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_kernel(folder: Path, name: str, timeout: float = BUILD_TIMEOUT) -> str | None:
+    """Build extension ``name`` into ``folder`` in a child process; None when built (now or
+    before), else why not, which is also written to ``folder/FAILED`` so that later processes do
+    not try again (``python -m workbench.model.deformable --rebuild`` does).
+
+    The child runs at most ``timeout`` seconds, then it and its compiler are killed: a build never
+    hangs its caller. Builders of one folder take turns on a file lock, and the turn holder
+    removes torch's own ``lock`` file, which a killed build leaves behind and which torch's
+    builder otherwise waits on forever.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "BUILT").is_file():
+        return None
+    if (folder / "FAILED").is_file():
+        return (folder / "FAILED").read_text().strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.setdefault("MAX_JOBS", "1")  # one source file; never one compiler per core
+    _ninja_on_path(env)
+    command = [sys.executable, "-m", "workbench.model.deformable", "--build-into", str(folder)]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    try:
+        log, _ = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        reason = (f"the build took over {timeout:.0f} s and was stopped (set "
+                  "WORKBENCH_KERNEL_BUILD_TIMEOUT to allow longer)")  # fmt: skip
+    else:
+        if child.returncode == 0 and (folder / "BUILT").is_file():
+            return None
+        lines = [line for line in log.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"the build exited with status {child.returncode}"
+        (folder / "build.log").write_text(log)
+    (folder / "FAILED").write_text(reason + "\n")
+    return reason
+
+
+def _build_here(folder: Path) -> int:
+    """The child of :func:`build_kernel`: build with torch's builder, check the module imports,
+    then mark the folder BUILT."""
+    from torch.utils.cpp_extension import load
+
+    name = folder.name
+    with open(folder.parent / f"{name}.lock", "w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # builders of this folder take turns
+        if (folder / "BUILT").is_file():
+            return 0
+        (folder / "lock").unlink(missing_ok=True)  # torch's, left by a killed build
+        load(name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
+             build_directory=str(folder), verbose=True)  # fmt: skip
+        _import_built(folder, name)
+        (folder / "BUILT").write_text(f"{_SOURCE.name}\n")
+    return 0
+
+
+def load_kernel():
     """The compiled kernel module, building it on first call; None (with the reason in
     :func:`kernel_status`) when this machine cannot build it."""
     global _kernel, _kernel_error
     with _lock:
         if _kernel is None and _kernel_error is None:
+            name = kernel_name()
+            folder = kernel_root() / name
             try:
-                from torch.utils.cpp_extension import load
-
-                _ninja_on_path()
-                digest = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
-                _kernel = load(
-                    name=f"workbench_msda_{digest}_{_cpu_kind()}", sources=[str(_SOURCE)],
-                    extra_cflags=["-O3", "-march=native"], verbose=verbose,
-                )  # fmt: skip
-            except Exception as err:  # no compiler, no ninja, no headers: fall back to torch
+                _kernel_error = build_kernel(folder, name)
+                if _kernel_error is None:
+                    _kernel = _import_built(folder, name)
+            except Exception as err:  # an unwritable folder, a module that does not import
                 _kernel_error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
         return _kernel
 
@@ -211,14 +300,26 @@ def use_levelwise_sampling(model: nn.Module) -> int:
     return count
 
 
-def main() -> int:
-    """``python -m workbench.model.deformable``: build the CPU kernel now (``make setup`` does)."""
-    load_kernel(verbose=False)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workbench.model.deformable [--rebuild]``: build the CPU kernel now (``make
+    setup`` does)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rebuild", action="store_true",
+                        help="forget an earlier build or failure and build again")  # fmt: skip
+    parser.add_argument("--build-into", help=argparse.SUPPRESS)  # the builder child
+    args = parser.parse_args(argv)
+    if args.build_into:
+        return _build_here(Path(args.build_into))
+    folder = kernel_root() / kernel_name()
+    if args.rebuild:
+        shutil.rmtree(folder, ignore_errors=True)
+    load_kernel()
     status = kernel_status()
     if status == "built":
-        print("deformable attention: CPU kernel built")
+        print(f"deformable attention: CPU kernel built ({folder})")
         return 0
-    print(f"deformable attention: CPU kernel unavailable ({status}); the torch path will be used")
+    print(f"deformable attention: CPU kernel unavailable ({status}); the torch path will be used; "
+          f"build log in {folder}")  # fmt: skip
     return 0  # a fallback exists: not a setup failure
 
 
