@@ -13,7 +13,7 @@ from workbench.analysis import (
     to_dataframe,
     to_records,
 )
-from workbench.config import GRQOConfig
+from workbench.config import GRQOConfig, LossConfig, load_config
 from workbench.model.build import build_detector
 from workbench.postprocess import QueryOutputs
 from workbench.predictor import Predictor
@@ -25,6 +25,7 @@ QUERIES = torch.tensor(
     [[20.0, 20.0, 60.0, 60.0], [100.0, 40.0, 140.0, 90.0], [0.0, 80.0, 10.0, 100.0]]
 )
 LOGITS = torch.tensor([[4.0, -4.0], [-1.0, 1.0], [-3.0, -3.0]])
+DEFAULTS = {"grqo": GRQOConfig(), "loss": LossConfig()}  # a training run's settings
 
 
 def normalised_cxcywh(xyxy):
@@ -67,7 +68,7 @@ def constructed():
 
 def test_constructed_case_gives_the_expected_columns():
     rows = table_from_outputs(
-        constructed(), GroundTruth(GT, torch.tensor([0, 1])), names=["a", "b"]
+        constructed(), GroundTruth(GT, torch.tensor([0, 1])), names=["a", "b"], **DEFAULTS
     )
     expected = []
     for i in range(3):
@@ -96,14 +97,15 @@ def test_constructed_case_gives_the_expected_columns():
 
 
 def test_without_ground_truth_only_scores_are_filled():
-    rows = table_from_outputs(constructed())
+    rows = table_from_outputs(constructed(), **DEFAULTS)
     assert all(r.reward is None and r.iou is None and r.matched_gt is None for r in rows)
     assert rows[1].prompt_index == 1 and rows[1].score == pytest.approx(1 / (1 + math.exp(-1.0)))
 
 
 def test_other_rewards_and_mute_settings_are_honoured():
     truth = GroundTruth(GT, torch.tensor([0, 1]))
-    rows = table_from_outputs(constructed(), truth, grqo=GRQOConfig(reward="iou_alignment", mute=0))
+    grqo = GRQOConfig(reward="iou_alignment", mute=0)
+    rows = table_from_outputs(constructed(), truth, grqo=grqo, loss=LossConfig())
     assert rows[0].reward == pytest.approx(1.0 / (1 + math.exp(-4.0)), rel=1e-5)
     assert not any(r.muted for r in rows)
     assert sum(r.advantage for r in rows) == pytest.approx(0.0, abs=1e-5)
@@ -135,3 +137,22 @@ def test_a_reference_that_tiles_the_image_differently_is_refused():
     prompts = [VisualPrompt("a", (Exemplar((10, 10, 40, 40)),))]
     with pytest.raises(ValueError, match="tiles the image into different tokens"):
         query_table(predictor, image, prompts, reference=coarser)
+
+
+def test_the_table_follows_the_settings_the_model_was_trained_with(tmp_path):
+    from workbench.model.build import save_pretrained
+
+    torch.manual_seed(0)
+    run = load_config(None, ["grqo.mute=0", "grqo.reward=iou_alignment", "data.min_size=96",
+                             "data.max_size=96"])  # fmt: skip
+    folder = save_pretrained(build_detector("tiny"), tmp_path / "mute0", config=run)
+    trained = Predictor.from_checkpoint(folder, device="cpu")
+    unknown = Predictor(trained.model, min_size=96, max_size=96)  # no run config: defaults
+    image = (torch.rand(96, 96, 3) * 255).to(torch.uint8).numpy()
+    prompts = [VisualPrompt("a", (Exemplar((10, 10, 40, 40)),))]
+    truth = GroundTruth(torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.tensor([0]))
+    own = query_table(trained, image, prompts, ground_truth=truth)
+    default = query_table(unknown, image, prompts, ground_truth=truth)
+    assert trained.run_config == run and not any(r.muted for r in own)
+    assert sum(r.muted for r in default) == round(len(default) / 3)
+    assert max(r.reward for r in own) <= 1.0 < -min(r.reward for r in default)  # IoU vs cost

@@ -3,8 +3,13 @@
 For every decoder query of the last layer, in selection order: its rank, selection logit and
 objectness (sigmoid of it), best prompt and score, box; with ground truth, the box it matches
 best (lowest matching cost), IoU and cost terms, whether Hungarian matching assigned it, and
-GRQO's reward and advantage (muted or not) under any ``GRQOConfig``; with a reference model, the
-k3 KL of its objectness. The app, the notebooks and FiftyOne all read this one table.
+GRQO's reward and advantage (muted or not); with a reference model, the k3 KL of its objectness.
+The app, the notebooks and FiftyOne all read this one table.
+
+Rewards, advantages and the muted queries follow the GRQO and loss settings the model was
+trained with (:func:`run_settings`: the run config its checkpoint records), so a model trained
+with ``grqo.mute=0`` shows no muted query; the defaults of a training run stand in only for a
+model whose checkpoint records no run.
 
     records = query_table(predictor, image, prompts, ground_truth=GroundTruth(boxes, labels))
     frame = to_dataframe(records)          # when pandas is installed
@@ -38,20 +43,28 @@ class GroundTruth:
     prompt_index: Tensor
 
 
+def run_settings(predictor: Predictor) -> tuple[GRQOConfig, LossConfig]:
+    """The GRQO and loss settings ``predictor``'s model was trained with (the run config its
+    checkpoint records), or a training run's defaults when it records none."""
+    run = getattr(predictor, "run_config", None)
+    return (run.grqo, run.loss) if run is not None else (GRQOConfig(), LossConfig())
+
+
 def table_from_outputs(
     queries: QueryOutputs,
     ground_truth: GroundTruth | None = None,
     *,
+    grqo: GRQOConfig,
+    loss: LossConfig,
     reference_logits: Tensor | None = None,
     names: Sequence[str] = (),
-    grqo: GRQOConfig | None = None,
-    loss: LossConfig | None = None,
 ) -> list[QueryRecord]:
     """The table from one image's query outputs (``QueryOutputs`` of ``Predictor.predict``).
 
-    ``reference_logits``: ``[Q]`` a reference model's selection logits at the same tokens.
+    ``grqo``, ``loss``: the settings rewards, advantages and muting follow; pass the model's
+    own (:func:`run_settings`). ``reference_logits``: ``[Q]`` a reference model's selection
+    logits at the same tokens.
     """
-    grqo, loss = grqo or GRQOConfig(), loss or LossConfig()
     q = queries.logits.shape[0]
     scores, best = queries.scores.max(-1)
     kl = k3_kl(queries.select_logits, reference_logits) if reference_logits is not None else None
@@ -129,8 +142,10 @@ def query_table(
     """The per-query table of ``image`` under ``prompts`` for ``predictor``'s model.
 
     ``reference`` (another checkpoint, e.g. the SFT model a GRQO run started from) adds the KL
-    column; it needs VisualPrompts, since a prompt bank belongs to one model.
+    column; it needs VisualPrompts, since a prompt bank belongs to one model. ``grqo``, ``loss``
+    default to the model's own (:func:`run_settings`).
     """
+    own_grqo, own_loss = run_settings(predictor)
     encoded = image if isinstance(image, EncodedImage) else predictor.encode(image)
     _, queries = predictor.predict(
         encoded, prompts, reference_images=reference_images, return_queries=True
@@ -148,8 +163,14 @@ def query_table(
         ref_logits = reference_logits_at(
             reference, image, encoded, prompts, queries.token_index, reference_images
         )
-    return table_from_outputs(queries, ground_truth, reference_logits=ref_logits, names=names,
-                              grqo=grqo, loss=loss)  # fmt: skip
+    return table_from_outputs(
+        queries,
+        ground_truth,
+        grqo=grqo or own_grqo,
+        loss=loss or own_loss,
+        reference_logits=ref_logits,
+        names=names,
+    )
 
 
 def reference_logits_at(

@@ -203,13 +203,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from workbench.config import load_config
     from workbench.experiment import open_evaluation_data, run_evaluation
     from workbench.predictor import Predictor
 
     out = check_output_file(args.out, force=args.force) if args.out else None
-    config = args.config or _run_config(args.checkpoint)
-    cfg = load_config(config, args.overrides)
+    cfg = _evaluation_config(args)
     split = args.split or cfg.data.val_split
     evaluated, pool = open_evaluation_data(cfg, split)
     predictor = Predictor.from_checkpoint(
@@ -230,12 +228,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(checkpoint: str) -> str | None:
-    """The resolved config a training run saved beside its checkpoints, if any."""
-    for folder in (Path(checkpoint), *Path(checkpoint).parents[:3]):
-        if (folder / "config.yaml").is_file():
-            return str(folder / "config.yaml")
-    return None
+def _evaluation_config(args: argparse.Namespace):
+    """``--config`` with the overrides; without it, the run config the checkpoint records (the
+    defaults, with a note, when it records none)."""
+    from workbench.config import load_config
+    from workbench.model.build import read_run_config
+
+    if args.config:
+        return load_config(args.config, args.overrides)
+    run = read_run_config(args.checkpoint)
+    if run is None:
+        print(f"note: {args.checkpoint} records no run config; evaluating with the defaults "
+              "(pass --config to choose the data and protocols)", file=sys.stderr)  # fmt: skip
+    return load_config(None, args.overrides, base=run)
 
 
 def _parse_box(text: str) -> tuple[tuple[float, float, float, float], str]:
@@ -256,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from workbench.predictor import Predictor
     from workbench.types import Exemplar, VisualPrompt
 
-    if args.max_size < args.min_size:
+    if args.min_size and args.max_size and args.max_size < args.min_size:
         raise InputError(f"--max-size {args.max_size} is below --min-size {args.min_size}; "
                          "the longer side cannot be capped below the shorter one")  # fmt: skip
     json_path, png_path = _predict_outputs(args)
@@ -300,17 +305,13 @@ def _predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _checkpoint_predictor(path: str, args: argparse.Namespace):
-    """A Predictor at the sizes its run was trained at (the run's config.yaml; the defaults
-    without one), unless --min-size / --max-size say otherwise."""
-    from workbench.config import DataConfig, load_config
+    """A Predictor at the sizes its run was trained at (recorded in its checkpoint), unless
+    --min-size / --max-size say otherwise."""
     from workbench.predictor import Predictor
 
-    config = _run_config(path)
-    data = load_config(config).data if config else DataConfig()
     return Predictor.from_checkpoint(
-        path, min_size=args.min_size or data.min_size, max_size=args.max_size or data.max_size,
-        max_detections=args.max_detections,
-    )  # fmt: skip
+        path, min_size=args.min_size, max_size=args.max_size, max_detections=args.max_detections
+    )
 
 
 def _fiftyone_source(args: argparse.Namespace) -> tuple[DetectionDataset, str]:
@@ -504,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = groups.add_parser("eval", help="COCO AP of a checkpoint under the visual-prompt protocols")
     p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved detector")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_images=50")
-    p.add_argument("--config", help="YAML config (default: the run's config.yaml)")
+    p.add_argument("--config", help="YAML config (default: the checkpoint's own run config)")
     p.add_argument("--split", help="the split to evaluate (default: data.val_split); 'test' is "
                    "the held-out split that model selection never sees")  # fmt: skip
     p.add_argument("--out", help="write the full results as JSON")
@@ -520,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--reference", help="the boxes lie on this image instead (cross-image)")
     p.add_argument("--threshold", type=_fraction, default=0.3)
-    p.add_argument("--min-size", type=_count, default=800)
-    p.add_argument("--max-size", type=_count, default=1333)
+    trained_at = "(default: the size the model was trained at, as its checkpoint records; else %s)"
+    p.add_argument("--min-size", type=_count, help="shorter side " + trained_at % 800)
+    p.add_argument("--max-size", type=_count, help="cap on the longer side " + trained_at % 1333)
     p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.png; "
                    "a folder (ending in / or existing) gets IMAGE_STEM.json and .png")  # fmt: skip
     _force_arg(p, "replace existing output files (never the input image)")

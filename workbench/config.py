@@ -18,6 +18,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,9 +529,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then dotted ``overrides``."""
-    tree = read_yaml(path) if path is not None else {}
+def _merge(tree: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` with ``update`` written over it, section by section."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), *, base: Config | None = None
+) -> Config:
+    """``base`` (default: the defaults), then the YAML file at ``path`` (if any), then dotted
+    ``overrides``."""
+    tree = to_dict(base) if base is not None else {}
+    if path is not None:
+        _merge(tree, read_yaml(path))
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(tree, keys, value, text)
@@ -548,3 +564,33 @@ def save_config(cfg: Config, path: str | Path, *, full: bool = True) -> Path:
     data = to_dict(cfg) if full else diff_from_defaults(cfg)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def config_from_record(record: Mapping[str, Any] | None) -> Config | None:
+    """The run config a checkpoint records (its ``full_config``), or None when it records none.
+
+    A record without a ``data`` section is no run config (a Trainer used on its own records its
+    ``train`` section only): None, so callers fall back to their defaults rather than to guessed
+    sizes. A record written by older code may lack fields added since (they take their
+    defaults) or hold fields removed since (dropped, with a warning naming them); a value the
+    current checks refuse makes the whole record unusable (None, with a warning).
+    """
+    if not isinstance(record, Mapping) or not isinstance(record.get("data"), Mapping):
+        return None
+    kept: dict[str, Any] = {}
+    dropped = []
+    for name, section in typing.get_type_hints(Config).items():
+        values = record.get(name)
+        if not isinstance(values, Mapping):
+            continue
+        known = {f.name for f in dataclasses.fields(section)}
+        kept[name] = {k: v for k, v in values.items() if k in known}
+        dropped += [f"{name}.{k}" for k in values if k not in known]
+    if dropped:
+        names = ", ".join(dropped)
+        warnings.warn(f"the saved run config holds settings this code lacks: {names}", stacklevel=2)
+    try:
+        return from_dict(Config, kept)
+    except ConfigError as err:
+        warnings.warn(f"the saved run config is not usable with this code ({err})", stacklevel=2)
+        return None

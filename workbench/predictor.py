@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench import boxes as box_ops
+from workbench.config import Config
 from workbench.data.collate import pad_images
 from workbench.data.transforms import resized_hw
 from workbench.encoded import EncodedImage, eval_mode, resolve_device, stack_features
@@ -55,6 +56,10 @@ from workbench.postprocess import (
 from workbench.prompt_bank import PromptBank, model_fingerprint
 from workbench.types import Detections, PromptSet, VisualPrompt
 
+# DINO-R1's test resize (shorter side, cap on the longer side), pixels: the sizes for a model
+# whose checkpoint does not say what it was trained at.
+DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 800, 1333
+
 Key = int | str | None
 Prompts = Sequence[VisualPrompt] | PromptBank
 _KEPT = ("pred_logits", "pred_boxes", "select_index", "select_logits")  # per-image outputs used
@@ -70,31 +75,38 @@ class Predictor:
     Args:
         model: a :class:`~workbench.model.detector.VisualPromptDetector`.
         min_size, max_size: resize rule (shorter side, cap on the longer side), pixels. Use the
-            sizes the model was trained at (``data.min_size`` / ``data.max_size``); 800 / 1333
-            is DINO-R1's test resize.
+            sizes the model was trained at (``data.min_size`` / ``data.max_size``, what
+            :meth:`from_checkpoint` reads from the checkpoint); 800 / 1333 is DINO-R1's test
+            resize.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``; the model is moved there.
         max_detections: default K of the top-K.
         max_prompts, max_exemplars: refuse more classes / boxes per call than this.
         autocast: ``None`` (float32), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA).
+        run_config: the resolved config of the run that trained the model, None when unknown;
+            its GRQO and loss settings are what the per-query analysis computes rewards,
+            advantages and muted queries with.
     """
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        min_size: int = 800,
-        max_size: int = 1333,
+        min_size: int = DEFAULT_MIN_SIZE,
+        max_size: int = DEFAULT_MAX_SIZE,
         device: str | torch.device = "cpu",
         max_detections: int = 300,
         max_prompts: int = 80,
         max_exemplars: int = 200,
         autocast: str | None = None,
         size_divisor: int = 32,
+        run_config: Config | None = None,
     ):
         if not 0 < min_size <= max_size:
-            raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+            raise InputError(
+                f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}"
+            )
         if max_detections < 1:
-            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+            raise InputError(f"max_detections must be >= 1, got {max_detections}")
         self.device = resolve_device(device)
         if autocast not in (None, "bf16", "fp16"):
             raise ValueError(f"autocast={autocast!r}: use None, 'bf16' or 'fp16'")
@@ -104,17 +116,34 @@ class Predictor:
         self.min_size, self.max_size, self.size_divisor = min_size, max_size, size_divisor
         self.max_detections, self.autocast = max_detections, autocast
         self.max_prompts, self.max_exemplars = max_prompts, max_exemplars
+        self.run_config = run_config
 
     @classmethod
     def from_checkpoint(
-        cls, folder: str | Path, device: str | torch.device = "auto", **kwargs
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        **kwargs,
     ) -> Predictor:
-        """A Predictor over a saved detector folder (``config.json`` + ``model.safetensors``);
-        reads local files only."""
-        from workbench.model.build import from_pretrained
+        """A Predictor over a saved detector (a folder, a trainer checkpoint or a run: its
+        latest), with the run config its checkpoint records; reads local files only.
+
+        ``min_size`` / ``max_size`` default to the sizes the model was trained at (the run's
+        ``data.min_size`` / ``data.max_size``), or 800 / 1333 when the checkpoint records no run.
+        """
+        from workbench.model.build import from_pretrained, read_run_config
 
         device = resolve_device(device)
-        return cls(from_pretrained(folder, device=device), device=device, **kwargs)
+        run = read_run_config(folder)
+        trained = (run.data.min_size, run.data.max_size) if run else None
+        min_size = min_size or (trained[0] if trained else DEFAULT_MIN_SIZE)
+        max_size = max_size or (trained[1] if trained else DEFAULT_MAX_SIZE)
+        model = from_pretrained(folder, device=device)
+        sizes = {"min_size": min_size, "max_size": max_size}
+        return cls(model, device=device, run_config=run, **sizes, **kwargs)
 
     @classmethod
     def from_model(cls, model: nn.Module, *, device=None, **kwargs) -> Predictor:

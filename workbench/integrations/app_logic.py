@@ -20,7 +20,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from workbench.analysis import GroundTruth, reference_selection_logits, table_from_outputs
+from workbench.analysis import (
+    GroundTruth,
+    reference_selection_logits,
+    run_settings,
+    table_from_outputs,
+)
 from workbench.inputs import InputError
 from workbench.integrations import app_render as render
 from workbench.integrations.app_inputs import (
@@ -286,7 +291,10 @@ def inspect(models, session, model_key, target, reference, bank_name, gt_file, t
             request.notices.append(f"no KL column: {other.title} tokenises images differently")
         else:
             reference_logits = reference_logits[queries.token_index]
-    records = table_from_outputs(queries, gt, reference_logits=reference_logits, names=bank.names)
+    grqo, loss = run_settings(slot.predictor)
+    records = table_from_outputs(
+        queries, gt, grqo=grqo, loss=loss, reference_logits=reference_logits, names=bank.names
+    )
     gt_names = [] if gt is None else [bank.names[int(i)] for i in gt.prompt_index]
     headers, rows = render.table_rows(records, gt_names)
     muted = sum(r.muted for r in records)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from workbench.analysis import GroundTruth, reference_logits_at, table_from_outputs
+from workbench.analysis import GroundTruth, reference_logits_at, run_settings, table_from_outputs
 from workbench.config import GRQOConfig, LossConfig
 from workbench.data.dataset import DetectionDataset
 from workbench.data.prompts import cross_image_prompts, interactive_prompts
@@ -142,9 +142,11 @@ def iter_predictions(
         protocol: ``"interactive"`` or ``"cross_image"`` (see :mod:`workbench.evaluation`).
         reference: a reference checkpoint for the KL column (None: KL is None).
         score_threshold, max_detections: post-processing, as in ``Predictor.predict``.
-        grqo, loss: the configs the rewards and advantages are computed under (defaults: the
-            defaults of a training run).
+        grqo, loss: the configs the rewards and advantages are computed under (default: the
+            model's own, :func:`~workbench.analysis.run_settings`).
     """
+    own_grqo, own_loss = run_settings(predictor)
+    grqo, loss = grqo or own_grqo, loss or own_loss
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: use one of {PROTOCOLS}")
     indices = range(len(dataset)) if indices is None else indices

@@ -11,19 +11,22 @@ Sizes (``build_detector(size)``):
   denoising queries: the paper's models (dino-r1.md §2.1).
 
 A saved detector is a checkpoint directory (workbench.checkpoint): ``checkpoint.json`` holding
-the DetectorConfig and ``model.safetensors``; trainer checkpoints have the same layout plus the
-training state. Loading never unpickles anything.
+the DetectorConfig, the resolved run config when one is known, and ``model.safetensors``;
+trainer checkpoints have the same layout plus the training state. Loading never unpickles
+anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from workbench import checkpoint as ckpt
+from workbench.config import Config, config_from_record, to_dict
 from workbench.model.config import DetectorConfig
 from workbench.model.detector import VisualPromptDetector
 
@@ -67,12 +70,32 @@ def build_detector(size: str = "tiny", **overrides: Any) -> VisualPromptDetector
     return VisualPromptDetector(detector_config(size, **overrides))
 
 
-def save_pretrained(model: VisualPromptDetector, folder: str | Path) -> Path:
+def save_pretrained(
+    model: VisualPromptDetector, folder: str | Path, *, config: Config | Mapping | None = None
+) -> Path:
     """Save weights and architecture as a checkpoint directory (``checkpoint.json`` +
-    ``model.safetensors``), atomically: the same format the trainer writes."""
+    ``model.safetensors``), atomically: the same format the trainer writes.
+
+    ``config``: the resolved config of the run that trained the model (a Config or its dict),
+    recorded as the checkpoint's ``full_config``, so whoever loads the detector reads its input
+    size and GRQO settings from it (:func:`read_run_config`) instead of guessing.
+    """
+    record = to_dict(config) if isinstance(config, Config) else config
     return ckpt.save_checkpoint(
-        folder, _unwrap(model), {"format": FORMAT, **model.config.to_dict()}
+        folder,
+        _unwrap(model),
+        {"format": FORMAT, **model.config.to_dict()},
+        full_config=None if record is None else dict(record),
     )
+
+
+def read_run_config(path: str | Path) -> Config | None:
+    """The resolved config of the run that made the detector at ``path`` (a saved detector, a
+    trainer checkpoint or a run folder: its latest), or None when its checkpoint records none
+    (a bare weights file, or a save without a config): then the caller's defaults apply."""
+    if Path(path).is_file():
+        return None
+    return config_from_record(ckpt.saved_full_config(path))
 
 
 def read_config(path: str | Path) -> DetectorConfig:
