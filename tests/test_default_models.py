@@ -47,3 +47,40 @@ def test_default_models_reproduce_their_recorded_ap(key):
     assert (
         measured["shapes/interactive"]["AP50"] > 0.5 and measured["bccd/interactive"]["AP50"] > 0.5
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["sft", "grqo"])
+def test_default_models_predict_at_the_size_they_were_trained_at(key, tmp_path, capsys):
+    """Without size flags, the Predictor and `workbench predict` resize as the default models
+    were trained (256/342 px, recorded in their checkpoints), not at the 800/1333 px fallback."""
+    from workbench.cli import main
+    from workbench.data.images import read_image
+    from workbench.postprocess import SCORE_THRESHOLD
+    from workbench.predictor import Predictor
+    from workbench.types import Exemplar, VisualPrompt
+
+    folder = REPO / "models" / key
+    trained = json.loads(RECORD.read_text())["resolution"]
+    predictor = Predictor.from_checkpoint(folder, device="cpu")
+    assert (predictor.min_size, predictor.max_size) == (trained["min_size"], trained["max_size"])
+    assert predictor.run_config.train.objective == key
+
+    image_path = REPO / "examples" / "bccd" / "images" / "BloodImage_00021.jpg"  # 640x480
+    box = (374.0, 102.0, 422.0, 146.0)  # one of its RBC
+    argv = ["predict", str(folder), str(image_path), "--box", ",".join(map(str, box)) + ":RBC"]
+    assert main([*argv, "--out", str(tmp_path / "cells")]) == 0
+    assert f"at {trained['min_size']}/{trained['max_size']} px" in capsys.readouterr().out
+    written = json.loads((tmp_path / "cells.json").read_text())
+
+    image = read_image(image_path)
+    prompts = [VisualPrompt("RBC", (Exemplar(box),))]
+    expected = predictor.predict(image, prompts, score_threshold=SCORE_THRESHOLD)
+    assert len(expected) > 0
+    assert [r["score"] for r in written] == pytest.approx(expected.scores.tolist(), abs=1e-5)
+    boxes = [v for r in written for v in r["box_xyxy"]]
+    assert boxes == pytest.approx(expected.boxes_xyxy.flatten().tolist(), abs=0.01)
+    # the fallback size sees another image: the recorded size is what made these detections
+    large = Predictor.from_checkpoint(folder, device="cpu", min_size=800, max_size=1333)
+    other = large.predict(image, prompts, score_threshold=SCORE_THRESHOLD)
+    assert other.scores.tolist() != pytest.approx(expected.scores.tolist(), abs=1e-3)

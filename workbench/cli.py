@@ -38,6 +38,7 @@ from workbench.config import ConfigError
 from workbench.cpu import use_available_cpus
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.inputs import InputError
+from workbench.postprocess import SCORE_THRESHOLD
 from workbench.safe_paths import (
     USER_ERRNOS,
     OutputError,
@@ -286,7 +287,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if source is None:
         drawn = viz.draw_prompts(drawn, prompts)
     _save_png(drawn, png_path)
-    print(f"{len(detections)} detections -> {json_path}, {png_path}")
+    size = f"{predictor.min_size}/{predictor.max_size} px"
+    print(f"{len(detections)} detections at {size} -> {json_path}, {png_path}")
     return 0
 
 
@@ -520,7 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="x0,y0,x1,y1[:name] in pixels; repeat for more boxes or classes",
     )  # fmt: skip
     p.add_argument("--reference", help="the boxes lie on this image instead (cross-image)")
-    p.add_argument("--threshold", type=_fraction, default=0.3)
+    p.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=SCORE_THRESHOLD,
+        help="show detections scoring at least this (default: %(default)s)",
+    )
     trained_at = "(default: the size the model was trained at, as its checkpoint records; else %s)"
     p.add_argument("--min-size", type=_count, help="shorter side " + trained_at % 800)
     p.add_argument("--max-size", type=_count, help="cap on the longer side " + trained_at % 1333)
