@@ -78,8 +78,8 @@ def run_load(url: str, clients: int, seconds: float) -> dict:
 def start_app(tiny: bool, sft: str | None, grqo: str | None):
     import torch
 
-    from app import build_demo, serve
-    from workbench.integrations.app_models import Models
+    from app import MODELS_DIR, build_demo, serve
+    from workbench.app.models import Models
 
     if tiny:
         from workbench.model.build import build_detector
@@ -89,7 +89,7 @@ def start_app(tiny: bool, sft: str | None, grqo: str | None):
         predictor = Predictor(build_detector("tiny"), min_size=256, max_size=512)
         models = {"sft": predictor, "grqo": predictor}
     else:
-        models = Models.from_checkpoints(sft, grqo, min_size=256, max_size=512)
+        models = Models.from_checkpoints(sft, grqo, default_folder=MODELS_DIR)
     demo = build_demo(models)
     port = free_port()
     serve(demo, "127.0.0.1", port, block=False)

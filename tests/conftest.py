@@ -29,7 +29,8 @@ BCCD_VOC = SHARED / "data" / "bccd" / "BCCD"
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_fiftyone_database(tmp_path_factory):
-    """One FiftyOne database for the whole session, so no test reads or writes ~/.fiftyone.
+    """One FiftyOne database (and media folder: the app's "send to FiftyOne" stores its images
+    there) for the whole session, so no test reads or writes ~/.fiftyone or ~/fiftyone.
 
     FiftyOne reads its database directory once, at first import, and starts one mongod for it.
     Any test may import fiftyone (the app's "send to FiftyOne" does), so this runs before the
@@ -39,6 +40,7 @@ def _private_fiftyone_database(tmp_path_factory):
     if "fiftyone" in sys.modules:
         pytest.fail("fiftyone was imported while collecting tests, before its database was set")
     os.environ["FIFTYONE_DATABASE_DIR"] = str(tmp_path_factory.mktemp("fiftyone_db"))
+    os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = str(tmp_path_factory.mktemp("fiftyone_media"))
 
 
 @pytest.fixture(autouse=True)

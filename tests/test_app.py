@@ -13,12 +13,15 @@ import torch
 from PIL import Image
 
 import app
+from app import EXAMPLES_DIR
 from workbench.analysis import GroundTruth, query_table
+from workbench.app import export, handlers, render
+from workbench.app.examples import scan_examples
+from workbench.app.inputs import prompts_from, read_annotated, split_label
+from workbench.app.models import Models, Settings
+from workbench.app.session import Session, close_session
 from workbench.data.coco import CocoDetection
 from workbench.inputs import InputError
-from workbench.integrations import app_export, app_logic, app_render
-from workbench.integrations.app_inputs import prompts_from, read_annotated, split_label
-from workbench.integrations.app_models import EXAMPLES_DIR, Models, Settings, scan_examples
 from workbench.model.build import build_detector, save_pretrained
 from workbench.predictor import Predictor
 from workbench.types import Detections, Exemplar, VisualPrompt
@@ -48,7 +51,7 @@ def payload(path=IMAGE, *boxes) -> dict:
 
 
 def compare(models, target, reference=None, bank="", threshold=0.0, session=None):
-    return app_logic.compare(models, session, target, reference, bank, threshold, SETTINGS)
+    return handlers.compare(models, session, target, reference, bank, threshold, SETTINGS)
 
 
 # --- reading what the page sends ----------------------------------------------------------------
@@ -116,7 +119,7 @@ def test_a_file_that_is_not_an_image_is_refused_by_name(tmp_path):
 def test_bad_prompts_are_refused_with_a_message(models, boxes, message):
     settings = Settings(max_classes=2)
     with pytest.raises(InputError, match=message):
-        app_logic.compare(models, None, payload(IMAGE, *boxes), None, "", 0.3, settings)
+        handlers.compare(models, None, payload(IMAGE, *boxes), None, "", 0.3, settings)
 
 
 def test_no_image_and_no_model_are_refused(models):
@@ -154,11 +157,11 @@ def test_rethreshold_filters_the_stored_comparison(models):
     session, _, _ = compare(models, payload(IMAGE, STAR))
     scores = session.comparison.detections["sft"].scores
     cut = float(scores.median())
-    view = app_logic.rethreshold(models, session, cut)
+    view = handlers.rethreshold(models, session, cut)
     assert view.rows[0][1] == int((scores >= cut).sum())
-    assert app_logic.rethreshold(models, session, 1.0).rows[0][1:3] == [0, 0]
+    assert handlers.rethreshold(models, session, 1.0).rows[0][1:3] == [0, 0]
     with pytest.raises(InputError, match="run Detect first"):
-        app_logic.rethreshold(models, None, 0.5)
+        handlers.rethreshold(models, None, 0.5)
 
 
 def test_negative_class_detections_are_hidden(models):
@@ -196,7 +199,7 @@ def test_agreement_matches_same_class_boxes_one_to_one():
     box, moved = [10, 10, 50, 50], [40, 40, 80, 80]
     sft = dets([box, box, moved], [0, 0, 0], [0.9, 0.8, 0.7])
     grqo = dets([box, moved, [60, 60, 90, 90]], [0, 1, 0], [0.6, 0.5, 0.4])
-    a, b = app_render.agreement(sft, grqo)
+    a, b = render.agreement(sft, grqo)
     # One GRQO box on `box`: only the best-scoring SFT box there agrees; `moved` differs in class.
     assert a == ["both", "only", "only"]
     assert b == ["both", "only", "only"]
@@ -215,7 +218,7 @@ def test_a_missing_model_leaves_its_image_empty_with_the_reason(models):
 
 def test_inspect_with_ground_truth_shows_rewards_advantages_and_kl(models):
     truth = {"path": str(SHAPES / "annotations.json")}
-    _, view, notices = app_logic.inspect(
+    _, view, notices = handlers.inspect(
         models, None, "grqo", payload(IMAGE, STAR), None, "", truth, 5, SETTINGS
     )
     queries = models.grqo.predictor.model.config.num_queries
@@ -243,9 +246,37 @@ def test_inspect_with_ground_truth_shows_rewards_advantages_and_kl(models):
         assert column[field] == pytest.approx(expected, abs=2e-4), field
 
 
+def test_inspect_marks_queries_muted_as_the_models_own_run_did(tmp_path):
+    """A checkpoint carries its run: loaded as the app loads it, a model trained with
+    grqo.mute=0 shows no muted query, the same weights with the default mute the last third,
+    and both read images at the size their run recorded."""
+    from workbench.config import load_config, to_dict
+
+    torch.manual_seed(0)
+    model = build_detector("tiny").eval()
+    sizes = ["model.size=tiny", "data.min_size=128", "data.max_size=256"]
+    truth = {"path": str(SHAPES / "annotations.json")}
+    muted = {}
+    for name, overrides in (("default", []), ("no_mute", ["grqo.mute=0"])):
+        run = to_dict(load_config(None, [*sizes, *overrides]))
+        folder = save_pretrained(model, tmp_path / name, config=run)
+        loaded = Models.from_checkpoints(None, folder, device="cpu")
+        assert not loaded.sft.available and loaded.grqo.available
+        grqo = loaded.grqo.predictor
+        assert (grqo.min_size, grqo.max_size) == (128, 256)
+        _, view, _ = handlers.inspect(
+            loaded, None, "grqo", payload(IMAGE, STAR), None, "", truth, 3, SETTINGS
+        )
+        column = {h: [row[i] for row in view.rows] for i, h in enumerate(view.headers)}
+        assert "advantage" in column and len(column["muted"]) == model.config.num_queries
+        muted[name] = sum(column["muted"])
+        assert f"{muted[name]} muted" in view.summary
+    assert muted == {"default": round(model.config.num_queries / 3), "no_mute": 0}
+
+
 def test_inspect_with_ground_truth_shows_each_models_query_metrics(models):
     truth = {"path": str(SHAPES / "annotations.json")}
-    _, view, _ = app_logic.inspect(
+    _, view, _ = handlers.inspect(
         models, None, "sft", payload(IMAGE, STAR), None, "", truth, 3, SETTINGS
     )
     line = view.summary.split("\n\n")[-1]
@@ -260,7 +291,7 @@ def test_inspect_with_ground_truth_shows_each_models_query_metrics(models):
         runs.append((slot.title, slot.predictor.predict(encoded, bank, return_queries=True)[1]))
     gt_boxes = torch.tensor([b for b, name in zip(*_truth(), strict=True) if name == STAR["label"]])
     gt = GroundTruth(gt_boxes, torch.zeros(len(gt_boxes), dtype=torch.int64))
-    assert line == app_logic.describe_query_metrics(runs, gt)
+    assert line == handlers.describe_query_metrics(runs, gt)
     assert "SFT: recall of the top ⅓ / ⅔ queries" in line and " · GRQO: recall" in line
 
 
@@ -275,22 +306,22 @@ def _truth():
 
 def test_inspect_without_ground_truth_shows_scores_only(models):
     half = Models.from_predictors(models.sft.predictor, None)
-    _, view, _ = app_logic.inspect(
+    _, view, _ = handlers.inspect(
         half, None, "sft", payload(IMAGE, STAR), None, "", None, 3, SETTINGS
     )
     assert "reward" not in view.headers and "kl" not in view.headers
     assert {"score", "objectness", "select_score", "muted"} <= set(view.headers)
     assert "no ground truth" in view.summary and "Query selection" not in view.summary
     with pytest.raises(InputError, match="GRQO model is not loaded"):
-        app_logic.inspect(half, None, "grqo", payload(IMAGE, STAR), None, "", None, 3, SETTINGS)
+        handlers.inspect(half, None, "grqo", payload(IMAGE, STAR), None, "", None, 3, SETTINGS)
 
 
 def test_ground_truth_of_another_image_or_no_matching_class(models):
     bccd = EXAMPLES_DIR / "bccd" / "images" / "BloodImage_00021.jpg"
     truth = {"path": str(SHAPES / "annotations.json")}
     with pytest.raises(InputError, match=r"none is named 'BloodImage_00021\.jpg'"):
-        app_logic.inspect(models, None, "sft", payload(bccd, STAR), None, "", truth, 3, SETTINGS)
-    _, view, notices = app_logic.inspect(
+        handlers.inspect(models, None, "sft", payload(bccd, STAR), None, "", truth, 3, SETTINGS)
+    _, view, notices = handlers.inspect(
         models, None, "sft", payload(IMAGE, {**STAR, "label": "x"}), None, "", truth, 3, SETTINGS
     )
     assert "reward" not in view.headers and "no ground-truth class matches" in notices[0]
@@ -300,7 +331,7 @@ def test_ground_truth_of_another_image_or_no_matching_class(models):
 
 
 def test_saved_bank_applied_to_another_image_equals_the_drawn_boxes(models):
-    session, names, files, _ = app_logic.save_bank(
+    session, names, files, _ = handlers.save_bank(
         models, None, payload(IMAGE, STAR), None, "stars/../x", SETTINGS
     )
     assert names == ["stars..x"] and [Path(f).name for f in files] == [
@@ -318,14 +349,14 @@ def test_saved_bank_applied_to_another_image_equals_the_drawn_boxes(models):
     with pytest.raises(InputError, match="no prompt bank named 'nope'"):
         compare(models, payload(other), None, "nope", session=session)
     folder = session.folder
-    app_logic.close_session(session)
+    close_session(session)
     assert not folder.exists()
 
 
 def test_export_writes_one_coco_json_per_model_at_the_threshold(models):
     session, _, _ = compare(models, payload(IMAGE, STAR, {**CIRCLE, "label": "-c"}))
-    app_logic.rethreshold(models, session, 0.05)
-    paths, message = app_export.export_coco(session)
+    handlers.rethreshold(models, session, 0.05)
+    paths, message = export.export_coco(session)
     names = ["shapes_000002_sft.json", "shapes_000002_grqo.json", "shapes_000002.png"]
     assert [Path(p).name for p in paths] == names
     for key, path in zip(("sft", "grqo"), paths[:2], strict=True):
@@ -340,16 +371,21 @@ def test_export_writes_one_coco_json_per_model_at_the_threshold(models):
     assert "score >= 0.05" in message
 
 
-def test_send_to_fiftyone_uses_the_integration_hook_only_when_present(models, monkeypatch):
-    session, _, _ = compare(models, payload(IMAGE, STAR))
-    monkeypatch.setattr(app_export, "fiftyone_hook", lambda: "FiftyOne export is unavailable.")
-    assert app_export.send_to_fiftyone(session).endswith("Download the COCO json instead.")
+def test_send_to_fiftyone_hands_the_shown_detections_to_the_hook_in_memory(models):
+    session, _, _ = compare(models, payload(IMAGE, STAR), threshold=0.05)
+    unavailable = export.send_to_fiftyone(session, "FiftyOne export is unavailable.")
+    assert unavailable.endswith("Download the COCO json instead.")
     sent = []
-    monkeypatch.setattr(
-        app_export, "fiftyone_hook", lambda: lambda paths: sent.append(paths) or "ok"
-    )
-    assert app_export.send_to_fiftyone(session) == "ok"
-    assert [Path(p).suffix for p in sent[0]] == [".json", ".json", ".png"]
+    assert export.send_to_fiftyone(session, lambda *args: sent.append(args) or "ok") == "ok"
+    image, file_name, detections = sent[0]
+    assert image.size == (256, 256) and file_name == IMAGE.name
+    for key in ("sft", "grqo"):
+        kept = session.comparison.detections[key].scores >= 0.05
+        assert len(detections[key]) == int(kept.sum()) > 0
+        assert bool((detections[key].scores >= 0.05).all())
+    assert not any(session.folder.rglob("*.json"))  # nothing went through files
+    with pytest.raises(InputError, match="run Detect first"):
+        export.send_to_fiftyone(Session(), lambda *args: "never called")
 
 
 def test_checkpoints_that_do_not_load_become_messages(tmp_path):
@@ -360,14 +396,15 @@ def test_checkpoints_that_do_not_load_become_messages(tmp_path):
     models = Models.from_checkpoints(broken, good, min_size=128, max_size=256, device="cpu")
     assert models.grqo.available and not models.sft.available
     assert "did not load" in models.sft.error and "--sft CKPT --grqo CKPT" in models.sft.error
-    missing = Models.from_checkpoints(tmp_path / "nope", None, device="cpu")
+    missing = Models.from_checkpoints(
+        tmp_path / "nope", None, default_folder=tmp_path / "models", device="cpu"
+    )
     assert "does not exist" in missing.sft.error
-    if not (Path(app.__file__).parent / "models" / "grqo").exists():
-        assert "no default GRQO model" in missing.grqo.error
+    assert "no default GRQO model" in missing.grqo.error
 
 
 def test_examples_carry_ground_truth_and_suggested_prompts():
-    examples = scan_examples()
+    examples = scan_examples(EXAMPLES_DIR)
     assert len([k for k in examples if k.startswith("shapes/")]) == 4
     assert len([k for k in examples if k.startswith("bccd/")]) == 4
     bccd = examples["bccd/BloodImage_00021.jpg"]
@@ -379,7 +416,7 @@ def test_examples_carry_ground_truth_and_suggested_prompts():
 
 def test_the_app_binds_localhost_by_default():
     args = app.parse_args([])
-    assert args.host == "127.0.0.1" and (args.min_size, args.max_size) == (256, 512)
+    assert args.host == "127.0.0.1" and (args.min_size, args.max_size) == (None, None)
 
 
 # --- the server, through gradio_client ----------------------------------------------------------
@@ -478,9 +515,14 @@ def check_the_fiftyone_dataset_holds(exported: list[str]) -> None:
     from workbench.integrations.fiftyone_app import APP_DATASET
 
     ds = fo.load_dataset(APP_DATASET)
-    name = Path(exported[2]).name
-    samples = [s for s in ds if Path(s.filepath).name == name]
+    # stored in this session's FiftyOne media folder (tests/conftest.py), under the image's stem
+    media = Path(os.environ["FIFTYONE_DEFAULT_DATASET_DIR"]).resolve() / APP_DATASET
+    stem = Path(exported[2]).stem
+    samples = [s for s in ds if Path(s.filepath).parent == media]
+    assert [Path(s.filepath).name.split("-")[0] for s in samples] == [stem]
     assert len(samples) == 1, [s.filepath for s in ds]
+    sent, shown = Image.open(samples[0].filepath), Image.open(exported[2])
+    assert sent.tobytes() == shown.tobytes()  # the image the models saw, stored by FiftyOne
     width, height = Image.open(exported[2]).size
     for model, path in zip(("sft", "grqo"), exported[:2], strict=True):
         annotations = json.loads(Path(path).read_text())["annotations"]

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import app
-from workbench.integrations.app_models import EXAMPLES_DIR, Settings
+from app import EXAMPLES_DIR
+from workbench.app.models import Settings
 from workbench.model.build import build_detector
 from workbench.predictor import Predictor
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from workbench.coco_eval import match_counts
+from workbench.postprocess import SCORE_THRESHOLD
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = ["shapes/shapes_000000.png", "bccd/BloodImage_00021.jpg"]
-THRESHOLD = 0.2  # the page's default (workbench/integrations/app_layout.py)
+THRESHOLD = SCORE_THRESHOLD  # the page's default
 MIN_RECALL, MIN_PRECISION = 0.6, 0.1  # over the prompted classes of one example, per model
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,8 @@ def test_default_models_find_the_prompted_objects_on_the_examples(url, example):
     client = Client(url, verbose=False)
     info = client.predict(api_name="/model_info")
     assert all(info["models"][k]["available"] for k in ("sft", "grqo")), info
+    # read at the size the models were trained at, as their checkpoints record
+    assert all(info["models"][k]["input_size"] == [256, 342] for k in ("sft", "grqo")), info
     target = client.predict(example, api_name="/load_example")[0]["value"]
     boxes = target["boxes"]
     assert boxes, "the example offers suggested prompt boxes"

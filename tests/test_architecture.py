@@ -1,6 +1,7 @@
 """Data flows one way (DESIGN.md): a module imports only from modules to its left."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
@@ -19,6 +20,7 @@ LAYERS = [
     {"analysis"},
     {"viz", "plots"},
     {"integrations", "experiment", "cli", "__main__", "__init__"},
+    {"app"},
 ]
 FRONT_DOOR_ONLY = {
     "gradio",
@@ -55,6 +57,33 @@ def test_imports_follow_the_data_flow():
             top = name.split(".")
             if top[0] == "workbench" and len(top) > 1 and layer_of(top[1:]) > rank:
                 problems.append(f"{'/'.join(parts)} imports {name}, which is to its right")
-            if top[0] in FRONT_DOOR_ONLY and parts[0] != "integrations":
+            if top[0] in FRONT_DOOR_ONLY and not may_import_front_doors(parts, top[0]):
                 problems.append(f"{'/'.join(parts)} imports {name}; only integrations/ may")
     assert not problems, "\n".join(problems)
+
+
+def may_import_front_doors(parts, package: str) -> bool:
+    """integrations/ may import any front door; the app's page (app/layout.py) gradio only:
+    the app's other modules are plain Python, so its handlers run without a server."""
+    if parts[0] == "integrations":
+        return True
+    return parts == ("app", "layout") and package in {
+        "gradio",
+        "gradio_client",
+        "gradio_image_annotation",
+    }
+
+
+# Path(__file__).parents[2], .parent.parent, ...: a module reaching above its own package
+_CLIMBS = re.compile(r"__file__\)?(\.resolve\(\))?\.(parents\b|parent\.parent)")
+
+
+def test_no_library_module_computes_the_repository_layout():
+    """Where the models, examples or runs live is for the front door (app.py, the CLI's
+    arguments, a notebook) to say; a library module finds only files of its own package."""
+    climbing = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if _CLIMBS.search(path.read_text(encoding="utf-8"))
+    ]
+    assert not climbing, climbing

@@ -467,33 +467,31 @@ def test_cross_image_prompts_name_the_exemplars_images(fo, shapes, predictors):
             assert set(det.prompt_image_ids) <= {1, 2, 3, 4}
 
 
-def test_the_apps_exported_results_load_into_a_fiftyone_dataset(fo, tmp_path):
-    import json
+def test_the_apps_comparison_goes_into_a_fiftyone_dataset_in_memory(fo, tmp_path):
+    import uuid
 
     from PIL import Image
 
-    from workbench.integrations.fiftyone import load_app_results
+    from workbench.integrations.fiftyone import add_app_comparison
+    from workbench.types import Detections
 
-    Image.new("RGB", (200, 100), "white").save(tmp_path / "target.png")
-    for model, score in (("sft", 0.9), ("grqo", 0.7)):
-        data = {
-            "images": [{"id": 1, "file_name": "target.png", "width": 200, "height": 100}],
-            "categories": [{"id": 1, "name": "cell"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 50, 40],
-                             "score": score, "area": 2000, "iscrowd": 0}],
-        }  # fmt: skip
-        (tmp_path / f"target_{model}.json").write_text(json.dumps(data))
-    paths = [
-        str(tmp_path / "target_sft.json"),
-        str(tmp_path / "target_grqo.json"),
-        str(tmp_path / "target.png"),
-    ]
-    message = load_app_results(paths, dataset_name="app-test")
-    assert "app-test" in message and "2 model result(s)" in message
-    load_app_results(paths, dataset_name="app-test")  # sending again updates, never duplicates
-    ds = fo.load_dataset("app-test")
+    image = Image.new("RGB", (200, 100), "white")
+    box = torch.tensor([[20.0, 10.0, 70.0, 50.0]])  # xyxy pixels of the 200x100 image
+    found = {
+        model: Detections(box, torch.tensor([score]), torch.tensor([0]), ("cell",), (100, 200))
+        for model, score in (("sft", 0.9), ("grqo", 0.7))
+    }
+    media = tmp_path / "media"
+    name = f"app-test-{uuid.uuid4().hex[:8]}"  # FiftyOne may serve sessions from one mongod
+    for _ in range(2):  # sending again updates, never duplicates
+        message = add_app_comparison(image, "target.png", found, dataset_name=name, media_dir=media)
+    assert name in message and "2 model result(s)" in message
+    ds = fo.load_dataset(name)
     assert len(ds) == 1
     sample = ds.first()
     (det,) = sample["grqo_predictions"].detections
-    assert det.label == "cell" and det.confidence == 0.7
+    assert det.label == "cell" and det.confidence == pytest.approx(0.7)
     assert det.bounding_box == pytest.approx([0.1, 0.1, 0.25, 0.4])
+    stored = Image.open(sample.filepath)
+    assert Path(sample.filepath).parent == media.resolve() and stored.size == (200, 100)
+    fo.delete_dataset(name)

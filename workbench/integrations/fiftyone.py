@@ -40,7 +40,7 @@ from tqdm import tqdm
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.data.sources import data_root
 from workbench.inputs import InputError
-from workbench.integrations.fiftyone_app import load_app_results  # the app's hook
+from workbench.integrations.fiftyone_app import add_app_comparison  # the app's hook
 from workbench.integrations.fiftyone_labels import (
     GT_ATTRIBUTES,
     GT_FIELD,
@@ -62,6 +62,7 @@ from workbench.types import Target
 
 __all__ = [
     "ImagePrediction",
+    "add_app_comparison",
     "add_predictions",
     "analyse",
     "build_dataset",
@@ -71,7 +72,6 @@ __all__ = [
     "iter_predictions",
     "launch",
     "load",
-    "load_app_results",
     "predict_dataset",
     "save_views",
     "summary",

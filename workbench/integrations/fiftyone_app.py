@@ -1,72 +1,90 @@
-"""The app's "Send to FiftyOne": its exported COCO json files into a persistent FiftyOne dataset.
+"""The app's "Send to FiftyOne": its last comparison, in memory, into a persistent FiftyOne dataset.
 
-The app exports one COCO json per model (``<stem>_<model>.json``, detections with a ``score``) and
-the image they refer to; :func:`load_app_results` adds that image to the ``workbench-app``
-dataset (or updates it) with one ``<model>_predictions`` field per file, so a user can open the
-App on everything they sent. fiftyone is imported inside the function only.
+:func:`add_app_comparison` stores the searched image once in the dataset's media folder (named by
+its content, so sending the same image again updates its sample instead of adding one) and sets
+one ``<model>_predictions`` field per model, so a user can open the App on everything they sent.
+fiftyone is imported inside the function only.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-import torch
+from PIL import Image
 
-from workbench import boxes as box_ops
 from workbench.inputs import InputError
+from workbench.integrations.fiftyone_labels import relative_xywh
+from workbench.types import Detections
 
 APP_DATASET = "workbench-app"
 
 
-def _detections(data: dict, size_hw: tuple[int, int]):
+def _labels(dets: Detections):
     import fiftyone as fo
 
-    names = {c["id"]: c["name"] for c in data.get("categories", [])}
-    out = []
-    for ann in data.get("annotations", []):
-        box = box_ops.normalize(torch.tensor(ann["bbox"], dtype=torch.float64), size_hw)
-        out.append(
-            fo.Detection(
-                label=names.get(ann["category_id"], str(ann["category_id"])),
-                bounding_box=[float(v) for v in box],
-                confidence=float(ann.get("score", 1.0)),
-            )
-        )
-    return fo.Detections(detections=out)
+    boxes = relative_xywh(dets.boxes_xyxy, dets.image_size)
+    rows = zip(boxes, dets.scores.tolist(), dets.names, strict=True)
+    return fo.Detections(
+        detections=[
+            fo.Detection(label=name, bounding_box=box, confidence=float(score))
+            for box, score, name in rows
+        ]
+    )
 
 
-def load_app_results(paths: Sequence[str], dataset_name: str = APP_DATASET) -> str:
-    """Add the image of the app's exported COCO jsons to ``dataset_name`` with each model's
-    detections as ``<model>_predictions``; returns a message saying where they are."""
-    files = [Path(p) for p in paths if str(p).endswith(".json")]
-    if not files:
-        raise InputError("nothing to send to FiftyOne: export the results first")
+def _store_image(image: Image.Image, file_name: str, folder: Path) -> Path:
+    """``folder/<stem>-<content hash>.png``, written once (atomically)."""
+    digest = hashlib.sha256(f"{image.size}{image.mode}".encode() + image.tobytes()).hexdigest()
+    path = folder / f"{Path(file_name).stem}-{digest[:12]}.png"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+        os.close(fd)
+        image.save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    return path.resolve()
+
+
+def add_app_comparison(
+    image: Image.Image,
+    file_name: str,
+    detections: Mapping[str, Detections],
+    *,
+    dataset_name: str = APP_DATASET,
+    media_dir: str | Path | None = None,
+) -> str:
+    """Add ``image`` (the app's searched image, as the models saw it) to ``dataset_name`` with
+    each model's ``detections`` (absolute xyxy pixels of ``image``) as ``<model>_predictions``;
+    returns a message saying where they are. The image is stored in ``media_dir`` (default: the
+    dataset's folder under FiftyOne's ``default_dataset_dir``), which outlives the app's session.
+    """
+    if not detections:
+        raise InputError("nothing to send to FiftyOne: run Detect first")
     import fiftyone as fo
 
+    folder = Path(media_dir or Path(fo.config.default_dataset_dir) / dataset_name)
+    filepath = str(_store_image(image, file_name, folder))
     ds = (
         fo.load_dataset(dataset_name)
         if fo.dataset_exists(dataset_name)
         else fo.Dataset(dataset_name)
     )
     ds.persistent = True
-    sample = None
-    for path in files:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        image = data["images"][0]
-        filepath = str((path.parent / image["file_name"]).resolve())
-        if sample is None:
-            existing = ds.match(fo.ViewField("filepath") == filepath)
-            sample = existing.first() if len(existing) else fo.Sample(filepath=filepath)
-        model = path.stem.rsplit("_", 1)[-1]
-        sample[f"{model}_predictions"] = _detections(data, (image["height"], image["width"]))
+    existing = ds.match(fo.ViewField("filepath") == filepath)
+    sample = existing.first() if len(existing) else fo.Sample(filepath=filepath)
+    for model, dets in detections.items():
+        sample[f"{model}_predictions"] = _labels(dets)
     if sample.dataset is None:
         ds.add_sample(sample)
     else:
         sample.save()
     return (
-        f"Sent {len(files)} model result(s) for {Path(sample.filepath).name} to the FiftyOne "
-        f"dataset '{dataset_name}' ({len(ds)} images); open it with "
+        f"Sent {len(detections)} model result(s) for {file_name} to the FiftyOne dataset "
+        f"'{dataset_name}' ({len(ds)} images); open it with "
         f"`python -m workbench fiftyone launch {dataset_name}`"
     )

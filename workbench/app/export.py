@@ -1,5 +1,6 @@
-"""Export of the app's results: COCO json per model, and FiftyOne when the integration offers
-the ``load_app_results`` hook (plain Python, no gradio; fiftyone is never imported here)."""
+"""Export of the app's results: COCO json per model, and FiftyOne (in memory) when the
+integration offers its ``add_app_comparison`` hook (plain Python, no gradio; fiftyone is never
+imported here)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+from workbench.app import render
+from workbench.app.session import Session
 from workbench.coco_eval import coco_results
 from workbench.inputs import InputError
-from workbench.integrations import app_render as render
-from workbench.integrations.app_logic import Session
 
-FIFTYONE_MODULE = "workbench.integrations.fiftyone"
+FIFTYONE_MODULE = "workbench.integrations.fiftyone_app"
+FIFTYONE_HOOK = "add_app_comparison"
 
 
 def export_coco(session) -> tuple[list[str], str]:
@@ -56,25 +58,30 @@ def export_coco(session) -> tuple[list[str], str]:
 
 
 def fiftyone_hook():
-    """``load_app_results`` of ``workbench.integrations.fiftyone`` (it takes the exported files:
-    COCO json per model, then the image; it returns a message), or a string saying why there is
-    none. That module imports fiftyone only inside its functions, so looking starts no database."""
+    """``add_app_comparison`` of the FiftyOne integration (image, file name, detections per
+    model -> a message), or a string saying why there is none. That module imports fiftyone only
+    inside its functions, so looking starts no database."""
     if importlib.util.find_spec(FIFTYONE_MODULE) is None:
         return f"FiftyOne export is not in this checkout (`{FIFTYONE_MODULE}` is missing)."
     try:
         module = importlib.import_module(FIFTYONE_MODULE)
     except Exception as err:  # a broken optional integration must not stop the app
         return f"FiftyOne export is unavailable: `{FIFTYONE_MODULE}` failed to import ({err})."
-    hook = getattr(module, "load_app_results", None)
+    hook = getattr(module, FIFTYONE_HOOK, None)
     if hook is None:
-        return f"FiftyOne export is unavailable: `{FIFTYONE_MODULE}` has no `load_app_results`."
+        return f"FiftyOne export is unavailable: `{FIFTYONE_MODULE}` has no `{FIFTYONE_HOOK}`."
     return hook
 
 
-def send_to_fiftyone(session) -> str:
-    """Hand the exported results to the FiftyOne integration, when it offers the hook."""
-    hook = fiftyone_hook()
+def send_to_fiftyone(session, hook=None) -> str:
+    """Hand the last comparison (the image as the models saw it, each model's detections at the
+    current threshold) to the FiftyOne integration's hook (default: :func:`fiftyone_hook`), in
+    memory."""
+    hook = fiftyone_hook() if hook is None else hook
     if isinstance(hook, str):
         return hook + " Download the COCO json instead."
-    paths, _ = export_coco(session)
-    return str(hook(paths))
+    if not isinstance(session, Session) or session.comparison is None:
+        raise InputError("nothing to send to FiftyOne yet: run Detect first")
+    c = session.comparison
+    shown = {k: render.threshold(d, c.score_threshold) for k, d in c.detections.items()}
+    return str(hook(c.image, c.file_name, shown))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +28,9 @@ from workbench.data.dataset import DatasetError
 from workbench.data.images import MAX_IMAGE_PIXELS, pil_to_rgb_tensor
 from workbench.inputs import InputError
 from workbench.types import Exemplar, VisualPrompt
+
+if TYPE_CHECKING:
+    from workbench.app.models import Settings
 
 NEGATIVE_PREFIXES = ("-", "not ")
 DEFAULT_CLASS = "object"
@@ -296,3 +300,32 @@ def truth_for_prompts(
         return None, notices
     labels = torch.tensor([index[truth.names[i].lower()] for i in rows], dtype=torch.int64)
     return GroundTruth(truth.boxes_xyxy[rows], labels), notices
+
+
+@dataclass
+class Request:
+    """One user request, checked: the target image, the optional reference image, the drawn
+    prompts, the chosen saved bank, and notices (e.g. a downscale) for the page."""
+
+    target: Annotated
+    reference: Annotated | None
+    prompts: list
+    bank_name: str
+    notices: list[str] = field(default_factory=list)
+
+
+def read_request(target, reference, bank_name, settings: Settings) -> Request:
+    """Raw annotator payloads + bank choice -> a checked :class:`Request`."""
+    target_image = read_annotated(target, "target", settings.max_side)
+    if target_image is None:
+        raise InputError("no image: upload an image or pick an example, then draw a prompt box")
+    reference_image = read_annotated(reference, "reference", settings.max_side)
+    prompts = prompts_from(target_image, reference_image)
+    if not prompts and not bank_name:
+        raise InputError(
+            "no prompts: draw at least one box around an example object (on the target or the "
+            "reference image), or choose a saved prompt bank"
+        )
+    check_limits(prompts, settings.max_classes, settings.max_boxes)
+    notices = list(target_image.notices) + list(reference_image.notices if reference_image else ())
+    return Request(target_image, reference_image, prompts, bank_name or "", notices)

@@ -1,23 +1,17 @@
-"""The app's two models, its limits and its bundled examples (plain Python, no gradio).
+"""The app's two models and its limits (plain Python, no gradio).
 
 A model that is missing or does not load leaves its slot empty with a message saying why and
-how to provide one; the app still starts and serves whatever is available.
+how to provide one; the app still starts and serves whatever is available. A checkpoint is read
+at the input size its run recorded (``Predictor.from_checkpoint``) unless the caller gives one.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.boxes import box_area
-from workbench.data.coco import CocoDetection
 from workbench.predictor import Predictor
-from workbench.viz import color_for
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINTS = {"sft": REPO / "models" / "sft", "grqo": REPO / "models" / "grqo"}
-EXAMPLES_DIR = REPO / "examples"
 TITLES = {"sft": "SFT", "grqo": "GRQO"}
 HOW_TO_PROVIDE = (
     "Provide checkpoint directories (from `python -m workbench train ...`, or saved with "
@@ -85,21 +79,24 @@ class Models:
         sft: str | Path | None = None,
         grqo: str | Path | None = None,
         *,
-        min_size: int = 256,
-        max_size: int = 512,
+        default_folder: str | Path | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
         device: str = "auto",
         max_detections: int = 100,
     ) -> Models:
-        """Load each checkpoint (default: ``models/sft``, ``models/grqo``); a failure becomes the
-        slot's message, never an exception."""
-        paths = {"sft": sft, "grqo": grqo}
+        """Load each checkpoint (a None path: ``default_folder/sft`` and ``default_folder/grqo``)
+        at the input size its run recorded, unless ``min_size`` / ``max_size`` are given; a
+        failure becomes the slot's message, never an exception."""
         slots = {}
-        for key, path in paths.items():
+        for key, path in (("sft", sft), ("grqo", grqo)):
             default = path is None
-            folder = Path(DEFAULT_CHECKPOINTS[key] if default else path)
-            slots[key] = _load_slot(
-                key, folder, default, min_size, max_size, device, max_detections
-            )
+            if default and default_folder is None:
+                slots[key] = ModelSlot(key, None, "", f"no {TITLES[key]} checkpoint was given")
+                continue
+            folder = Path(default_folder) / key if default else Path(path)
+            sizes = {"min_size": min_size, "max_size": max_size}
+            slots[key] = _load_slot(key, folder, default, sizes, device, max_detections)
         return cls(**slots)
 
     @property
@@ -119,7 +116,7 @@ class Models:
         return [f"{s.title}: {s.error}" for s in self.slots if not s.available]
 
 
-def _load_slot(key, folder: Path, default: bool, min_size, max_size, device, k) -> ModelSlot:
+def _load_slot(key, folder: Path, default: bool, sizes: dict, device, k: int) -> ModelSlot:
     title = TITLES[key]
     if not folder.exists():
         what = (
@@ -129,9 +126,7 @@ def _load_slot(key, folder: Path, default: bool, min_size, max_size, device, k) 
         )
         return ModelSlot(key, None, str(folder), f"{what}. {HOW_TO_PROVIDE}")
     try:
-        predictor = Predictor.from_checkpoint(
-            folder, device=device, min_size=min_size, max_size=max_size, max_detections=k
-        )
+        predictor = Predictor.from_checkpoint(folder, device=device, max_detections=k, **sizes)
     except Exception as err:  # any failure to load is reported in the page, never raised
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return ModelSlot(
@@ -141,53 +136,3 @@ def _load_slot(key, folder: Path, default: bool, min_size, max_size, device, k) 
             f"the {title} checkpoint {folder} did not load ({reason}). {HOW_TO_PROVIDE}",
         )
     return ModelSlot(key, predictor, str(folder))
-
-
-# --- bundled examples ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Example:
-    """A bundled image: its file, the COCO json holding its boxes, and suggested prompt boxes
-    (one box of each of its most frequent classes, labelled with the class name)."""
-
-    key: str
-    image_path: Path
-    annotations: Path
-    classes: tuple[str, ...]
-    prompt_boxes: tuple[dict, ...]
-
-
-def scan_examples(folder: str | Path = EXAMPLES_DIR, prompt_classes: int = 2) -> dict:
-    """``{"set/file.png": Example}`` for every image of every ``folder/*/annotations.json``."""
-    examples = {}
-    for json_path in sorted(Path(folder).glob("*/annotations.json")):
-        dataset = CocoDetection(json_path)
-        names = {c.label: c.name for c in dataset.categories}
-        for index in range(len(dataset)):
-            target = dataset.target(index)
-            boxes = target.boxes_xyxy(target.orig_size)
-            areas = box_area(boxes)
-            labels = target.labels.tolist()
-            counts = Counter(labels)
-            frequent = sorted(counts, key=lambda lab: (-counts[lab], names[lab]))
-            prompts = []
-            for k, lab in enumerate(frequent[:prompt_classes]):
-                rows = [i for i, x in enumerate(labels) if x == lab]
-                best = max(rows, key=lambda i: float(areas[i]))
-                x0, y0, x1, y1 = (round(float(v)) for v in boxes[best])
-                prompts.append(
-                    {
-                        "xmin": x0,
-                        "ymin": y0,
-                        "xmax": x1,
-                        "ymax": y1,
-                        "label": names[lab],
-                        "color": color_for(k),
-                    }
-                )
-            image_path = dataset.image_path(index)
-            key = f"{json_path.parent.name}/{image_path.name}"
-            classes = tuple(sorted({names[lab] for lab in labels}))
-            examples[key] = Example(key, image_path, json_path, classes, tuple(prompts))
-    return examples

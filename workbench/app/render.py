@@ -67,8 +67,14 @@ def draw_labelled(
 ) -> Image.Image:
     """A copy of ``image`` with each box (absolute xyxy pixels) outlined in its colour and
     captioned; images smaller than ``DISPLAY_MIN_SIDE`` are enlarged first (``viz.draw_boxes``)."""
-    return draw_boxes(image, boxes_xyxy, list(captions), colors=list(colors),
-                      dashed=list(dashed), min_side=DISPLAY_MIN_SIDE)  # fmt: skip
+    return draw_boxes(
+        image,
+        boxes_xyxy,
+        list(captions),
+        colors=list(colors),
+        dashed=list(dashed),
+        min_side=DISPLAY_MIN_SIDE,
+    )
 
 
 def draw_comparison(image, dets: Detections, status: Sequence[str], model: str) -> Image.Image:
@@ -88,9 +94,11 @@ def count_rows(
     if len(models) == 2:
         headers += ["both", "only SFT", "only GRQO"]
     rows = []
-    by_status = {  # (prompt index, agreement status) -> count, per model
-        m: Counter(zip(dets[m].prompt_index.tolist(), status[m], strict=True)) for m in models
-    } if len(models) == 2 else {}  # fmt: skip
+    by_status = {}  # (prompt index, agreement status) -> count, per model
+    if len(models) == 2:
+        by_status = {
+            m: Counter(zip(dets[m].prompt_index.tolist(), status[m], strict=True)) for m in models
+        }
     for k, name in enumerate(names):
         row: list = [name]
         for m in models:
@@ -170,11 +178,15 @@ def query_plot(records: Sequence[QueryRecord], title: str) -> Image.Image:
     x = [r.select_score for r in records]
     groups = [  # (indices, marker style), drawn in this order on every panel
         ([i for i, r in enumerate(records) if not r.muted], {"s": 18, "label": "active"}),
-        ([i for i, r in enumerate(records) if r.muted],
-         {"s": 22, "marker": "x", "color": "0.55", "label": "muted"}),
-        ([i for i, r in enumerate(records) if r.extra.get("hungarian")],
-         {"s": 80, "facecolors": "none", "edgecolors": "red", "label": "Hungarian match"}),
-    ]  # fmt: skip
+        (
+            [i for i, r in enumerate(records) if r.muted],
+            {"s": 22, "marker": "x", "color": "0.55", "label": "muted"},
+        ),
+        (
+            [i for i, r in enumerate(records) if r.extra.get("hungarian")],
+            {"s": 80, "facecolors": "none", "edgecolors": "red", "label": "Hungarian match"},
+        ),
+    ]
     for k, (field, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         y = [getattr(r, field) if getattr(r, field) is not None else float("nan") for r in records]

@@ -1,22 +1,19 @@
-"""The app's handlers as plain functions: compare, re-threshold, inspect queries, prompt banks
-(export: :mod:`~workbench.integrations.app_export`). ``app.py`` only wires components to them.
+"""The app's handlers as plain functions: compare, re-threshold, inspect queries, prompt banks,
+examples and model info (export: :mod:`workbench.app.export`). ``app.py`` wires the page's
+components to them; tests call them directly, without a server.
 
-State: the models are shared, read-only; everything per user lives in a :class:`Session` that
-the app keeps in ``gr.State`` (its bank folder, saved banks, last comparison). Handlers take the
-session and return it; none keeps anything elsewhere. Every user-facing problem is an
+State: the models are shared, read-only; everything per user lives in a
+:class:`~workbench.app.session.Session` (its bank folder, saved banks, last comparison). Handlers
+take the session and return it; none keeps anything elsewhere. Every user-facing problem is an
 :class:`~workbench.inputs.InputError` whose message says what to fix.
 """
 
 from __future__ import annotations
 
-import atexit
+import dataclasses
 import math
 import re
-import shutil
-import tempfile
-import threading
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -26,98 +23,24 @@ from workbench.analysis import (
     run_settings,
     table_from_outputs,
 )
-from workbench.inputs import InputError
-from workbench.integrations import app_render as render
-from workbench.integrations.app_inputs import (
+from workbench.app import render
+from workbench.app.examples import Example
+from workbench.app.inputs import (
+    NEGATIVE_PREFIXES,
     REFERENCE,
-    Annotated,
-    check_limits,
-    prompts_from,
-    read_annotated,
+    Request,
     read_ground_truth,
+    read_request,
     truth_for_prompts,
 )
-from workbench.integrations.app_models import Models, ModelSlot, Settings
+from workbench.app.models import Models, ModelSlot, Settings
+from workbench.app.session import Comparison, Session
+from workbench.inputs import InputError
 from workbench.postprocess import QueryOutputs
 from workbench.predictor import EncodedImage
 from workbench.prompt_bank import PromptBank
 from workbench.query_metrics import query_stats
-from workbench.types import Detections
 from workbench.viz import to_pil
-
-_ROOT: list[Path] = []  # this process's folder of session folders, removed at exit
-_ROOT_LOCK = threading.Lock()
-
-
-def _sessions_root() -> Path:
-    with _ROOT_LOCK:
-        if not _ROOT:
-            _ROOT.append(Path(tempfile.mkdtemp(prefix="workbench-app-")))
-            atexit.register(shutil.rmtree, _ROOT[0], ignore_errors=True)
-        return _ROOT[0]
-
-
-class Session:
-    """One user's state: a private temp folder (banks, exports; made on first use), saved banks
-    by name (one file per model: an embedding belongs to the weights that made it), and the last
-    comparison."""
-
-    def __init__(self) -> None:
-        self._folder: Path | None = None
-        self.banks: dict[str, dict[str, Path]] = {}
-        self.comparison: Comparison | None = None
-
-    @property
-    def folder(self) -> Path:
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="session-", dir=_sessions_root()))
-        return self._folder
-
-    def bank(self, name: str, model: str) -> PromptBank:
-        if name not in self.banks:
-            raise InputError(f"no prompt bank named {name!r} in this session; save one first")
-        if model not in self.banks[name]:
-            raise InputError(f"prompt bank {name!r} has no embeddings for the {model} model")
-        return PromptBank.load(self.banks[name][model])
-
-    def close(self) -> None:
-        """Remove the session's files (gradio calls this when it drops the state)."""
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-
-
-def close_session(session: Session | None) -> None:
-    if isinstance(session, Session):
-        session.close()
-
-
-@dataclass
-class Request:
-    """One user request, checked: the target image, the optional reference image, the drawn
-    prompts, the chosen saved bank, and notices (e.g. a downscale) for the page."""
-
-    target: Annotated
-    reference: Annotated | None
-    prompts: list
-    bank_name: str
-    notices: list[str] = field(default_factory=list)
-
-
-def read_request(target, reference, bank_name, settings: Settings) -> Request:
-    """Raw annotator payloads + bank choice -> a checked :class:`Request`."""
-    target_image = read_annotated(target, "target", settings.max_side)
-    if target_image is None:
-        raise InputError("no image: upload an image or pick an example, then draw a prompt box")
-    reference_image = read_annotated(reference, "reference", settings.max_side)
-    prompts = prompts_from(target_image, reference_image)
-    if not prompts and not bank_name:
-        raise InputError(
-            "no prompts: draw at least one box around an example object (on the target or the "
-            "reference image), or choose a saved prompt bank"
-        )
-    check_limits(prompts, settings.max_classes, settings.max_boxes)
-    notices = list(target_image.notices) + list(reference_image.notices if reference_image else ())
-    return Request(target_image, reference_image, prompts, bank_name or "", notices)
 
 
 def prompt_bank(
@@ -166,21 +89,6 @@ def _slots(models: Models) -> list[ModelSlot]:
 
 
 @dataclass
-class Comparison:
-    """The last comparison of a session: every detection above 0 (top-K), to re-threshold, and
-    the searched image as 8-bit RGB (a quarter of the float tensor's memory)."""
-
-    image: Image.Image
-    file_name: str
-    names: tuple[str, ...]
-    negative: tuple[bool, ...]
-    num_exemplars: tuple[int, ...]
-    detections: dict[str, Detections]
-    sources: dict[str, str]
-    score_threshold: float
-
-
-@dataclass
 class ComparisonView:
     images: dict[str, Image.Image | None]
     headers: list[str]
@@ -196,8 +104,8 @@ def compare(models, session, target, reference, bank_name, score_threshold, sett
     for slot in _slots(models):
         encoded = slot.predictor.encode(request.target.image)
         bank = prompt_bank(slot, request, session, encoded)
-        detections[slot.key] = slot.predictor.predict(
-            encoded, bank, max_detections=settings.max_detections
+        detections[slot.key] = slot.predictor.predict(  # all top-K: re-thresholded later
+            encoded, bank, score_threshold=0.0, max_detections=settings.max_detections
         )
         sources[slot.key] = slot.source
     session.comparison = Comparison(
@@ -377,3 +285,49 @@ def save_bank(models, session, target, reference, name, settings):
     classes = ", ".join(p.name for p in request.prompts)
     message = f"Saved prompt bank **{clean}** ({classes}) for {', '.join(k.upper() for k in files)}"
     return session, sorted(session.banks), [str(p) for p in files.values()], message
+
+
+# --- examples and model info --------------------------------------------------------------------
+
+
+@dataclass
+class ExampleView:
+    """A bundled example for the page: the annotator's value (image and suggested prompt boxes),
+    the class names its boxes may take, its ground-truth json and a status line."""
+
+    annotator: dict
+    classes: list[str]
+    ground_truth: str
+    status: str
+
+
+def load_example(examples: dict[str, Example], name: str) -> ExampleView:
+    """The example called ``name`` (a key of ``examples``), ready to detect in."""
+    example = examples.get(name)
+    if example is None:
+        raise InputError(f"unknown example {name!r}; choose one of {list(examples)}")
+    value = {"image": str(example.image_path), "boxes": [dict(b) for b in example.prompt_boxes]}
+    status = (
+        f"Example **{name}**: {len(example.prompt_boxes)} prompt box(es) drawn from its ground "
+        "truth; press Detect."
+    )
+    return ExampleView(value, list(example.classes), str(example.annotations), status)
+
+
+def model_info(models: Models, examples: dict, settings: Settings) -> dict:
+    """The loaded models (with the input size each reads images at), bundled examples, limits
+    and negative-class prefixes."""
+    return {
+        "models": {
+            s.key: {
+                "available": s.available,
+                "source": s.source,
+                "error": s.error,
+                "input_size": [s.predictor.min_size, s.predictor.max_size] if s.available else None,
+            }
+            for s in models.slots
+        },
+        "examples": list(examples),
+        "limits": dataclasses.asdict(settings),
+        "negative_prefixes": list(NEGATIVE_PREFIXES),
+    }

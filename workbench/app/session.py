@@ -1,0 +1,79 @@
+"""One user's state in the app: a :class:`Session` (its private folder, saved prompt banks and
+last comparison). The models are shared and read-only; everything per user lives here, and the
+app keeps it in ``gr.State``. Plain Python, no gradio.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from workbench.inputs import InputError
+from workbench.prompt_bank import PromptBank
+from workbench.types import Detections
+
+_ROOT: list[Path] = []  # this process's folder of session folders, removed at exit
+_ROOT_LOCK = threading.Lock()
+
+
+def _sessions_root() -> Path:
+    with _ROOT_LOCK:
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="workbench-app-")))
+            atexit.register(shutil.rmtree, _ROOT[0], ignore_errors=True)
+        return _ROOT[0]
+
+
+class Session:
+    """One user's state: a private temp folder (banks, exports; made on first use), saved banks
+    by name (one file per model: an embedding belongs to the weights that made it), and the last
+    comparison."""
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self.banks: dict[str, dict[str, Path]] = {}
+        self.comparison: Comparison | None = None
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="session-", dir=_sessions_root()))
+        return self._folder
+
+    def bank(self, name: str, model: str) -> PromptBank:
+        if name not in self.banks:
+            raise InputError(f"no prompt bank named {name!r} in this session; save one first")
+        if model not in self.banks[name]:
+            raise InputError(f"prompt bank {name!r} has no embeddings for the {model} model")
+        return PromptBank.load(self.banks[name][model])
+
+    def close(self) -> None:
+        """Remove the session's files (gradio calls this when it drops the state)."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def close_session(session: Session | None) -> None:
+    if isinstance(session, Session):
+        session.close()
+
+
+@dataclass
+class Comparison:
+    """The last comparison of a session: every detection above 0 (top-K), to re-threshold, and
+    the searched image as 8-bit RGB (a quarter of the float tensor's memory)."""
+
+    image: Image.Image
+    file_name: str
+    names: tuple[str, ...]
+    negative: tuple[bool, ...]
+    num_exemplars: tuple[int, ...]
+    detections: dict[str, Detections]
+    sources: dict[str, str]
+    score_threshold: float
