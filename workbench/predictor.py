@@ -316,7 +316,9 @@ class Predictor:
             image: an image (see :meth:`encode_batch`) or an :class:`EncodedImage` of it.
             prompts: VisualPrompts (exemplars on ``image`` when ``image_id`` is None, else on
                 ``reference_images[image_id]``), or a :class:`PromptBank`.
-            score_threshold: drop detections scoring below it.
+            score_threshold: drop detections scoring below it. The default keeps every top-K
+                detection (what AP needs); the app and the CLI show those scoring at least
+                :data:`~workbench.postprocess.SCORE_THRESHOLD`.
             max_detections: K of the top-K (default: the Predictor's, 300).
             return_queries: also return :class:`QueryOutputs` for every query.
 
