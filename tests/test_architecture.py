@@ -12,7 +12,8 @@ LAYERS = [
     {"model"},
     {"matching"},
     {"losses"},
-    {"rewards", "vision_r1", "vision_r1_trl"},
+    {"rewards"},
+    {"vlm"},  # Vision-R1 rewards for box-writing VLMs and their TRL adapter: nothing imports it
     {"objectives"},
     {"trainer", "optim", "run_folder"},
     {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},

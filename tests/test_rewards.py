@@ -28,7 +28,7 @@ from workbench.rewards import (
     matching_cost_reward,
     vision_r1_query_reward,
 )
-from workbench.vision_r1 import (
+from workbench.vlm.rewards import (
     VisionR1Rules,
     completion_text,
     dual_format_reward,
@@ -38,7 +38,7 @@ from workbench.vision_r1 import (
     recall_reward,
     score_completion,
 )
-from workbench.vision_r1_trl import vision_r1_reward_funcs
+from workbench.vlm.trl import vision_r1_reward_funcs
 
 CFG = LossConfig()
 

@@ -16,7 +16,7 @@ them per step: ``functools.partial(vision_r1_query_reward, thresholds=schedule.t
 total_steps))``. Unbound, it uses the initial stage (:data:`STAGE_1`).
 
 STEP (Vision-R1 §3.3, vision-r1-grpo.md §2) lives here because both the query reward and the
-text-completion rewards of :mod:`workbench.vision_r1` use it.
+text-completion rewards of :mod:`workbench.vlm.rewards` use it.
 """
 
 from __future__ import annotations

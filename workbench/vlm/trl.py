@@ -18,7 +18,7 @@ with that signature; the columns they read:
 - ``num_instances`` (optional, for the format reward's negative-image rule);
 - ``trainer_state`` (``.global_step``, ``.max_steps``) or ``step``: the training step for STEP.
 
-The scoring itself (parsing, format, matching, criteria) is :mod:`workbench.vision_r1`; this
+The scoring itself (parsing, format, matching, criteria) is :mod:`workbench.vlm.rewards`; this
 module only reads TRL's batch columns and fans the scores out per reward. Model text never
 raises: anything unparsable scores 0. Wrong dataset columns raise ValueError.
 """
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from workbench.vision_r1 import (
+from workbench.vlm.rewards import (
     CriteriaScores,
     VisionR1Rules,
     completion_text,

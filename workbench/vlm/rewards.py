@@ -15,7 +15,7 @@ gives the paper's choices.
 
 Model text never raises: anything unparsable scores 0. The TRL-facing reward functions
 (``GRPOTrainer``'s calling convention and the dataset columns they read) are
-:mod:`workbench.vision_r1_trl`.
+:mod:`workbench.vlm.trl`.
 """
 
 from __future__ import annotations
