@@ -6,8 +6,8 @@ and texture keeps a base category: novel categories are unseen pairings of seen 
 which is what base -> novel generalisation should measure.
 
 This lives apart from :mod:`workbench.data.synthetic` because that module imports it (its config
-validates category names when it is built); functions take its ``ShapesConfig`` as ``cfg``
-without importing it.
+validates category names when it is built); functions take its
+:class:`~workbench.data.synthetic.ShapesConfig` as ``cfg``, imported for type checking only.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import functools
 import itertools
 import math
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-# A workbench.data.synthetic.ShapesConfig; named, not imported, so that imports run one way.
-_ShapesConfig = Any
+if TYPE_CHECKING:  # synthetic.py imports this module; the type needs no import at run time
+    from workbench.data.synthetic import ShapesConfig
 
 
 def _check_names(names: tuple[str, ...], known: list[str], field: str) -> None:
@@ -35,7 +35,7 @@ def _check_names(names: tuple[str, ...], known: list[str], field: str) -> None:
             )
 
 
-def _split(combos: list[tuple[str, str, str]], cfg: _ShapesConfig) -> set[tuple[str, str, str]]:
+def _split(combos: list[tuple[str, str, str]], cfg: ShapesConfig) -> set[tuple[str, str, str]]:
     """The held-out (shape, colour, texture) combinations; see ShapesConfig.novel."""
     n_novel = round(cfg.novel_fraction * len(combos))
     n_values = [len({c[a] for c in combos}) for a in range(3)]
@@ -61,7 +61,7 @@ def _split(combos: list[tuple[str, str, str]], cfg: _ShapesConfig) -> set[tuple[
 
 # Cached: every image's layout asks for the allowed set, and the frozen config is hashable.
 @functools.lru_cache(maxsize=32)
-def resolve_categories(cfg: _ShapesConfig) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+def resolve_categories(cfg: ShapesConfig) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
     """(all category records, the records allowed to appear)."""
     combos = list(itertools.product(cfg.shapes, cfg.colours, cfg.textures))
     names = [f"{c} {t} {s}" for s, c, t in combos]

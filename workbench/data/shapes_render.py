@@ -5,7 +5,8 @@ object; painting then goes bottom to top over a textured background. Layout and 
 separate random streams of ``(seed, index)``, so targets never need the pixels.
 
 The attribute sets live here, not in :mod:`workbench.data.synthetic`, because that module imports
-this one; functions take its ``ShapesConfig`` as ``cfg`` without importing it.
+this one; functions take its :class:`~workbench.data.synthetic.ShapesConfig` as ``cfg``, imported
+for type checking only.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import colorsys
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:  # synthetic.py imports this module; the type needs no import at run time
+    from workbench.data.synthetic import ShapesConfig
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 # Hue centres (degrees). Category colours jitter by at most _HUE_JITTER with saturation >= 0.65
@@ -37,8 +41,6 @@ _HUE_JITTER = 8.0
 # still a square, but a much flattened hexagon or star starts to look like something else.
 _MAX_ASPECT = {"circle": 1.6, "square": 1.6, "triangle": 1.4, "star": 1.25}  # others: 1.3
 _PLACE_TRIES, _LAYOUT_TRIES = 25, 4
-# A workbench.data.synthetic.ShapesConfig; named, not imported, so that imports run one way.
-_ShapesConfig = Any
 
 
 @dataclass(eq=False)
@@ -127,7 +129,7 @@ def _count(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
     return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
-def _distractor(cfg: _ShapesConfig, rng: np.random.Generator) -> Layer:
+def _distractor(cfg: ShapesConfig, rng: np.random.Generator) -> Layer:
     """A shape of no category: it breaks one attribute by a clear margin."""
     shape, colour = _pick(rng, cfg.shapes), _pick(rng, cfg.colours)
     texture, kind = _pick(rng, cfg.textures), int(rng.integers(3))
@@ -142,7 +144,7 @@ def _distractor(cfg: _ShapesConfig, rng: np.random.Generator) -> Layer:
 
 
 def _sample_layers(
-    cfg: _ShapesConfig, allowed: tuple[dict, ...], rng: np.random.Generator
+    cfg: ShapesConfig, allowed: tuple[dict, ...], rng: np.random.Generator
 ) -> list[Layer]:
     """Objects (one instance of each chosen category first) and distractors, not yet placed."""
     n_objects = _count(rng, cfg.objects_per_image)
@@ -214,7 +216,7 @@ def _fits(layer: Layer, placed: list[Layer], min_visible: float) -> bool:
     return True
 
 
-def _place(layer: Layer, placed: list[Layer], cfg: _ShapesConfig, rng) -> bool:
+def _place(layer: Layer, placed: list[Layer], cfg: ShapesConfig, rng) -> bool:
     lo, hi = cfg.object_size
     max_aspect = min(cfg.max_aspect, _MAX_ASPECT.get(layer.shape, 1.3))
     for _ in range(_PLACE_TRIES):
@@ -229,7 +231,7 @@ def _place(layer: Layer, placed: list[Layer], cfg: _ShapesConfig, rng) -> bool:
 
 
 def layout_layers(
-    cfg: _ShapesConfig, allowed: tuple[dict, ...], seed: int, index: int
+    cfg: ShapesConfig, allowed: tuple[dict, ...], seed: int, index: int
 ) -> list[Layer]:
     """The placed layers of image ``index``, bottom first.
 
@@ -342,7 +344,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def compose_image(cfg: _ShapesConfig, seed: int, index: int, layers: list[Layer]) -> np.ndarray:
+def compose_image(cfg: ShapesConfig, seed: int, index: int, layers: list[Layer]) -> np.ndarray:
     """Paint the layers bottom to top over a fresh background; ``[H, W, 3]`` uint8 RGB."""
     rng = np.random.default_rng([seed, index, 1])  # own stream: targets need no painting
     img = _background(rng, cfg.image_size)
