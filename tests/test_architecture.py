@@ -7,7 +7,17 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Left to right along the data flow; a module may import its own layer and layers to its left.
 LAYERS = [
-    {"types", "boxes", "config", "doctor", "checkpoint", "checkpoint_state", "cpu", "safe_paths"},
+    {
+        "types",
+        "boxes",
+        "config",
+        "doctor",
+        "package_files",
+        "checkpoint",
+        "checkpoint_state",
+        "cpu",
+        "safe_paths",
+    },
     {"data"},
     {"model"},
     {"matching"},

@@ -11,6 +11,7 @@ from workbench.data.collate import collate
 from workbench.data.prompts import assign_targets, sample_training_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
 from workbench.model.build import build_detector, from_pretrained, save_pretrained
+from workbench.package_files import package_file
 from workbench.types import PromptSet
 
 
@@ -168,7 +169,6 @@ def test_truncated_weights_and_bad_manifests_are_named(tmp_path, tiny):
 
 
 def test_small_uses_the_imagenet_mobilenet():
-    from workbench.doctor import package_file
     from workbench.model.backbone import MOBILENET_DIST, MOBILENET_FILE
 
     model = build_detector("small")

