@@ -7,17 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Left to right along the data flow; a module may import its own layer and layers to its left.
 LAYERS = [
-    {
-        "types",
-        "boxes",
-        "config",
-        "doctor",
-        "package_files",
-        "checkpoint",
-        "checkpoint_state",
-        "cpu",
-        "safe_paths",
-    },
+    {"types", "boxes", "config", "doctor", "package_files", "checkpoint", "cpu", "safe_paths"},
     {"data"},
     {"model"},
     {"matching"},
@@ -25,7 +15,7 @@ LAYERS = [
     {"rewards"},
     {"vlm"},  # Vision-R1 rewards for box-writing VLMs and their TRL adapter: nothing imports it
     {"objectives"},
-    {"trainer", "optim", "run_folder"},
+    {"trainer", "training_state", "optim", "run_folder"},
     {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},
     {"evaluation", "coco_eval", "query_metrics"},
     {"analysis"},

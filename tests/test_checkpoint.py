@@ -22,6 +22,7 @@ from workbench.checkpoint import (
     save_checkpoint,
     save_run_checkpoint,
 )
+from workbench.training_state import restore_training_state, training_state
 
 
 class Tied(nn.Module):
@@ -55,7 +56,7 @@ def trained(
 
 
 def save(path, model, opt, sched, **kw):
-    state = ckpt.training_state(opt, sched, position={"global_step": 3})
+    state = training_state(opt, sched, position={"global_step": 3})
     objective = {"reference": [p.detach().clone() for p in model.parameters()], "count": 2}
     return save_checkpoint(path, model, {"width": 6}, state, objective, **kw)
 
@@ -81,7 +82,7 @@ def test_round_trip_is_exact_and_uses_no_pickle(tmp_path):
 
     fresh, fresh_opt, fresh_sched = trained(seed=1)
     loaded = load_checkpoint(path, fresh)
-    ckpt.restore_training_state(loaded.trainer_state, loaded.path, fresh_opt, fresh_sched)
+    restore_training_state(loaded.trainer_state, loaded.path, fresh_opt, fresh_sched)
     assert (random.random(), np.random.rand()) == expected[:2]
     assert torch.equal(torch.rand(2), expected[2])
     assert fresh.head.weight is fresh.embed.weight  # still tied

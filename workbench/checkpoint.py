@@ -23,6 +23,12 @@ ignored and removed at the next save. A checkpoint of the same name is swapped w
 one step (Linux ``renameat2``); a folder holding any other file is never replaced (it would be
 deleted): saving there is refused.
 
+State as JSON plus named tensors (:func:`encode_state` / :func:`decode_state`): 0-d tensors (Adam's
+step counts) stay in the JSON as numbers with their dtype, so a resumed optimizer gets the same
+dtypes back; tuples, int-keyed dicts and numpy arrays are tagged, because JSON alone would return
+them as lists and string-keyed dicts, and an optimizer's state is keyed by int parameter ids. What
+a trainer puts in that state is :mod:`workbench.training_state`'s business.
+
 The module knows nothing about the model: the caller passes the architecture config (a JSON-able
 dict) and gets it back to rebuild the model before loading the weights.
 """
@@ -38,19 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
-
-# The state helpers live in checkpoint_state; the `x as x` names are re-exports, so that callers
-# keep one module to import for everything about checkpoints.
-from workbench.checkpoint_state import CheckpointError, decode_state, encode_state
-from workbench.checkpoint_state import capture_rng_state as capture_rng_state
-from workbench.checkpoint_state import restore_rng_state as restore_rng_state
-from workbench.checkpoint_state import restore_training_state as restore_training_state
-from workbench.checkpoint_state import training_state as training_state
-from workbench.checkpoint_state import truncate_jsonl as truncate_jsonl
 
 FORMAT, VERSION = "dino-r1-workbench/checkpoint", 1
 MODEL_FILE, STATE_FILE, STATE_JSON, MANIFEST = (
@@ -61,6 +59,69 @@ MODEL_FILE, STATE_FILE, STATE_JSON, MANIFEST = (
 )
 CHECKPOINTS, LATEST = "checkpoints", "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged, unsafe or does not fit; the message says what to do."""
+
+
+def encode_state(obj: Any, tensors: dict[str, Tensor], key: str = "") -> Any:
+    """JSON-able structure of ``obj``; tensors (other than 0-d) go into ``tensors[key]``.
+
+    Handles dicts (str or int keys), lists, tuples, numpy arrays and scalars, 0-d tensors (kept
+    in JSON with their dtype) and tensors. Anything else is an error naming its path.
+    """
+    if isinstance(obj, Tensor):
+        if obj.ndim == 0:
+            return {"__scalar__": obj.item(), "dtype": str(obj.dtype).removeprefix("torch.")}
+        if key in tensors:
+            raise ValueError(f"two tensors of the state map to the key {key!r}; rename one")
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, tuple | list):
+        items = [encode_state(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode_state(v, tensors, f"{key}/{k}") for k, v in obj.items()}
+        if all(isinstance(k, int) and not isinstance(k, bool) for k in obj):
+            return {
+                "__intkeys__": {
+                    str(k): encode_state(v, tensors, f"{key}/{k}") for k, v in obj.items()
+                }
+            }
+        if all(isinstance(k, str) for k in obj):
+            return {
+                "__strkeys__": {k: encode_state(v, tensors, f"{key}/{k}") for k, v in obj.items()}
+            }
+    raise TypeError(f"cannot store {type(obj).__name__} at '{key or '/'}' in a checkpoint")
+
+
+def decode_state(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of :func:`encode_state`."""
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]].clone()  # own memory, not the file's mapping
+    if "__scalar__" in obj:
+        return torch.tensor(obj["__scalar__"], dtype=getattr(torch, obj["dtype"]))
+    if "__ndarray__" in obj:
+        return np.array(obj["__ndarray__"], dtype=obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(decode_state(v, tensors) for v in obj["__tuple__"])
+    if "__intkeys__" in obj:
+        return {int(k): decode_state(v, tensors) for k, v in obj["__intkeys__"].items()}
+    if "__strkeys__" in obj:
+        return {k: decode_state(v, tensors) for k, v in obj["__strkeys__"].items()}
+    return {k: decode_state(v, tensors) for k, v in obj.items()}
 
 
 @dataclass

@@ -46,6 +46,7 @@ from workbench.data.prompts import sample_training_prompts
 from workbench.objectives.base import Objective, StepInfo, objective_hooks
 from workbench.optim import default_param_groups, lr_factor, setup_distributed
 from workbench.run_folder import check_changes, prepare
+from workbench.training_state import restore_training_state, training_state, truncate_jsonl
 
 
 class NonFiniteLossError(RuntimeError):
@@ -144,7 +145,7 @@ class Trainer:
         if self.resume_from:
             resumed = self.resume(None if self.resume_from is True else self.resume_from)
         if self.resume_from and not resumed and self.dist.rank == 0:
-            ckpt.truncate_jsonl(self.run_dir / "metrics.jsonl", 0)  # a start cut before step 1
+            truncate_jsonl(self.run_dir / "metrics.jsonl", 0)  # a start cut before step 1
         self.module.train()
         self._open_logs()
         try:
@@ -338,7 +339,7 @@ class Trainer:
         self.saved_step = self.global_step
         if self.dist.rank != 0:
             return
-        state = ckpt.training_state(
+        state = training_state(
             self.optimizer, self.scheduler, self.scaler, position=self._position(),
             nonfinite={"total": self.nonfinite_total, "streak": self.nonfinite_streak},
         )  # fmt: skip
@@ -384,7 +385,7 @@ class Trainer:
             loaded.full_config, self.full_config, loaded.path, allow=self.allow_changes
         )
         here = {k: self._position()[k] for k in _SAME_ON_RESUME}
-        ckpt.restore_training_state(
+        restore_training_state(
             state, loaded.path, self.optimizer, self.scheduler, self.scaler, expect=here
         )
         if changes:
@@ -398,5 +399,5 @@ class Trainer:
         self.nonfinite_total, self.nonfinite_streak = counts["total"], counts["streak"]
         self.last_checkpoint = str(loaded.path)
         if self.dist.rank == 0:
-            ckpt.truncate_jsonl(self.run_dir / "metrics.jsonl", self.global_step)
+            truncate_jsonl(self.run_dir / "metrics.jsonl", self.global_step)
         return True
