@@ -34,14 +34,16 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.analysis import query_table
+from workbench.analysis import GroundTruth, query_table
 from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
-from workbench.data.prompts import interactive_prompts
+from workbench.config import load_config
+from workbench.data.prompts import interactive_prompts, protocol_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
 from workbench.evaluation import evaluate as workbench_evaluate
+from workbench.experiment import open_evaluation_data
 from workbench.integrations import fiftyone as wfo
 from workbench.integrations.fiftyone_labels import GT_ATTRIBUTES, QUERY_ATTRIBUTES
-from workbench.integrations.fiftyone_predict import ImagePrediction, prompted_ground_truth
+from workbench.integrations.fiftyone_predict import ImagePrediction
 from workbench.model.build import build_detector
 from workbench.predictor import Predictor
 from workbench.query_metrics import QUERY_METRICS
@@ -160,7 +162,7 @@ def test_per_query_fields_are_present_typed_and_declared(fo, exported, shapes, p
     # the values are workbench.analysis's table, query by query
     target = shapes.target(0)
     prompts = interactive_prompts(target, shapes.categories)
-    truth, _ = prompted_ground_truth(target, prompts)
+    truth = GroundTruth.prompted(target, prompts)
     table = query_table(predictors["grqo"], shapes.load_image(0), prompts, ground_truth=truth,
                         reference=predictors["sft"])  # fmt: skip
     sample = exported.one(fo.ViewField("image_id") == target.image_id)
@@ -385,6 +387,84 @@ THUMBNAILS_PAINTED = """() => {
     return thumbnails.length > 0 && thumbnails.every(c => c.width > 0 && c.height > 0
         && c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data[3] > 0);
 }"""
+
+
+AGREEMENT_CONFIG = """\
+data: {name: shapes, shapes_val_images: 6, shapes_image_size: 256, min_size: 256, max_size: 342}
+eval: {protocols: [cross_image], pool_split: prompts, exemplars_per_class: 2, max_images: 3}
+"""
+
+
+@pytest.fixture(scope="module")
+def agreement(tmp_path_factory):
+    """The trained default SFT model (copied: one checkpoint for both paths) and a config whose
+    cross-image exemplars come from a prompt pool, 2 per class."""
+    folder = tmp_path_factory.mktemp("agreement")
+    shutil.copytree(REPO / "models" / "sft", folder / "sft")
+    (folder / "agree.yaml").write_text(AGREEMENT_CONFIG)
+    return folder / "sft", folder / "agree.yaml"
+
+
+@pytest.mark.slow
+def test_fiftyones_own_map_is_evaluates_ap_with_exemplars_from_a_prompt_pool(
+    fo, agreement, tmp_path
+):
+    checkpoint, config = agreement
+    val, pool = open_evaluation_data(load_config(str(config)))
+    predictor = Predictor.from_checkpoint(checkpoint, max_detections=20)  # FiftyOne's eval is
+    kwargs = dict(protocol="cross_image", exemplars_per_class=2, prompt_pool=pool)  # slow at 300
+    result = workbench_evaluate(predictor, val, **kwargs)
+    ds = wfo.export(val, {"sft": predictor}, name="pool-agreement", image_dir=tmp_path, **kwargs)
+    assert result.AP > 0.05  # a trained model: the agreement is not 0 == 0
+    assert abs(ds.info["workbench"]["evaluations"]["sft"]["mAP"] - result.AP) <= MAP_TOLERANCE
+    fo_counts = dict(zip(ds.values("image_id"), zip(ds.values("eval_sft_tp"),
+                     ds.values("eval_sft_fp"), strict=True), strict=True))  # fmt: skip
+    assert fo_counts == {r.image_id: (r.tp50, r.fp50) for r in result.records}
+    expected = protocol_prompts(val, [val.target(0)], "cross_image", exemplars_per_class=2,
+                                prompt_pool=pool)[0]  # fmt: skip
+    used = set(ds.values("sft_predictions.detections.prompt_annotation_ids", unwind=True))
+    assert used and used <= {e.annotation_id for p in expected for e in p.exemplars}
+
+
+def fiftyone_results(ds, model: str, categories) -> list[dict]:
+    """COCO result dicts of a model's FiftyOne predictions (relative xywh back to pixels)."""
+    cat_id = {c.name: c.id for c in categories}
+    results = []
+    for sample in ds.iter_samples():
+        w, h = sample.metadata.width, sample.metadata.height
+        for det in sample[f"{model}_predictions"].detections:
+            x, y, bw, bh = det.bounding_box
+            box = [x * w, y * h, bw * w, bh * h]
+            results.append(
+                {"image_id": sample.image_id, "category_id": cat_id[det.label], "bbox": box,
+                 "score": det.confidence}
+            )  # fmt: skip
+    return results
+
+
+@pytest.mark.slow
+def test_cli_fiftyone_export_and_eval_report_one_ap_for_one_checkpoint_and_config(
+    fo, agreement, tmp_path, capsys
+):
+    """``fiftyone export --config C`` draws what ``eval --config C`` draws (split, pool, K,
+    seed, image count, sizes, detection cap); the AP of its stored predictions is eval's."""
+    from workbench.cli import main
+
+    checkpoint, config = agreement
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(checkpoint), "--config", str(config), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())["cross_image"]
+    assert main(["fiftyone", "export", "--config", str(config), "--model", f"sft={checkpoint}",
+                 "--protocol", "cross_image", "--name", "cli-agreement", "--no-evaluate",
+                 "--image-dir", str(tmp_path / "images")]) == 0  # fmt: skip
+    capsys.readouterr()
+    ds = fo.load_dataset("cli-agreement")
+    val, _ = open_evaluation_data(load_config(str(config)))
+    assert len(ds) == report["num_images"] == 3
+    gt = ground_truth_coco(val, range(3))
+    ap = coco_stats(gt, fiftyone_results(ds, "sft", val.categories)).stats[0]
+    assert report["stats"]["AP"] > 0.05
+    assert ap == pytest.approx(report["stats"]["AP"], abs=1e-6)
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from workbench import boxes as box_ops
 from workbench.config import GRQOConfig, LossConfig
+from workbench.data.prompts import prompted_rows
 from workbench.matching import HungarianMatcher, pairwise_cost_terms
 from workbench.objectives.grqo import k3_kl, mute_count
 from workbench.postprocess import QueryOutputs
@@ -37,10 +38,22 @@ from workbench.types import QueryRecord, Target, VisualPrompt
 @dataclass(frozen=True)
 class GroundTruth:
     """Known objects of the image: ``boxes_xyxy [N, 4]`` absolute pixels, ``prompt_index [N]``
-    the prompt (class) each one belongs to."""
+    the prompt (class) each one belongs to, and (when known) each one's annotation id, which
+    ``QueryRecord.matched_gt`` rows can be traced back to."""
 
     boxes_xyxy: Tensor
     prompt_index: Tensor
+    annotation_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def prompted(cls, target: Target, prompts: Sequence[VisualPrompt]) -> GroundTruth:
+        """The untransformed ``target``'s non-crowd boxes of the prompted classes, labelled by
+        prompt index: what GRQO rewards a query against and the query metrics score
+        (:func:`~workbench.data.prompts.prompted_rows`)."""
+        rows, prompt_index = prompted_rows(target, [p.label for p in prompts])
+        boxes = target.boxes_xyxy(target.orig_size)[rows].reshape(-1, 4)
+        ids = tuple(int(target.annotation_ids[j]) for j in rows)
+        return cls(boxes_xyxy=boxes, prompt_index=prompt_index, annotation_ids=ids)
 
 
 def run_settings(predictor: Predictor) -> tuple[GRQOConfig, LossConfig]:

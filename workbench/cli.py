@@ -311,28 +311,40 @@ def _checkpoint_predictor(path: str, args: argparse.Namespace):
     --min-size / --max-size say otherwise."""
     from workbench.predictor import Predictor
 
-    return Predictor.from_checkpoint(
-        path, min_size=args.min_size, max_size=args.max_size, max_detections=args.max_detections
-    )
+    cap = {} if args.max_detections is None else {"max_detections": args.max_detections}
+    return Predictor.from_checkpoint(path, min_size=args.min_size, max_size=args.max_size, **cap)
 
 
-def _fiftyone_source(args: argparse.Namespace) -> tuple[DetectionDataset, str]:
-    """The dataset to export (a json, --source, or a config's data section) and its default
-    FiftyOne name."""
+def _fiftyone_source(args: argparse.Namespace):
+    """The dataset to export (a json, --source, or a config's data section), its cross-image
+    prompt pool, the evaluation settings, the sizes and its default FiftyOne name.
+
+    With a config, the split, pool (``eval.pool_split``), K, seed, image count and sizes are
+    the ones ``workbench eval`` uses with that config, so the two report the same AP; the
+    flags override them. Without, exemplars come from the dataset itself and the sizes are the
+    model's own."""
+    from workbench.config import EvalConfig, load_config
+
     if args.config or args.set:
-        from workbench.config import load_config
-        from workbench.data.sources import open_dataset
+        from workbench.experiment import open_evaluation_data
 
         cfg = load_config(args.config, args.set)
-        return open_dataset(cfg.data, args.split), f"workbench-{cfg.data.name}-{args.split}"
+        dataset, pool = open_evaluation_data(cfg, args.split)
+        sizes = (cfg.data.min_size, cfg.data.max_size)
+        return dataset, pool, cfg.eval, sizes, f"workbench-{cfg.data.name}-{args.split}"
     name = f"{args.source}-{args.split}" if args.source else Path(args.json or "").stem
-    return _open_dataset(args), f"workbench-{name}".replace("/", "-")
+    default_name = f"workbench-{name}".replace("/", "-")
+    return _open_dataset(args), None, EvalConfig(), (None, None), default_name
 
 
 def cmd_fiftyone_export(args: argparse.Namespace) -> int:
     from workbench.integrations import fiftyone as wfo
 
-    dataset, default_name = _fiftyone_source(args)
+    dataset, pool, evaluation, sizes, default_name = _fiftyone_source(args)
+    args.min_size, args.max_size = args.min_size or sizes[0], args.max_size or sizes[1]
+    max_images = evaluation.max_images if args.max_images is None else args.max_images
+    k = evaluation.exemplars_per_class if args.exemplars is None else args.exemplars
+    seed = evaluation.seed if args.seed is None else args.seed
     checkpoints = {}
     for text in args.model:
         name, _, path = text.partition("=")
@@ -344,10 +356,10 @@ def cmd_fiftyone_export(args: argparse.Namespace) -> int:
     if args.reference:
         ref = predictors.get(args.reference) or _checkpoint_predictor(args.reference, args)
         references = {name: ref for name, p in predictors.items() if p is not ref}
-    count = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
     ds = wfo.export(
         dataset, predictors, name=args.name or default_name, references=references,
-        protocol=args.protocol, exemplars_per_class=args.exemplars, seed=args.seed,
+        protocol=args.protocol, exemplars_per_class=k, seed=seed, prompt_pool=pool,
         all_queries=args.all_queries, indices=range(count), score_threshold=args.threshold,
         max_detections=args.max_detections, image_dir=args.image_dir,
         run_evaluation=not args.no_evaluate, baseline=args.baseline, candidate=args.candidate,
@@ -399,12 +411,13 @@ def _fiftyone_parser(groups) -> None:
                    help="a checkpoint to export as NAME_predictions (repeatable)")  # fmt: skip
     p.add_argument("--reference", help="model name or checkpoint the KL is computed against")
     p.add_argument("--protocol", choices=("interactive", "cross_image"), default="interactive")
-    p.add_argument("--exemplars", type=int, default=1, help="exemplars per class")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw")
+    p.add_argument("--exemplars", type=int, help="exemplars per class (default: eval's, 1)")
+    p.add_argument("--seed", type=int, help="seed of the prompt draw (default: eval's, 0)")
     p.add_argument("--all-queries", action="store_true", help="also export NAME_queries")
     p.add_argument("--max-images", type=int, help="export the first N images only")
     p.add_argument("--threshold", type=float, default=0.0, help="drop detections below it")
-    p.add_argument("--max-detections", type=int, default=100, help="top-K per image")
+    p.add_argument("--max-detections", type=int, help="top-K per image (default: eval's, 300; "
+                   "FiftyOne's evaluation slows with their square: 100 is ~9x faster)")  # fmt: skip
     p.add_argument("--min-size", type=int, help="resize (default: the run's data.min_size)")
     p.add_argument("--max-size", type=int, help="resize cap (default: the run's data.max_size)")
     p.add_argument("--name", help="FiftyOne dataset name (default: from the source)")

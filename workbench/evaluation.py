@@ -1,6 +1,7 @@
 """COCO AP and query metrics under the visual-prompt protocols (dino-r1.md §8), per-image records.
 
-Protocols (prompt sampling in :mod:`workbench.data.prompts`):
+Protocols (the prompts come from :func:`workbench.data.prompts.protocol_prompts`, which FiftyOne
+and the notebooks call too):
 
 - ``interactive``: each image is searched with prompts drawn from its own ground truth, K boxes
   per class present; classes absent from the image are not prompted (so they cannot produce
@@ -30,7 +31,6 @@ import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
 from workbench.config import LossConfig
-from workbench.data.dataset import DetectionDataset
-from workbench.data.prompts import cross_image_prompts, interactive_prompts
+from workbench.data.dataset import DetectionDataset, ImagesById
+from workbench.data.prompts import PROTOCOLS, protocol_prompts
 from workbench.encoded import EncodedImage
 from workbench.postprocess import QueryOutputs
 from workbench.predictor import Predictor
@@ -52,9 +52,7 @@ from workbench.query_metrics import (
     prompted_truth,
     query_stats,
 )
-from workbench.types import Detections, Target, VisualPrompt
-
-PROTOCOLS = ("interactive", "cross_image")
+from workbench.types import Detections, Target
 
 
 @dataclass(frozen=True)
@@ -135,23 +133,6 @@ class EvalResult:
         }  # fmt: skip
 
 
-class _DatasetImages(Mapping):
-    """Images of a dataset by image id, decoded only when asked for (reference images)."""
-
-    def __init__(self, dataset: DetectionDataset):
-        self.dataset = dataset
-        self.index_of = {inst.image_id: inst.image_index for inst in dataset.instances()}
-
-    def __getitem__(self, image_id):
-        return self.dataset.load_image(self.index_of[image_id])
-
-    def __iter__(self) -> Iterator:
-        return iter(self.index_of)
-
-    def __len__(self) -> int:
-        return len(self.index_of)
-
-
 def evaluate(
     predictor_or_model,
     dataset: DetectionDataset,
@@ -178,6 +159,9 @@ def evaluate(
     Args:
         exemplar_draws: cross-image exemplar draws whose AP spread is reported (seeds ``seed``,
             ``seed + 1``, ...); 1 or 0: the first only. Ignored by the interactive protocol.
+            ``stats`` (the AP) is the first draw's whatever the number, so the default here (1,
+            no spread measured, one prediction per image) and a run's ``eval.exemplar_draws``
+            (5, the spread logged beside the AP) report the same AP.
         loss: the matching-cost weights of the reward in ``spearman_select_reward`` (default:
             ``LossConfig()``, DINO's).
     """
@@ -215,24 +199,16 @@ def _ap(gt: dict, run: _Run, evaluator: str) -> float:
 def _draw_prompts(predictor, dataset, targets, protocol, k, pool, seeds, batch_size):
     """Per seed, the prompts of every image (PromptBanks when a Predictor can embed the
     exemplars once), and the reference images cross-image exemplars lie on."""
-    cats = dataset.categories
+    draws = [
+        protocol_prompts(dataset, targets, protocol, exemplars_per_class=k, seed=s,
+                         prompt_pool=pool)
+        for s in seeds
+    ]  # fmt: skip
     if protocol == "interactive":
-        draws = [[interactive_prompts(t, cats, exemplars_per_class=k, seed=s) for t in targets]
-                 for s in seeds]  # fmt: skip
         return draws, None
-    source = dataset if pool is None else pool
-    references = _DatasetImages(source)
-    if pool is not None:  # one prompt list for every image of a draw
-        draws = [[_pool_prompts(pool, cats, k, s)] * len(targets) for s in seeds]
-    else:
-        instances = dataset.instances()
-        draws = [
-            [cross_image_prompts(instances, cats, exemplars_per_class=k, seed=s,
-                                 exclude_image_ids=[t.image_id]) for t in targets]
-            for s in seeds
-        ]  # fmt: skip
+    references = ImagesById(dataset if pool is None else pool)
     if isinstance(predictor, Predictor):
-        draws = _cached_banks(predictor, source, draws, references.index_of, batch_size)
+        draws = _cached_banks(predictor, references, draws, batch_size)
     return draws, references
 
 
@@ -245,24 +221,8 @@ def _as_predictor(obj, min_size: int | None, max_size: int | None):
     return obj
 
 
-def _pool_prompts(pool: DetectionDataset, categories, k: int, seed: int) -> list[VisualPrompt]:
-    """Generic prompts from a separate pool, relabelled to the evaluated dataset by category id."""
-    label_of = {c.id: c.label for c in categories}
-    pool_ids = {c.label: c.id for c in pool.categories}
-    prompts = cross_image_prompts(pool.instances(), pool.categories, exemplars_per_class=k,
-                                  seed=seed)  # fmt: skip
-    out = []
-    for p in prompts:
-        label = label_of.get(pool_ids[p.label])
-        if label is not None:
-            out.append(dataclasses.replace(p, label=label, prompt_id=label))
-    if not out:
-        raise ValueError("the prompt pool shares no category id with the evaluated dataset")
-    return out
-
-
-def _cached_banks(predictor: Predictor, source, draws, index_of, batch_size: int) -> list:
-    """Every draw's prompt lists as PromptBanks: each exemplar embedded once, each ``source``
+def _cached_banks(predictor: Predictor, references: ImagesById, draws, batch_size: int) -> list:
+    """Every draw's prompt lists as PromptBanks: each exemplar embedded once, each reference
     image encoded once, a prompt list shared by several images turned into one bank."""
     lists = {id(plist): plist for draw in draws for plist in draw}
     wanted: dict[int, dict[tuple, None]] = {}
@@ -274,7 +234,7 @@ def _cached_banks(predictor: Predictor, source, draws, index_of, batch_size: int
     image_ids = list(wanted)
     for s in range(0, len(image_ids), batch_size):
         chunk = image_ids[s : s + batch_size]
-        images = [source.load_image(index_of[i]) for i in chunk]
+        images = [references[i] for i in chunk]
         for image_id, enc in zip(chunk, predictor.encode_batch(images), strict=True):
             boxes = list(wanted[image_id])
             for box, emb in zip(boxes, predictor.embed_exemplars(enc, boxes), strict=True):

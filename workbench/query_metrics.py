@@ -43,6 +43,7 @@ from torch import Tensor
 
 from workbench import boxes as box_ops
 from workbench.config import LossConfig
+from workbench.data.prompts import prompted_rows
 from workbench.postprocess import QueryOutputs
 from workbench.rewards import matching_cost_reward
 from workbench.types import Target
@@ -154,11 +155,8 @@ def prompted_truth(target: Target, prompt_labels: Sequence[int]) -> tuple[Tensor
     """The image's non-crowd boxes of the prompted classes: ``[N, 4]`` absolute xyxy pixels of
     the original image, and ``[N]`` int64 the index of each box's prompt in ``prompt_labels``
     (the dataset label of each prompt)."""
-    prompt_of = {label: u for u, label in enumerate(prompt_labels)}
-    labels, crowd = target.labels.tolist(), target.iscrowd.tolist()
-    keep = [j for j, label in enumerate(labels) if not crowd[j] and label in prompt_of]
-    boxes = target.boxes_xyxy(target.orig_size)[keep].reshape(-1, 4)
-    return boxes, torch.tensor([prompt_of[labels[j]] for j in keep], dtype=torch.int64)
+    rows, prompt_index = prompted_rows(target, prompt_labels)
+    return target.boxes_xyxy(target.orig_size)[rows].reshape(-1, 4), prompt_index
 
 
 def _ratio(num: float, den: float) -> float:

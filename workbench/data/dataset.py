@@ -7,8 +7,8 @@ categories and, without decoding any image, its instances, which is what prompt 
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -125,6 +125,46 @@ class DetectionDataset(Protocol):
     def instances(self) -> list[Instance]:
         """Every annotated box of the dataset, crowd regions flagged."""
         ...
+
+
+class ImagesById(Mapping):
+    """The untransformed images of a dataset by image id: the one mapping cross-image exemplars
+    are looked up in (``exemplar.image_id`` -> the image its box lies on).
+
+    Keys are the ids of the images with at least one annotated box (the only ones an exemplar can
+    come from); nothing is decoded until asked for. With ``encode`` (e.g. ``Predictor.encode``),
+    each image is passed through it on first use and the last ``capacity`` results are kept, as
+    a few reference images serve every searched image.
+    """
+
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        encode: Callable[[Tensor], object] | None = None,
+        capacity: int = 256,
+    ):
+        self.dataset, self.encode, self.capacity = dataset, encode, capacity
+        self.index_of = {inst.image_id: inst.image_index for inst in dataset.instances()}
+        self._cache: OrderedDict[int, object] = OrderedDict()
+
+    def __getitem__(self, image_id):
+        if self.encode is None:
+            return self.dataset.load_image(self.index_of[image_id])
+        if image_id not in self._cache:
+            self._cache[image_id] = self.encode(self.dataset.load_image(self.index_of[image_id]))
+            if len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(image_id)
+        return self._cache[image_id]
+
+    def __contains__(self, image_id) -> bool:  # without decoding anything
+        return image_id in self.index_of
+
+    def __iter__(self) -> Iterator:
+        return iter(self.index_of)
+
+    def __len__(self) -> int:
+        return len(self.index_of)
 
 
 def make_target(

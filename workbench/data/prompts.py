@@ -6,12 +6,15 @@ chosen boxes form one prompt list shared by every image of the batch. An image's
 one-hot targets over those U prompts, and prompts of categories absent from an image act as
 negatives for it. So the number of prompts is the number of distinct categories in the batch.
 
-Evaluation has two protocols:
+Evaluation has two protocols (:data:`PROTOCOLS`), and :func:`protocol_prompts` is the one rule
+that turns them into prompts, for ``workbench eval``, FiftyOne and the notebooks alike:
 
 - *interactive*: the prompt boxes come from the searched image itself (K instances per class
   present), as when a user draws a box on the picture;
 - *cross-image* (generic): K exemplars per class from other images, whose embeddings the model
-  averages into one class embedding (DINO-R1 §8), as with a saved prompt bank.
+  averages into one class embedding (DINO-R1 §8), as with a saved prompt bank. The exemplars
+  come from a separate prompt pool when one is given, else from the evaluated dataset minus the
+  searched image.
 
 Every sampler takes a seed or a ``numpy.random.Generator``, so a run can be replayed exactly.
 """
@@ -20,14 +23,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from workbench import boxes as box_ops
-from workbench.data.dataset import Category, Instance
+from workbench.data.dataset import Category, DetectionDataset, Instance
 from workbench.types import Exemplar, PromptSet, Target, VisualPrompt
+
+PROTOCOLS = ("interactive", "cross_image")
 
 
 def sample_training_prompts(
@@ -164,6 +170,75 @@ def cross_image_prompts(
             VisualPrompt(name=cat.name, exemplars=exemplars, prompt_id=cat.label, label=cat.label)
         )
     return prompts
+
+
+def protocol_prompts(
+    dataset: DetectionDataset,
+    targets: Sequence[Target],
+    protocol: str,
+    *,
+    exemplars_per_class: int = 1,
+    seed: int = 0,
+    prompt_pool: DetectionDataset | None = None,
+) -> list[list[VisualPrompt]]:
+    """The prompts each of ``targets``' images (untransformed targets of ``dataset``) is searched
+    with under an evaluation protocol.
+
+    - ``interactive``: :func:`interactive_prompts` of each image (``prompt_pool`` is not used);
+    - ``cross_image`` with ``prompt_pool``: one list of :func:`cross_image_prompts` from the pool,
+      relabelled to ``dataset``'s categories by category id (pool categories the dataset lacks
+      are dropped); the same list object for every image, so a caller can embed it once;
+    - ``cross_image`` without: :func:`cross_image_prompts` from ``dataset`` minus the searched
+      image, so every image has its own list.
+
+    Cross-image exemplars carry the image id of the dataset they lie on (``prompt_pool`` when
+    given, else ``dataset``): look their images up in an
+    :class:`~workbench.data.dataset.ImagesById` of it. A class without any exemplar gets no
+    prompt.
+    """
+    cats, k = dataset.categories, exemplars_per_class
+    if protocol == "interactive":
+        return [interactive_prompts(t, cats, exemplars_per_class=k, seed=seed) for t in targets]
+    if protocol != "cross_image":
+        raise ValueError(f"protocol={protocol!r}: use one of {PROTOCOLS}")
+    if prompt_pool is not None:
+        return [_pool_prompts(prompt_pool, cats, k, seed)] * len(targets)
+    instances = dataset.instances()
+    return [
+        cross_image_prompts(
+            instances, cats, exemplars_per_class=k, seed=seed, exclude_image_ids=[t.image_id]
+        )
+        for t in targets
+    ]
+
+
+def _pool_prompts(
+    pool: DetectionDataset, categories: Sequence[Category], k: int, seed: int
+) -> list[VisualPrompt]:
+    """Generic prompts from a separate pool, relabelled to ``categories`` by category id."""
+    label_of = {c.id: c.label for c in categories}
+    pool_ids = {c.label: c.id for c in pool.categories}
+    prompts = cross_image_prompts(
+        pool.instances(), pool.categories, exemplars_per_class=k, seed=seed
+    )
+    out = []
+    for p in prompts:
+        label = label_of.get(pool_ids[p.label])
+        if label is not None:
+            out.append(replace(p, label=label, prompt_id=label))
+    if not out:
+        raise ValueError("the prompt pool shares no category id with the evaluated dataset")
+    return out
+
+
+def prompted_rows(target: Target, prompt_labels: Sequence[int]) -> tuple[list[int], Tensor]:
+    """Which ground truth a query searched by these prompts is rewarded and scored against: the
+    rows of ``target``'s non-crowd boxes whose class is prompted, and ``[N]`` int64 the index of
+    each one's prompt in ``prompt_labels`` (the dataset label of each prompt)."""
+    prompt_of = {label: u for u, label in enumerate(prompt_labels)}
+    labels, crowd = target.labels.tolist(), target.iscrowd.tolist()
+    rows = [j for j, label in enumerate(labels) if not crowd[j] and label in prompt_of]
+    return rows, torch.tensor([prompt_of[labels[j]] for j in rows], dtype=torch.int64)
 
 
 def _spread_over_images(

@@ -256,6 +256,7 @@ def export(
     protocol: str = "interactive",
     exemplars_per_class: int = 1,
     seed: int = 0,
+    prompt_pool: DetectionDataset | None = None,
     all_queries: bool = False,
     indices: Sequence[int] | None = None,
     score_threshold: float = 0.0,
@@ -274,7 +275,9 @@ def export(
     Args:
         predictors: model name (``sft``, ``grqo``, ...) -> its Predictor.
         references: model name -> the reference checkpoint its KL is computed against.
-        protocol, exemplars_per_class, seed: the prompts, drawn as ``workbench eval`` draws them.
+        protocol, exemplars_per_class, seed, prompt_pool: the prompts, drawn as ``workbench
+            eval`` draws them (:func:`~workbench.data.prompts.protocol_prompts`); with the
+            same checkpoint, split and settings, FiftyOne's mAP is ``workbench eval``'s AP.
         all_queries: also write ``<model>_queries`` (every selected query of every image).
         baseline, candidate: the pair compared by the fixed / broken views (default ``sft`` and
             ``grqo`` when both are exported).
@@ -291,11 +294,12 @@ def export(
     for model, predictor in predictors.items():
         stream = iter_predictions(
             predictor, dataset, protocol=protocol, exemplars_per_class=exemplars_per_class,
-            seed=seed, reference=references.get(model), indices=indices,
+            seed=seed, prompt_pool=prompt_pool, reference=references.get(model), indices=indices,
             score_threshold=score_threshold, max_detections=max_detections, progress=progress,
             desc=f"{model}: predict",
         )  # fmt: skip
         info = {"protocol": protocol, "exemplars_per_class": exemplars_per_class, "seed": seed,
+                "prompt_pool": prompt_pool is not None and protocol == "cross_image",
                 "score_threshold": score_threshold, "kl_reference": model in references,
                 **dict((model_info or {}).get(model, {}))}  # fmt: skip
         stats, pairs = [], zip(order, stream, strict=True)  # one prediction per index, in order

@@ -17,23 +17,10 @@ from pathlib import Path
 from PIL import Image
 
 from workbench.inputs import InputError
-from workbench.integrations.fiftyone_labels import relative_xywh
+from workbench.integrations.fiftyone_labels import detection_labels
 from workbench.types import Detections
 
 APP_DATASET = "workbench-app"
-
-
-def _labels(dets: Detections):
-    import fiftyone as fo
-
-    boxes = relative_xywh(dets.boxes_xyxy, dets.image_size)
-    rows = zip(boxes, dets.scores.tolist(), dets.names, strict=True)
-    return fo.Detections(
-        detections=[
-            fo.Detection(label=name, bounding_box=box, confidence=float(score))
-            for box, score, name in rows
-        ]
-    )
 
 
 def _store_image(image: Image.Image, file_name: str, folder: Path) -> Path:
@@ -78,7 +65,7 @@ def add_app_comparison(
     existing = ds.match(fo.ViewField("filepath") == filepath)
     sample = existing.first() if len(existing) else fo.Sample(filepath=filepath)
     for model, dets in detections.items():
-        sample[f"{model}_predictions"] = _labels(dets)
+        sample[f"{model}_predictions"] = detection_labels(dets)
     if sample.dataset is None:
         ds.add_sample(sample)
     else:

@@ -17,14 +17,14 @@ Fields (``<model>`` is the name a checkpoint is exported under, e.g. ``sft`` or 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from workbench import boxes as box_ops
 from workbench.data.dataset import Category
 from workbench.integrations.fiftyone_predict import ImagePrediction
-from workbench.types import QueryRecord, Target
+from workbench.types import Detections, QueryRecord, Target
 
 GT_FIELD = "ground_truth"
 
@@ -117,47 +117,43 @@ def query_attributes(pred: ImagePrediction, query: int, prompt: int) -> dict:
     return attrs
 
 
-def prediction_detections(pred: ImagePrediction):
-    """``fo.Detections`` of the post-processed detections of one image."""
+def detection_labels(dets: Detections, attributes: Sequence[Mapping] | None = None):
+    """``fo.Detections`` of our :class:`~workbench.types.Detections` (absolute xyxy pixels of
+    ``dets.image_size``): label = the prompt's name, ``confidence`` = the score, plus
+    ``attributes[i]`` on detection ``i``. The one converter every FiftyOne field goes through."""
     import fiftyone as fo
 
-    dets = pred.detections
     boxes = relative_xywh(dets.boxes_xyxy, dets.image_size)
-    rows = zip(boxes, dets.scores.tolist(), dets.prompt_index.tolist(), dets.names,
-               dets.query_index.tolist(), strict=True)  # fmt: skip
+    extra = attributes if attributes is not None else [{}] * len(boxes)
+    rows = zip(boxes, dets.scores.tolist(), dets.names, extra, strict=True)
     return fo.Detections(
         detections=[
-            fo.Detection(
-                label=name,
-                bounding_box=box,
-                confidence=float(score),
-                **query_attributes(pred, int(q), int(p)),
-            )
-            for box, score, p, name, q in rows
+            fo.Detection(label=name, bounding_box=box, confidence=float(score), **attrs)
+            for box, score, name, attrs in rows
         ]
     )
+
+
+def prediction_detections(pred: ImagePrediction):
+    """``fo.Detections`` of the post-processed detections of one image, with the
+    :data:`QUERY_ATTRIBUTES` of each one's query."""
+    dets = pred.detections
+    pairs = zip(dets.query_index.tolist(), dets.prompt_index.tolist(), strict=True)
+    return detection_labels(dets, [query_attributes(pred, int(q), int(p)) for q, p in pairs])
 
 
 def query_detections(pred: ImagePrediction):
     """``fo.Detections`` of every selected query of one image (its best prompt and score)."""
-    import fiftyone as fo
-
-    if not pred.queries:
-        return fo.Detections(detections=[])
-    size = pred.detections.image_size
-    boxes = relative_xywh(torch.tensor([r.box_xyxy for r in pred.queries]).reshape(-1, 4), size)
-    names = [p.name for p in pred.prompts]
-    return fo.Detections(
-        detections=[
-            fo.Detection(
-                label=names[r.prompt_index] if names else "",
-                bounding_box=box,
-                confidence=float(r.score),
-                **query_attributes(pred, k, r.prompt_index),
-            )
-            for k, (r, box) in enumerate(zip(pred.queries, boxes, strict=True))
-        ]
+    rows, names = pred.queries, [p.name for p in pred.prompts]
+    as_detections = Detections(
+        boxes_xyxy=torch.tensor([r.box_xyxy for r in rows], dtype=torch.float64).reshape(-1, 4),
+        scores=torch.tensor([float(r.score) for r in rows], dtype=torch.float64),
+        prompt_index=torch.tensor([r.prompt_index for r in rows], dtype=torch.int64),
+        names=tuple(names[r.prompt_index] if names else "" for r in rows),
+        image_size=pred.detections.image_size,
     )
+    attrs = [query_attributes(pred, k, r.prompt_index) for k, r in enumerate(rows)]
+    return detection_labels(as_detections, attrs)
 
 
 def declare(dataset, field: str, attributes: dict[str, tuple[str, str | None, str]]) -> None:
