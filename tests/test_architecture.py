@@ -16,7 +16,7 @@ LAYERS = [
     {"vlm"},  # Vision-R1 rewards for box-writing VLMs and their TRL adapter: nothing imports it
     {"objectives"},
     {"trainer", "training_state", "optim", "run_folder"},
-    {"predictor", "inputs", "postprocess", "prompt_bank", "encoded"},
+    {"predictor", "inputs", "postprocess", "prompt_bank"},
     {"evaluation", "coco_eval", "query_metrics"},
     {"analysis"},
     {"viz", "plots"},

@@ -41,9 +41,8 @@ from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, mat
 from workbench.config import LossConfig
 from workbench.data.dataset import DetectionDataset, ImagesById
 from workbench.data.prompts import PROTOCOLS, protocol_prompts
-from workbench.encoded import EncodedImage
 from workbench.postprocess import QueryOutputs
-from workbench.predictor import Predictor
+from workbench.predictor import EncodedImage, Predictor
 from workbench.prompt_bank import PromptBank, model_fingerprint
 from workbench.query_metrics import (
     QueryStats,

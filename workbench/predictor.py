@@ -18,7 +18,7 @@ pixels = fraction x original size, then clipped to the image.
 Post-processing and box conversion: :mod:`workbench.postprocess`.
 
 The Predictor keeps no per-image state (a multi-user app shares one):
-:class:`~workbench.encoded.EncodedImage` and :class:`~workbench.prompt_bank.PromptBank` are values
+:class:`EncodedImage` and :class:`~workbench.prompt_bank.PromptBank` are values
 the caller holds. Every call runs under ``torch.inference_mode()`` with the model in eval mode,
 restoring the modes it found.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +38,6 @@ from workbench import boxes as box_ops
 from workbench.config import Config
 from workbench.data.collate import pad_images
 from workbench.data.transforms import resized_hw
-from workbench.encoded import EncodedImage, eval_mode, resolve_device, stack_features
 from workbench.inputs import (
     ImageInput,
     InputError,
@@ -47,6 +47,7 @@ from workbench.inputs import (
     repaired_box,
     to_rgb_tensor,
 )
+from workbench.model.detector import ImageFeatures
 from workbench.postprocess import (
     QueryOutputs,
     boxes_to_pixels,
@@ -63,6 +64,53 @@ DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 800, 1333
 Key = int | str | None
 Prompts = Sequence[VisualPrompt] | PromptBank
 _KEPT = ("pred_logits", "pred_boxes", "select_index", "select_logits")  # per-image outputs used
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """Backbone features of one image; hold it to prompt the same image again cheaply.
+
+    What :meth:`Predictor.encode` returns and every prompting call accepts back: a plain frozen
+    value, so the caller (a notebook variable, a ``gr.State`` per user) holds it, not the Predictor.
+
+    Attributes:
+        features: the model's :class:`ImageFeatures`, batch of 1, on the Predictor's device.
+        image_size: ``(height, width)`` of the original image (the frame of every box).
+        resized_size: ``(height, width)`` the model saw, before padding.
+    """
+
+    features: ImageFeatures
+    image_size: tuple[int, int]
+    resized_size: tuple[int, int]
+
+    def __repr__(self) -> str:
+        return f"EncodedImage(image_size={self.image_size}, resized_size={self.resized_size})"
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode and restore each module's own flag afterwards.
+
+    A model already fully in eval mode is not touched, so concurrent calls (a shared app
+    Predictor) never race on the flags.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in flags):
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
 
 
 def _size_of(image: Tensor | EncodedImage) -> tuple[int, int]:
@@ -278,7 +326,7 @@ class Predictor:
             groups.setdefault((enc.features.spatial_shapes_list, len(bank)), []).append(i)
         results: list[dict] = [{} for _ in encoded]
         for members in groups.values():
-            features = stack_features([encoded[i].features for i in members])
+            features = ImageFeatures.cat([encoded[i].features for i in members])
             classes = torch.stack([banks[i].embeddings.to(self.device) for i in members])
             with self._inference():
                 out = self.model.detect(features, classes)

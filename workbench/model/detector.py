@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,23 @@ class ImageFeatures:
             self.tokens[index], self.valid[index], self.position[index], self.spatial_shapes,
             self.spatial_shapes_list, self.level_start_index, self.valid_ratios[index],
         )  # fmt: skip
+
+    @staticmethod
+    def cat(batches: Sequence[ImageFeatures]) -> ImageFeatures:
+        """Batches of features of equal spatial shapes as one batch (the inverse of ``select``):
+        several encoded images prompted in one decoder pass."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        return ImageFeatures(
+            tokens=torch.cat([f.tokens for f in batches]),
+            valid=torch.cat([f.valid for f in batches]),
+            position=torch.cat([f.position for f in batches]),
+            spatial_shapes=first.spatial_shapes,
+            spatial_shapes_list=first.spatial_shapes_list,
+            level_start_index=first.level_start_index,
+            valid_ratios=torch.cat([f.valid_ratios for f in batches]),
+        )
 
 
 @dataclass(frozen=True)
