@@ -87,10 +87,13 @@ def table_from_outputs(
         extra = {"name": names[int(best[i])] if names else "", **truth.get("extra", [{}] * q)[i]}
         records.append(
             QueryRecord(
-                rank=i, query_index=i, token_index=int(queries.token_index[i]),
+                rank=i,
+                query_index=i,
+                token_index=int(queries.token_index[i]),
                 select_score=float(queries.select_logits[i]),
                 objectness=float(queries.select_logits[i].sigmoid()),
-                score=float(scores[i]), prompt_index=int(best[i]),
+                score=float(scores[i]),
+                prompt_index=int(best[i]),
                 box_xyxy=tuple(round(float(v), 2) for v in queries.boxes_xyxy[i]),
                 matched_gt=truth["matched"][i] if truth else None,
                 iou=truth["iou"][i] if truth else None,
@@ -101,7 +104,7 @@ def table_from_outputs(
                 kl=float(kl[i]) if kl is not None else None,
                 extra=extra,
             )
-        )  # fmt: skip
+        )
     return records
 
 
@@ -111,10 +114,17 @@ def _truth_columns(queries: QueryOutputs, truth: GroundTruth, grqo, loss) -> dic
     q = queries.logits.shape[0]
     if n == 0:
         nothing = [None] * q
-        return {"matched": nothing, "iou": nothing, "cost": nothing, "reward": nothing,
-                "advantage": [0.0] * q, "extra": [{"hungarian": False}] * q}  # fmt: skip
-    gt = box_ops.convert(truth.boxes_xyxy.float(), "xyxy", "cxcywh", dst_normalized=True,
-                         size_hw=queries.image_size)  # fmt: skip
+        return {
+            "matched": nothing,
+            "iou": nothing,
+            "cost": nothing,
+            "reward": nothing,
+            "advantage": [0.0] * q,
+            "extra": [{"hungarian": False}] * q,
+        }
+    gt = box_ops.convert(
+        truth.boxes_xyxy.float(), "xyxy", "cxcywh", dst_normalized=True, size_hw=queries.image_size
+    )
     labels = truth.prompt_index.long()
     terms = pairwise_cost_terms(queries.logits, queries.boxes_cxcywh, labels, gt, loss)
     cost = sum(getattr(loss, k) * v for k, v in terms.items())

@@ -313,9 +313,13 @@ def save_run_checkpoint(
     by a run that was resumed from an earlier point) are removed: they belong to an abandoned
     continuation."""
     path = save_checkpoint(
-        checkpoint_path(run_dir, step), model, config_dict, trainer_state, objective_state,
+        checkpoint_path(run_dir, step),
+        model,
+        config_dict,
+        trainer_state,
+        objective_state,
         full_config=full_config,
-    )  # fmt: skip
+    )
     root = path.parent
     pointer = root / f".{LATEST}.tmp-{os.getpid()}"
     pointer.write_text(path.name + "\n", encoding="utf-8")
@@ -401,16 +405,18 @@ def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         ) from err
 
 
-def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+def load_weights(
+    model: nn.Module, path: str | Path, *, strict: bool = True, device: str | torch.device = "cpu"
+) -> None:
     """Load a safetensors weights file into ``model``, checking names and shapes first."""
     path = Path(path)
     _check_file(path, None, False)
     in_file = _tensor_shapes(path)
     in_model = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     common = sorted(in_file.keys() & in_model.keys())
-    wrong = [f"{k}: file {in_file[k]}, model {in_model[k]}" for k in common
-             if in_file[k] != in_model[k]]  # fmt: skip
+    wrong = [
+        f"{k}: file {in_file[k]}, model {in_model[k]}" for k in common if in_file[k] != in_model[k]
+    ]
     if wrong:
         raise CheckpointError(
             f"{path} does not fit {type(model).__name__}: {len(wrong)} tensors differ in shape "
@@ -497,9 +503,12 @@ def load_checkpoint(
         structure = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
         state = decode_state(structure, tensors)
     return Checkpoint(
-        path, manifest["model_config"], manifest.get("full_config"), state["trainer"],
+        path,
+        manifest["model_config"],
+        manifest.get("full_config"),
+        state["trainer"],
         state["objective"],
-    )  # fmt: skip
+    )
 
 
 def load_legacy_state_dict(path: str | Path) -> dict[str, Tensor]:

@@ -49,8 +49,15 @@ from workbench.safe_paths import (
 from workbench.trainer import NonFiniteLossError
 
 # Mistakes a user can fix: reported as one line, exit status 2.
-USER_ERRORS = (DatasetError, ConfigError, CheckpointError, InputError, OutputError,
-               NonFiniteLossError, FileNotFoundError)  # fmt: skip
+USER_ERRORS = (
+    DatasetError,
+    ConfigError,
+    CheckpointError,
+    InputError,
+    OutputError,
+    NonFiniteLossError,
+    FileNotFoundError,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,9 +113,11 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     from workbench.data.synthetic import ShapesConfig, write_shapes_dataset
 
     novel = tuple(n.strip() for n in args.novel.split(",")) if args.novel else None
-    cats = args.categories if args.categories in ("all", "base", "novel") else tuple(
-        n.strip() for n in args.categories.split(",")
-    )  # fmt: skip
+    cats = (
+        args.categories
+        if args.categories in ("all", "base", "novel")
+        else tuple(n.strip() for n in args.categories.split(","))
+    )
     try:
         cfg = ShapesConfig(image_size=args.image_size, novel=novel, categories=cats)
     except ValueError as err:
@@ -180,8 +189,10 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
     print(f"cache: {data_root()}  (set WORKBENCH_DATA to move it)")
     for src in SOURCES.values():
-        print(f"  {src.name:8s} {src.description}\n           splits {list(src.splits)}, "
-              f"local copy via ${src.env_var}, licence: {src.licence}")  # fmt: skip
+        print(
+            f"  {src.name:8s} {src.description}\n           splits {list(src.splits)}, "
+            f"local copy via ${src.env_var}, licence: {src.licence}"
+        )
     print(f"  odinw/<name>  one of: {', '.join(ODINW_NAMES)}")
     return 0
 
@@ -221,8 +232,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for protocol, result in results.items():
         by_split = {k: round(v["AP"], 4) for k, v in result.split_stats.items()}
         queries = "  ".join(f"{k} {v:.4f}" for k, v in result.query_metrics.items())
-        print(f"{protocol}: AP {result.AP:.4f}  AP50 {result.AP50:.4f}  by split {by_split}\n"
-              f"  queries: {queries}")  # fmt: skip
+        print(
+            f"{protocol}: AP {result.AP:.4f}  AP50 {result.AP50:.4f}  by split {by_split}\n"
+            f"  queries: {queries}"
+        )
     if out is not None:
         write_atomic(out, json.dumps(report, indent=2))
         print(f"wrote {out}")
@@ -239,8 +252,11 @@ def _evaluation_config(args: argparse.Namespace):
         return load_config(args.config, args.overrides)
     run = read_run_config(args.checkpoint)
     if run is None:
-        print(f"note: {args.checkpoint} records no run config; evaluating with the defaults "
-              "(pass --config to choose the data and protocols)", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {args.checkpoint} records no run config; evaluating with the defaults "
+            "(pass --config to choose the data and protocols)",
+            file=sys.stderr,
+        )
     return load_config(None, args.overrides, base=run)
 
 
@@ -263,8 +279,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from workbench.types import Exemplar, VisualPrompt
 
     if args.min_size and args.max_size and args.max_size < args.min_size:
-        raise InputError(f"--max-size {args.max_size} is below --min-size {args.min_size}; "
-                         "the longer side cannot be capped below the shorter one")  # fmt: skip
+        raise InputError(
+            f"--max-size {args.max_size} is below --min-size {args.min_size}; "
+            "the longer side cannot be capped below the shorter one"
+        )
     json_path, png_path = _predict_outputs(args)
     source = "reference" if args.reference else None
     by_name: dict[str, list[Exemplar]] = {}
@@ -358,14 +376,27 @@ def cmd_fiftyone_export(args: argparse.Namespace) -> int:
         references = {name: ref for name, p in predictors.items() if p is not ref}
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     ds = wfo.export(
-        dataset, predictors, name=args.name or default_name, references=references,
-        protocol=args.protocol, exemplars_per_class=k, seed=seed, prompt_pool=pool,
-        all_queries=args.all_queries, indices=range(count), score_threshold=args.threshold,
-        max_detections=args.max_detections, image_dir=args.image_dir,
-        run_evaluation=not args.no_evaluate, baseline=args.baseline, candidate=args.candidate,
-        confidence=args.confidence, iou=args.iou, progress=True,
+        dataset,
+        predictors,
+        name=args.name or default_name,
+        references=references,
+        protocol=args.protocol,
+        exemplars_per_class=k,
+        seed=seed,
+        prompt_pool=pool,
+        all_queries=args.all_queries,
+        indices=range(count),
+        score_threshold=args.threshold,
+        max_detections=args.max_detections,
+        image_dir=args.image_dir,
+        run_evaluation=not args.no_evaluate,
+        baseline=args.baseline,
+        candidate=args.candidate,
+        confidence=args.confidence,
+        iou=args.iou,
+        progress=True,
         model_info={n: {"checkpoint": str(Path(p).resolve())} for n, p in checkpoints.items()},
-    )  # fmt: skip
+    )
     print(json.dumps(wfo.summary(ds), indent=2))
     return 0
 
@@ -374,9 +405,16 @@ def cmd_fiftyone_evaluate(args: argparse.Namespace) -> int:
     from workbench.integrations import fiftyone as wfo
 
     ds = wfo.load(args.name)
-    wfo.analyse(ds, args.models or None, iou=args.iou, baseline=args.baseline,
-                candidate=args.candidate, confidence=args.confidence, low_reward=args.low_reward,
-                progress=True)  # fmt: skip
+    wfo.analyse(
+        ds,
+        args.models or None,
+        iou=args.iou,
+        baseline=args.baseline,
+        candidate=args.candidate,
+        confidence=args.confidence,
+        low_reward=args.low_reward,
+        progress=True,
+    )
     print(json.dumps(wfo.summary(ds), indent=2))
     return 0
 
@@ -392,8 +430,10 @@ def cmd_fiftyone_launch(args: argparse.Namespace) -> int:
 
 
 def _fiftyone_parser(groups) -> None:
-    group = groups.add_parser("fiftyone", help="FiftyOne: predictions with per-query rewards, "
-                              "COCO evaluation, error views, the App")  # fmt: skip
+    group = groups.add_parser(
+        "fiftyone",
+        help="FiftyOne: predictions with per-query rewards, COCO evaluation, error views, the App",
+    )
     sub = group.add_subparsers(dest="command", required=True)
 
     def analysis_args(p: argparse.ArgumentParser) -> None:
@@ -405,10 +445,20 @@ def _fiftyone_parser(groups) -> None:
     p = sub.add_parser("export", help="images, ground truth and checkpoints' predictions")
     _dataset_args(p)
     p.add_argument("--config", help="a YAML config whose data section names the dataset")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, e.g. data.name=shapes (repeatable)")  # fmt: skip
-    p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
-                   help="a checkpoint to export as NAME_predictions (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, e.g. data.name=shapes (repeatable)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="a checkpoint to export as NAME_predictions (repeatable)",
+    )
     p.add_argument("--reference", help="model name or checkpoint the KL is computed against")
     p.add_argument("--protocol", choices=("interactive", "cross_image"), default="interactive")
     p.add_argument("--exemplars", type=int, help="exemplars per class (default: eval's, 1)")
@@ -416,8 +466,12 @@ def _fiftyone_parser(groups) -> None:
     p.add_argument("--all-queries", action="store_true", help="also export NAME_queries")
     p.add_argument("--max-images", type=int, help="export the first N images only")
     p.add_argument("--threshold", type=float, default=0.0, help="drop detections below it")
-    p.add_argument("--max-detections", type=int, help="top-K per image (default: eval's, 300; "
-                   "FiftyOne's evaluation slows with their square: 100 is ~9x faster)")  # fmt: skip
+    p.add_argument(
+        "--max-detections",
+        type=int,
+        help="top-K per image (default: eval's, 300; "
+        "FiftyOne's evaluation slows with their square: 100 is ~9x faster)",
+    )
     p.add_argument("--min-size", type=int, help="resize (default: the run's data.min_size)")
     p.add_argument("--max-size", type=int, help="resize cap (default: the run's data.max_size)")
     p.add_argument("--name", help="FiftyOne dataset name (default: from the source)")
@@ -429,8 +483,11 @@ def _fiftyone_parser(groups) -> None:
     p = sub.add_parser("evaluate", help="COCO evaluation (tp/fp/fn tags, mAP) and saved views")
     p.add_argument("name", help="the FiftyOne dataset")
     p.add_argument("--models", nargs="*", help="model names (default: every exported one)")
-    p.add_argument("--low-reward", type=float, help="reward a 'low' one is at most "
-                   "(default: the lowest quartile)")  # fmt: skip
+    p.add_argument(
+        "--low-reward",
+        type=float,
+        help="reward a 'low' one is at most (default: the lowest quartile)",
+    )
     analysis_args(p)
     p.set_defaults(run=cmd_fiftyone_evaluate)
 
@@ -509,20 +566,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = groups.add_parser("train", help="train a detector (SFT or GRQO) from a YAML config")
     p.add_argument("config", help="a YAML file listing differences from the defaults")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
-    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir "
-                   "from its latest checkpoint, with the settings it was saved with")  # fmt: skip
-    p.add_argument("--allow-changes", action="store_true", help="with --resume: apply settings "
-                   "that differ from the run's (new lr, weight decay, losses, ...)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="move a run already in "
-                   "train.out_dir to OUT_DIR.old-N (nothing is deleted); start anew")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in train.out_dir "
+        "from its latest checkpoint, with the settings it was saved with",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: apply settings "
+        "that differ from the run's (new lr, weight decay, losses, ...)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move a run already in "
+        "train.out_dir to OUT_DIR.old-N (nothing is deleted); start anew",
+    )
     p.set_defaults(run=cmd_train)
 
     p = groups.add_parser("eval", help="COCO AP of a checkpoint under the visual-prompt protocols")
     p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved detector")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_images=50")
     p.add_argument("--config", help="YAML config (default: the checkpoint's own run config)")
-    p.add_argument("--split", help="the split to evaluate (default: data.val_split); 'test' is "
-                   "the held-out split that model selection never sees")  # fmt: skip
+    p.add_argument(
+        "--split",
+        help="the split to evaluate (default: data.val_split); 'test' is "
+        "the held-out split that model selection never sees",
+    )
     p.add_argument("--out", help="write the full results as JSON")
     _force_arg(p, "replace an existing --out file")
     p.set_defaults(run=cmd_eval)
@@ -531,9 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("image")
     p.add_argument(
-        "--box", action="append", required=True,
+        "--box",
+        action="append",
+        required=True,
         help="x0,y0,x1,y1[:name] in pixels; repeat for more boxes or classes",
-    )  # fmt: skip
+    )
     p.add_argument("--reference", help="the boxes lie on this image instead (cross-image)")
     p.add_argument(
         "--threshold",
@@ -544,8 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
     trained_at = "(default: the size the model was trained at, as its checkpoint records; else %s)"
     p.add_argument("--min-size", type=_count, help="shorter side " + trained_at % 800)
     p.add_argument("--max-size", type=_count, help="cap on the longer side " + trained_at % 1333)
-    p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.png; "
-                   "a folder (ending in / or existing) gets IMAGE_STEM.json and .png")  # fmt: skip
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output stem: writes STEM.json and STEM.png; "
+        "a folder (ending in / or existing) gets IMAGE_STEM.json and .png",
+    )
     _force_arg(p, "replace existing output files (never the input image)")
     p.set_defaults(run=cmd_predict)
     _fiftyone_parser(groups)

@@ -27,8 +27,20 @@ import torch
 from workbench import boxes as box_ops
 from workbench.types import Detections
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-              "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 EVALUATORS = ("faster", "pycocotools")
 
 
@@ -44,28 +56,45 @@ def ground_truth_coco(dataset, indices: Sequence[int] | None = None) -> dict:
         info, target = dataset.image_info(index), dataset.target(index)
         h, w = target.orig_size
         images.append(
-            {"id": int(target.image_id), "file_name": info.get("file_name", ""),
-             "width": int(info.get("width", w)), "height": int(info.get("height", h))}
-        )  # fmt: skip
+            {
+                "id": int(target.image_id),
+                "file_name": info.get("file_name", ""),
+                "width": int(info.get("width", w)),
+                "height": int(info.get("height", h)),
+            }
+        )
         annotations += _annotations(target, [c.id for c in dataset.categories])
     ids = [a["id"] for a in annotations]
     if min(ids, default=1) <= 0 or len(set(ids)) != len(ids):
         for k, ann in enumerate(annotations, 1):
             ann["id"] = k
-    categories = [{"id": c.id, "name": c.name, **({"split": c.split} if c.split else {})}
-                  for c in dataset.categories]  # fmt: skip
+    categories = [
+        {"id": c.id, "name": c.name, **({"split": c.split} if c.split else {})}
+        for c in dataset.categories
+    ]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _annotations(target, category_id_of_label: list[int]) -> list[dict]:
     xywh = box_ops.convert(target.boxes_xyxy(target.orig_size), "xyxy", "xywh").tolist()
-    rows = zip(xywh, target.labels.tolist(), target.iscrowd.tolist(),
-               target.annotation_ids.tolist(), strict=True)  # fmt: skip
+    rows = zip(
+        xywh,
+        target.labels.tolist(),
+        target.iscrowd.tolist(),
+        target.annotation_ids.tolist(),
+        strict=True,
+    )
     return [
-        {"id": int(ann_id), "image_id": int(target.image_id), "bbox": box, "area": box[2] * box[3],
-         "category_id": category_id_of_label[label], "iscrowd": int(crowd)}
+        {
+            "id": int(ann_id),
+            "image_id": int(target.image_id),
+            "bbox": box,
+            "area": box[2] * box[3],
+            "category_id": category_id_of_label[label],
+            "iscrowd": int(crowd),
+        }
         for box, label, crowd, ann_id in rows
-    ]  # fmt: skip
+    ]
 
 
 def coco_results(
@@ -83,11 +112,18 @@ def coco_results(
     for image_id, dets in detections_per_image.items():
         ids = category_ids[image_id] if isinstance(category_ids, Mapping) else category_ids
         xywh = box_ops.convert(dets.boxes_xyxy, "xyxy", "xywh").tolist()
-        for box, score, p in zip(xywh, dets.scores.tolist(), dets.prompt_index.tolist(),
-                                 strict=True):  # fmt: skip
+        for box, score, p in zip(
+            xywh, dets.scores.tolist(), dets.prompt_index.tolist(), strict=True
+        ):
             if ids[p] is not None:
-                results.append({"image_id": int(image_id), "category_id": int(ids[p]),
-                                "bbox": box, "score": float(score)})  # fmt: skip
+                results.append(
+                    {
+                        "image_id": int(image_id),
+                        "category_id": int(ids[p]),
+                        "bbox": box,
+                        "score": float(score),
+                    }
+                )
     return results
 
 

@@ -73,10 +73,15 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.min_size > 0, "data.min_size", "must be a positive number of pixels",
-                 self.min_size)  # fmt: skip
-        _require(self.max_size >= self.min_size, "data.max_size", "must be >= data.min_size",
-                 self.max_size)  # fmt: skip
+        _require(
+            self.min_size > 0, "data.min_size", "must be a positive number of pixels", self.min_size
+        )
+        _require(
+            self.max_size >= self.min_size,
+            "data.max_size",
+            "must be >= data.min_size",
+            self.max_size,
+        )
         for name in ("hflip_prob", "crop_prob"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"data.{name}", "must lie in [0, 1]", value)
@@ -87,16 +92,31 @@ class DataConfig:
         size = self.shapes_image_size
         _require(size >= 32, "data.shapes_image_size", "must be >= 32 pixels", size)
         low, high = self.shapes_object_size or (1, 1)
-        _require(1 <= low <= high <= size / 2, "data.shapes_object_size",
-                 "must be [low, high] with 1 <= low <= high <= data.shapes_image_size / 2",
-                 self.shapes_object_size)  # fmt: skip
+        _require(
+            1 <= low <= high <= size / 2,
+            "data.shapes_object_size",
+            "must be [low, high] with 1 <= low <= high <= data.shapes_image_size / 2",
+            self.shapes_object_size,
+        )
         _require(self.shapes_seed >= 0, "data.shapes_seed", "must be >= 0", self.shapes_seed)
-        _require(all(s > 0 for s in self.train_scales), "data.train_scales",
-                 "must list positive sizes in pixels", self.train_scales)  # fmt: skip
-        _require(_finite(self.min_box_size) and self.min_box_size >= 0, "data.min_box_size",
-                 "must be >= 0 pixels", self.min_box_size)  # fmt: skip
-        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0 (0: load in the "
-                 "main process)", self.num_workers)  # fmt: skip
+        _require(
+            all(s > 0 for s in self.train_scales),
+            "data.train_scales",
+            "must list positive sizes in pixels",
+            self.train_scales,
+        )
+        _require(
+            _finite(self.min_box_size) and self.min_box_size >= 0,
+            "data.min_box_size",
+            "must be >= 0 pixels",
+            self.min_box_size,
+        )
+        _require(
+            self.num_workers >= 0,
+            "data.num_workers",
+            "must be >= 0 (0: load in the main process)",
+            self.num_workers,
+        )
 
 
 @dataclass
@@ -119,13 +139,22 @@ class EvalConfig:
     exemplar_draws: int = 5
 
     def __post_init__(self) -> None:
-        _require(self.exemplars_per_class >= 1, "eval.exemplars_per_class", "must be >= 1",
-                 self.exemplars_per_class)  # fmt: skip
-        _require(self.exemplar_draws >= 0, "eval.exemplar_draws", "must be >= 0",
-                 self.exemplar_draws)  # fmt: skip
+        _require(
+            self.exemplars_per_class >= 1,
+            "eval.exemplars_per_class",
+            "must be >= 1",
+            self.exemplars_per_class,
+        )
+        _require(
+            self.exemplar_draws >= 0, "eval.exemplar_draws", "must be >= 0", self.exemplar_draws
+        )
         _require(len(self.protocols) >= 1, "eval.protocols", "must name at least one protocol")
-        _require(self.max_images is None or self.max_images >= 1, "eval.max_images",
-                 "must be >= 1, or null for every image", self.max_images)  # fmt: skip
+        _require(
+            self.max_images is None or self.max_images >= 1,
+            "eval.max_images",
+            "must be >= 1, or null for every image",
+            self.max_images,
+        )
         _require(self.seed >= 0, "eval.seed", "must be >= 0", self.seed)
 
 
@@ -144,12 +173,24 @@ class ModelConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
-        _require(self.num_queries is None or self.num_queries > 0, "model.num_queries",
-                 "must be > 0, or null for the size's default", self.num_queries)  # fmt: skip
-        _require(self.dn_number is None or self.dn_number >= 0, "model.dn_number",
-                 "must be >= 0 (0: no denoising queries), or null", self.dn_number)  # fmt: skip
-        _require(bool(self.size.strip()), "model.size", "must name a size such as tiny or small",
-                 self.size)  # fmt: skip
+        _require(
+            self.num_queries is None or self.num_queries > 0,
+            "model.num_queries",
+            "must be > 0, or null for the size's default",
+            self.num_queries,
+        )
+        _require(
+            self.dn_number is None or self.dn_number >= 0,
+            "model.dn_number",
+            "must be >= 0 (0: no denoising queries), or null",
+            self.dn_number,
+        )
+        _require(
+            bool(self.size.strip()),
+            "model.size",
+            "must name a size such as tiny or small",
+            self.size,
+        )
 
 
 @dataclass
@@ -187,12 +228,21 @@ class LossConfig:
         ):
             value = getattr(self, name)
             _require(_finite(value) and value >= 0, f"loss.{name}", "must be >= 0", value)
-        _require(0 <= self.focal_alpha <= 1, "loss.focal_alpha", "must lie in [0, 1]",
-                 self.focal_alpha)  # fmt: skip
-        _require(_finite(self.focal_gamma) and self.focal_gamma >= 0, "loss.focal_gamma",
-                 "must be >= 0", self.focal_gamma)  # fmt: skip
-        _require(_finite(self.align_weight) and self.align_weight >= 0, "loss.align_weight",
-                 "must be >= 0 (0: off)", self.align_weight)  # fmt: skip
+        _require(
+            0 <= self.focal_alpha <= 1, "loss.focal_alpha", "must lie in [0, 1]", self.focal_alpha
+        )
+        _require(
+            _finite(self.focal_gamma) and self.focal_gamma >= 0,
+            "loss.focal_gamma",
+            "must be >= 0",
+            self.focal_gamma,
+        )
+        _require(
+            _finite(self.align_weight) and self.align_weight >= 0,
+            "loss.align_weight",
+            "must be >= 0 (0: off)",
+            self.align_weight,
+        )
 
 
 @dataclass
@@ -244,20 +294,32 @@ class GRQOConfig:
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             _require(_finite(value) and value >= 0, f"grqo.{name}", "must be >= 0", value)
-        _require(self.mute is None or self.mute >= 0, "grqo.mute", "must be >= 0 or null",
-                 self.mute)  # fmt: skip
+        _require(
+            self.mute is None or self.mute >= 0, "grqo.mute", "must be >= 0 or null", self.mute
+        )
         _require(0 < self.ema_decay < 1, "grqo.ema_decay", "must lie in (0, 1)", self.ema_decay)
-        _require(_finite(self.std_eps) and self.std_eps > 0, "grqo.std_eps",
-                 "must be > 0 (it keeps a zero-spread group's advantages finite)",
-                 self.std_eps)  # fmt: skip
+        _require(
+            _finite(self.std_eps) and self.std_eps > 0,
+            "grqo.std_eps",
+            "must be > 0 (it keeps a zero-spread group's advantages finite)",
+            self.std_eps,
+        )
         for name in ("warmup_epochs", "warmup_steps"):
             value = getattr(self, name)
             _require(value >= 0, f"grqo.{name}", "must be >= 0 (0: no SFT-only warm-up)", value)
         switch = self.step_switch_fraction
-        _require(switch is None or 0 <= switch <= 1, "grqo.step_switch_fraction",
-                 "must lie in [0, 1], or null", switch)  # fmt: skip
-        _require(self.grad_norm_every >= 0, "grqo.grad_norm_every", "must be >= 0 (0: never)",
-                 self.grad_norm_every)  # fmt: skip
+        _require(
+            switch is None or 0 <= switch <= 1,
+            "grqo.step_switch_fraction",
+            "must lie in [0, 1], or null",
+            switch,
+        )
+        _require(
+            self.grad_norm_every >= 0,
+            "grqo.grad_norm_every",
+            "must be >= 0 (0: never)",
+            self.grad_norm_every,
+        )
 
 
 @dataclass
@@ -301,34 +363,71 @@ class TrainConfig:
             "train.batch_size",
             f"({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})",
         )
-        _require(_finite(self.lr) and self.lr > 0, "train.lr", "must be a finite number > 0",
-                 self.lr)  # fmt: skip
+        _require(
+            _finite(self.lr) and self.lr > 0, "train.lr", "must be a finite number > 0", self.lr
+        )
         _require(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
-        _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps",
-                 "must be >= 1, or null to run every epoch", self.max_steps)  # fmt: skip
+        _require(
+            self.max_steps is None or self.max_steps >= 1,
+            "train.max_steps",
+            "must be >= 1, or null to run every epoch",
+            self.max_steps,
+        )
         for name in ("backbone_lr_mult", "weight_decay", "clip_grad_norm"):
             value = getattr(self, name)
             _require(_finite(value) and value >= 0, f"train.{name}", "must be >= 0", value)
         _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
-        _require(0 <= self.warmup_factor <= 1, "train.warmup_factor", "must lie in [0, 1]",
-                 self.warmup_factor)  # fmt: skip
-        _require(all(e >= 0 for e in self.lr_drop_epochs), "train.lr_drop_epochs",
-                 "must list epochs >= 0", self.lr_drop_epochs)  # fmt: skip
-        _require(0 < self.lr_drop_factor <= 1, "train.lr_drop_factor", "must lie in (0, 1]",
-                 self.lr_drop_factor)  # fmt: skip
-        _require(_DEVICE.fullmatch(self.device) is not None, "train.device",
-                 "must be auto, cpu, cuda, cuda:N or mps", self.device)  # fmt: skip
+        _require(
+            0 <= self.warmup_factor <= 1,
+            "train.warmup_factor",
+            "must lie in [0, 1]",
+            self.warmup_factor,
+        )
+        _require(
+            all(e >= 0 for e in self.lr_drop_epochs),
+            "train.lr_drop_epochs",
+            "must list epochs >= 0",
+            self.lr_drop_epochs,
+        )
+        _require(
+            0 < self.lr_drop_factor <= 1,
+            "train.lr_drop_factor",
+            "must lie in (0, 1]",
+            self.lr_drop_factor,
+        )
+        _require(
+            _DEVICE.fullmatch(self.device) is not None,
+            "train.device",
+            "must be auto, cpu, cuda, cuda:N or mps",
+            self.device,
+        )
         _require(self.seed >= 0, "train.seed", "must be >= 0", self.seed)
         _require(bool(self.out_dir.strip()), "train.out_dir", "must name a folder", self.out_dir)
         _require(self.log_every >= 1, "train.log_every", "must be >= 1", self.log_every)
-        _require(self.checkpoint_every >= 0, "train.checkpoint_every",
-                 "must be >= 0 (0: at epoch ends only)", self.checkpoint_every)  # fmt: skip
-        _require(self.keep_checkpoints >= 0, "train.keep_checkpoints",
-                 "must be >= 1, or 0 to keep every checkpoint", self.keep_checkpoints)  # fmt: skip
-        _require(self.eval_every_epochs >= 0, "train.eval_every_epochs", "must be >= 0 (0: "
-                 "never)", self.eval_every_epochs)  # fmt: skip
-        _require(self.max_nonfinite_streak >= 1, "train.max_nonfinite_streak", "must be >= 1",
-                 self.max_nonfinite_streak)  # fmt: skip
+        _require(
+            self.checkpoint_every >= 0,
+            "train.checkpoint_every",
+            "must be >= 0 (0: at epoch ends only)",
+            self.checkpoint_every,
+        )
+        _require(
+            self.keep_checkpoints >= 0,
+            "train.keep_checkpoints",
+            "must be >= 1, or 0 to keep every checkpoint",
+            self.keep_checkpoints,
+        )
+        _require(
+            self.eval_every_epochs >= 0,
+            "train.eval_every_epochs",
+            "must be >= 0 (0: never)",
+            self.eval_every_epochs,
+        )
+        _require(
+            self.max_nonfinite_streak >= 1,
+            "train.max_nonfinite_streak",
+            "must be >= 1",
+            self.max_nonfinite_streak,
+        )
 
 
 @dataclass

@@ -120,8 +120,10 @@ class EvalResult:
         """JSON-ready (NaN becomes None)."""
         clean = lambda d: {k: None if math.isnan(v) else v for k, v in d.items()}  # noqa: E731
         return {
-            **{k: getattr(self, k) for k in ("protocol", "evaluator", "exemplars_per_class",
-                                             "num_images", "seconds")},
+            **{
+                k: getattr(self, k)
+                for k in ("protocol", "evaluator", "exemplars_per_class", "num_images", "seconds")
+            },
             "stats": clean(self.stats),
             "per_category": clean(self.per_category),
             "split_stats": {s: clean(v) for s, v in self.split_stats.items()},
@@ -129,7 +131,7 @@ class EvalResult:
             "query_metrics": clean(self.query_metrics),
             "ap_draws": [None if math.isnan(v) else v for v in self.ap_draws],
             "records": [dataclasses.asdict(r) for r in self.records],
-        }  # fmt: skip
+        }
 
 
 def evaluate(
@@ -174,13 +176,21 @@ def evaluate(
     draws, references = _draw_prompts(
         predictor, dataset, targets, protocol, exemplars_per_class, prompt_pool, seeds, batch_size
     )
-    runs = _predict_all(predictor, dataset, indices, targets, draws, references, batch_size,
-                        progress)  # fmt: skip
+    runs = _predict_all(
+        predictor, dataset, indices, targets, draws, references, batch_size, progress
+    )
     gt = ground_truth_coco(dataset, indices)
     result = _summarise(
-        gt, coco_results(runs[0].detections, runs[0].category_ids), dataset, indices, targets,
-        draws[0], protocol=protocol, evaluator=evaluator, k=exemplars_per_class,
-    )  # fmt: skip
+        gt,
+        coco_results(runs[0].detections, runs[0].category_ids),
+        dataset,
+        indices,
+        targets,
+        draws[0],
+        protocol=protocol,
+        evaluator=evaluator,
+        k=exemplars_per_class,
+    )
     result.query_metrics = pool_metrics(_query_stats(runs[0].queries, targets, draws[0], loss))
     if len(runs) > 1:
         result.ap_draws = [result.AP] + [_ap(gt, run, evaluator) for run in runs[1:]]
@@ -199,10 +209,11 @@ def _draw_prompts(predictor, dataset, targets, protocol, k, pool, seeds, batch_s
     """Per seed, the prompts of every image (PromptBanks when a Predictor can embed the
     exemplars once), and the reference images cross-image exemplars lie on."""
     draws = [
-        protocol_prompts(dataset, targets, protocol, exemplars_per_class=k, seed=s,
-                         prompt_pool=pool)
+        protocol_prompts(
+            dataset, targets, protocol, exemplars_per_class=k, seed=s, prompt_pool=pool
+        )
         for s in seeds
-    ]  # fmt: skip
+    ]
     if protocol == "interactive":
         return draws, None
     references = ImagesById(dataset if pool is None else pool)
@@ -241,8 +252,9 @@ def _cached_banks(predictor: Predictor, references: ImagesById, draws, batch_siz
     fingerprint = model_fingerprint(predictor.model)
     banks = {}
     for key, plist in lists.items():
-        rows = [torch.stack([cache[e.image_id, tuple(e.box_xyxy)] for e in p.exemplars])
-                for p in plist]  # fmt: skip
+        rows = [
+            torch.stack([cache[e.image_id, tuple(e.box_xyxy)] for e in p.exemplars]) for p in plist
+        ]
         banks[key] = PromptBank.from_exemplar_embeddings(plist, rows, fingerprint) if plist else []
     return [[banks[id(plist)] for plist in draw] for draw in draws]
 
@@ -274,8 +286,14 @@ def _predict_all(predictor, dataset, indices, targets, draws, references, batch_
             images = predictor.encode_batch(images)
         for d, (prompts, run) in enumerate(zip(draws, runs, strict=True)):
             queries = d == 0 and isinstance(predictor, Predictor)
-            found = _predict_grouped(predictor, images, [prompts[n] for n in chunk], references,
-                                     batch_size, queries=queries)  # fmt: skip
+            found = _predict_grouped(
+                predictor,
+                images,
+                [prompts[n] for n in chunk],
+                references,
+                batch_size,
+                queries=queries,
+            )
             for n, item in zip(chunk, found, strict=True):
                 image_id = targets[n].image_id
                 run.detections[image_id], q = item if queries else (item, None)
@@ -288,10 +306,13 @@ def _predict_all(predictor, dataset, indices, targets, draws, references, batch_
 def _call(predictor, images, prompts, references, batch_size, queries: bool = False) -> list:
     extra = {"return_queries": True} if queries else {}
     if hasattr(predictor, "predict_batch"):
-        return predictor.predict_batch(images, prompts, reference_images=references,
-                                       batch_size=batch_size, **extra)  # fmt: skip
-    return [predictor.predict(im, p, reference_images=references, **extra)
-            for im, p in zip(images, prompts, strict=True)]  # fmt: skip
+        return predictor.predict_batch(
+            images, prompts, reference_images=references, batch_size=batch_size, **extra
+        )
+    return [
+        predictor.predict(im, p, reference_images=references, **extra)
+        for im, p in zip(images, prompts, strict=True)
+    ]
 
 
 def _predict_grouped(predictor, images, prompts, references, batch_size, queries: bool = False):
@@ -308,8 +329,13 @@ def _predict_grouped(predictor, images, prompts, references, batch_size, queries
     found: list[list] = [[] for _ in images]
     for g in range(max(len(x) for x in groups)):
         members = [i for i, x in enumerate(groups) if g < len(x)]
-        dets = _call(predictor, [images[i] for i in members], [groups[i][g] for i in members],
-                     references, batch_size)  # fmt: skip
+        dets = _call(
+            predictor,
+            [images[i] for i in members],
+            [groups[i][g] for i in members],
+            references,
+            batch_size,
+        )
         for i, d in zip(members, dets, strict=True):
             found[i].append((g * limit, d))
     merged = [_merge(parts, getattr(predictor, "max_detections", 300)) for parts in found]
@@ -347,8 +373,9 @@ def _merge(parts: list[tuple[int, Detections]], k: int) -> Detections:
     )
 
 
-def _summarise(gt, results, dataset, indices, targets, prompts, *, protocol, evaluator,
-               k) -> EvalResult:  # fmt: skip
+def _summarise(
+    gt, results, dataset, indices, targets, prompts, *, protocol, evaluator, k
+) -> EvalResult:
     overall = coco_stats(gt, results, evaluator=evaluator)
     name_of = {c.id: c.name for c in dataset.categories}
     split_stats = {}
@@ -364,14 +391,20 @@ def _summarise(gt, results, dataset, indices, targets, prompts, *, protocol, eva
     records = []
     for i, t, p in zip(indices, targets, prompts, strict=True):
         c = counts[t.image_id]
-        records.append(ImageRecord(i, t.image_id, len(p), c.num_gt, c.num_detections, c.tp, c.fp,
-                                   c.ignored))  # fmt: skip
+        records.append(
+            ImageRecord(i, t.image_id, len(p), c.num_gt, c.num_detections, c.tp, c.fp, c.ignored)
+        )
     return EvalResult(
-        protocol=protocol, evaluator=evaluator, exemplars_per_class=k, num_images=len(indices),
+        protocol=protocol,
+        evaluator=evaluator,
+        exemplars_per_class=k,
+        num_images=len(indices),
         stats=overall.as_dict(),
         per_category={name_of[c]: v for c, v in overall.per_category.items()},
-        split_stats=split_stats, unprompted=unprompted, records=records,
-    )  # fmt: skip
+        split_stats=split_stats,
+        unprompted=unprompted,
+        records=records,
+    )
 
 
 def _query_stats(queries: dict, targets: list[Target], prompts: list, loss) -> list[QueryStats]:

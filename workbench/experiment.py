@@ -100,13 +100,18 @@ def run_evaluation(
     results = {}
     for protocol in cfg.eval.protocols:
         results[protocol] = evaluate(
-            model_or_predictor, val, protocol=protocol,
+            model_or_predictor,
+            val,
+            protocol=protocol,
             exemplars_per_class=cfg.eval.exemplars_per_class,
             prompt_pool=pool if protocol == "cross_image" else None,
-            seed=cfg.eval.seed, max_images=cfg.eval.max_images,
-            min_size=cfg.data.min_size, max_size=cfg.data.max_size,
-            exemplar_draws=cfg.eval.exemplar_draws, loss=cfg.loss,
-        )  # fmt: skip
+            seed=cfg.eval.seed,
+            max_images=cfg.eval.max_images,
+            min_size=cfg.data.min_size,
+            max_size=cfg.data.max_size,
+            exemplar_draws=cfg.eval.exemplar_draws,
+            loss=cfg.loss,
+        )
     return results
 
 
@@ -140,8 +145,9 @@ def check_settings(cfg: Config) -> None:
     """What the config's own checks cannot see: the size names of the model module and the
     devices of this machine. Raises a ConfigError naming the setting."""
     if not cfg.model.init_from and cfg.model.size not in SIZES:
-        raise ConfigError(f"model.size={cfg.model.size!r} is not a known size; choose one of "
-                          f"{list(SIZES)}")  # fmt: skip
+        raise ConfigError(
+            f"model.size={cfg.model.size!r} is not a known size; choose one of {list(SIZES)}"
+        )
     check_device(cfg.train.device)
 
 
@@ -183,11 +189,18 @@ def train(
         return flat_scores(run_evaluation(trained, cfg, val, pool))
 
     trainer = Trainer(
-        model, objective, train_set, cfg.train, run_dir=run_dir,
-        model_config={"format": FORMAT, **model.config.to_dict()}, eval_fn=eval_fn,
-        full_config=to_dict(cfg), resume=resume, allow_changes=allow_changes,
+        model,
+        objective,
+        train_set,
+        cfg.train,
+        run_dir=run_dir,
+        model_config={"format": FORMAT, **model.config.to_dict()},
+        eval_fn=eval_fn,
+        full_config=to_dict(cfg),
+        resume=resume,
+        allow_changes=allow_changes,
         num_workers=cfg.data.num_workers if num_workers is None else num_workers,
-    )  # fmt: skip
+    )
     save_config(cfg, run_dir / "config.yaml")
     summary = trainer.fit()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -79,17 +79,24 @@ def check_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"train.device={device!r} is not a device ({err}); use auto, cpu, "
-                          "cuda or cuda:N") from err  # fmt: skip
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": torch.backends.mps.is_available()}.get(dev.type, False)  # fmt: skip
+        raise ConfigError(
+            f"train.device={device!r} is not a device ({err}); use auto, cpu, cuda or cuda:N"
+        ) from err
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(dev.type, False)
     if not available:
-        raise ConfigError(f"train.device={device} is not available on this machine; use "
-                          "train.device=auto (CUDA when present, else CPU) or cpu")  # fmt: skip
+        raise ConfigError(
+            f"train.device={device} is not available on this machine; use "
+            "train.device=auto (CUDA when present, else CPU) or cpu"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise ConfigError(f"train.device={device}: this machine has {count} CUDA devices; "
-                          "use cuda:0 or auto")  # fmt: skip
+        raise ConfigError(
+            f"train.device={device}: this machine has {count} CUDA devices; use cuda:0 or auto"
+        )
     return dev
 
 

@@ -151,8 +151,15 @@ def plot_query_selection(
     for u in np.unique(prompts):
         at = prompts == u
         label = names[u] if u < len(names) else f"prompt {u}"
-        axes[0].scatter(xy[at, 0], xy[at, 1], s=12 * 2.0 ** level[at], color=_rgb(keys[u]),
-                        edgecolors="black", linewidths=0.5, label=label)  # fmt: skip
+        axes[0].scatter(
+            xy[at, 0],
+            xy[at, 1],
+            s=12 * 2.0 ** level[at],
+            color=_rgb(keys[u]),
+            edgecolors="black",
+            linewidths=0.5,
+            label=label,
+        )
     axes[0].set_title(f"{len(prompts)} selected tokens", fontsize=9)
     axes[0].legend(fontsize=6, loc="lower right")
     start, selected = 0, _np(select_index).astype(int)
@@ -185,8 +192,9 @@ def plot_embeddings_2d(
     _, s, v = torch.linalg.svd(x, full_matrices=False)
     xy = (x @ v[:2].T).numpy()
     explained = (s[:2] ** 2 / (s**2).sum()).tolist()
-    fig, axes = plt.subplots(1, len(colourings), figsize=(size * len(colourings), size),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(colourings), figsize=(size * len(colourings), size), squeeze=False
+    )
     for ax, (title, labels) in zip(axes[0], colourings.items(), strict=True):
         for k, value in enumerate(sorted(set(labels))):
             at = np.array([label == value for label in labels])
@@ -230,8 +238,12 @@ def plot_cost_terms(
             ax.scatter(cols, rows, s=40, facecolors="none", edgecolors="lime", linewidths=1.2)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("ground truth")
-        ax.set_xticks(range(n), [gt_names[j] if j < len(gt_names) else str(j) for j in range(n)],
-                      rotation=90, fontsize=6)  # fmt: skip
+        ax.set_xticks(
+            range(n),
+            [gt_names[j] if j < len(gt_names) else str(j) for j in range(n)],
+            rotation=90,
+            fontsize=6,
+        )
     axes[0].set_ylabel("query (selection rank)")
     fig.tight_layout()
     return fig
@@ -255,8 +267,14 @@ def plot_rewards(
         for layer, row in enumerate(values):
             last = layer == len(values) - 1
             label = f"layer {layer}" if len(values) > 1 else None
-            ax.plot(row, ".-" if last else "-", ms=3, lw=1 if last else 0.7,
-                    alpha=1 if last else 0.5, label=label)  # fmt: skip
+            ax.plot(
+                row,
+                ".-" if last else "-",
+                ms=3,
+                lw=1 if last else 0.7,
+                alpha=1 if last else 0.5,
+                label=label,
+            )
         if muted and title != "KL to the reference":  # the mute acts on advantages only
             ax.axvspan(q - muted - 0.5, q - 0.5, color="grey", alpha=0.2, label=f"muted ({muted})")
         ax.set_title(title, fontsize=10)

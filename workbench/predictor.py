@@ -271,9 +271,11 @@ class Predictor:
             xyxy, "xyxy", "cxcywh", dst_normalized=True, size_hw=encoded.image_size
         )
         prompt_set = PromptSet(
-            boxes_cxcywh=boxes, image_index=torch.zeros(e, dtype=torch.int64),
-            prompt_index=torch.arange(e), labels=torch.full((e,), -1, dtype=torch.int64),
-        ).to(self.device)  # fmt: skip
+            boxes_cxcywh=boxes,
+            image_index=torch.zeros(e, dtype=torch.int64),
+            prompt_index=torch.arange(e),
+            labels=torch.full((e,), -1, dtype=torch.int64),
+        ).to(self.device)
         with self._inference():
             return self.model.encode_prompts(encoded.features, prompt_set).exemplars.float()
 
@@ -304,10 +306,13 @@ class Predictor:
             source = searched if key is None else images[key]
             encoded = self._as_encoded(source, "image" if key is None else f"image {key!r}")
             boxes = [
-                repaired_box(prompts[u].exemplars[j].box_xyxy, encoded.image_size,
-                             f"prompt {prompts[u].name!r}, exemplar {j}")
+                repaired_box(
+                    prompts[u].exemplars[j].box_xyxy,
+                    encoded.image_size,
+                    f"prompt {prompts[u].name!r}, exemplar {j}",
+                )
                 for u, j in items
-            ]  # fmt: skip
+            ]
             for (u, j), emb in zip(items, self._embed_boxes(encoded, boxes), strict=True):
                 per_prompt[u][j] = emb
         return PromptBank.from_exemplar_embeddings(
@@ -344,9 +349,14 @@ class Predictor:
         if k < 1:
             raise InputError(f"max_detections must be >= 1, got {k}")
         return detections_from_outputs(
-            out["pred_logits"], out["pred_boxes"], encoded.image_size, bank.names, bank.negative,
-            max_detections=k, score_threshold=check_score_threshold(threshold),
-        )  # fmt: skip
+            out["pred_logits"],
+            out["pred_boxes"],
+            encoded.image_size,
+            bank.names,
+            bank.negative,
+            max_detections=k,
+            score_threshold=check_score_threshold(threshold),
+        )
 
     def predict(
         self,
@@ -419,10 +429,13 @@ class Predictor:
                 if raw
                 else {}
             )
-            encoded = [fresh[i] if i in fresh else self._as_encoded(images[i], f"image {i}")
-                       for i in chunk]  # fmt: skip
-            banks = [self._bank(per_image[i], reference_images, e)
-                     for i, e in zip(chunk, encoded, strict=True)]  # fmt: skip
+            encoded = [
+                fresh[i] if i in fresh else self._as_encoded(images[i], f"image {i}") for i in chunk
+            ]
+            banks = [
+                self._bank(per_image[i], reference_images, e)
+                for i, e in zip(chunk, encoded, strict=True)
+            ]
             outs = self._forward(encoded, banks)
             for o, e, b in zip(outs, encoded, banks, strict=True):
                 dets = self._finish(o, e, b, score_threshold, max_detections)
@@ -433,8 +446,11 @@ class Predictor:
 def _queries(out: dict, encoded: EncodedImage, bank: PromptBank) -> QueryOutputs:
     """Every query of one image's decoder outputs (``_forward``), on the CPU."""
     return QueryOutputs(
-        token_index=out["select_index"].long().cpu(), select_logits=out["select_logits"].cpu(),
-        logits=out["pred_logits"].cpu(), boxes_cxcywh=out["pred_boxes"].cpu(),
+        token_index=out["select_index"].long().cpu(),
+        select_logits=out["select_logits"].cpu(),
+        logits=out["pred_logits"].cpu(),
+        boxes_cxcywh=out["pred_boxes"].cpu(),
         boxes_xyxy=boxes_to_pixels(out["pred_boxes"], encoded.image_size).cpu(),
-        image_size=encoded.image_size, negative=bank.negative,
-    )  # fmt: skip
+        image_size=encoded.image_size,
+        negative=bank.negative,
+    )

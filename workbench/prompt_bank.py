@@ -118,21 +118,29 @@ class PromptBank:
         rows = [int(i) for i in indices]
         pick = lambda values: tuple(values[i] for i in rows)  # noqa: E731
         return PromptBank(
-            embeddings=self.embeddings[rows], names=pick(self.names),
-            prompt_ids=pick(self.prompt_ids), labels=pick(self.labels),
-            negative=pick(self.negative), num_exemplars=pick(self.num_exemplars),
-            model_fingerprint=self.model_fingerprint, name=self.name,
-        )  # fmt: skip
+            embeddings=self.embeddings[rows],
+            names=pick(self.names),
+            prompt_ids=pick(self.prompt_ids),
+            labels=pick(self.labels),
+            negative=pick(self.negative),
+            num_exemplars=pick(self.num_exemplars),
+            model_fingerprint=self.model_fingerprint,
+            name=self.name,
+        )
 
     def records(self) -> list[dict]:
         """JSON-ready description of each prompt (everything but the embeddings)."""
         return [
             {"name": n, "prompt_id": i, "label": lab, "negative": neg, "num_exemplars": k}
             for n, i, lab, neg, k in zip(
-                self.names, self.prompt_ids, self.labels, self.negative, self.num_exemplars,
+                self.names,
+                self.prompt_ids,
+                self.labels,
+                self.negative,
+                self.num_exemplars,
                 strict=True,
             )
-        ]  # fmt: skip
+        ]
 
     def save(self, path: str | Path) -> Path:
         """Write the bank to ``path`` (``.safetensors`` is appended if missing), atomically."""
@@ -140,8 +148,12 @@ class PromptBank:
         if path.suffix != SUFFIX:
             path = path.with_name(path.name + SUFFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {"format": FORMAT, "name": self.name, "prompts": json.dumps(self.records()),
-                    "model_fingerprint": self.model_fingerprint}  # fmt: skip
+        metadata = {
+            "format": FORMAT,
+            "name": self.name,
+            "prompts": json.dumps(self.records()),
+            "model_fingerprint": self.model_fingerprint,
+        }
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         embeddings = self.embeddings.detach().float().cpu().contiguous().clone()
         save_file({"embeddings": embeddings}, str(tmp), metadata=metadata)

@@ -145,9 +145,12 @@ def query_stats(
         )
         with torch.no_grad():
             rewards = matching_cost_reward(
-                queries.logits, queries.boxes_cxcywh, gt_prompt_index.long(), gt_cxcywh,
+                queries.logits,
+                queries.boxes_cxcywh,
+                gt_prompt_index.long(),
+                gt_cxcywh,
                 loss or LossConfig(),
-            )  # fmt: skip
+            )
     return image_stats(queries.select_logits, queries.boxes_xyxy, rewards, gt_boxes_xyxy)
 
 

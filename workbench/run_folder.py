@@ -24,11 +24,20 @@ from workbench import checkpoint as ckpt
 from workbench.safe_paths import OutputError, move_aside
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard")
-MAY_CHANGE_ON_RESUME = frozenset({
-    "train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.eval_every_epochs", "train.max_nonfinite_streak",
-    "train.device", "train.out_dir", "data.num_workers",
-})  # fmt: skip
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "train.max_steps",
+        "train.epochs",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.eval_every_epochs",
+        "train.max_nonfinite_streak",
+        "train.device",
+        "train.out_dir",
+        "data.num_workers",
+    }
+)
 _MAY_CHANGE_SECTIONS = ("eval.",)  # evaluation settings never touch the weights
 
 
@@ -48,8 +57,14 @@ def _describe(run_dir: Path, files: list[str]) -> str:
     return f"{', '.join(files)}; {saved}"
 
 
-def prepare(run_dir: str | Path, *, resume: bool, overwrite: bool,
-            files: tuple[str, ...] = RUN_FILES, move: bool = True) -> Path | None:  # fmt: skip
+def prepare(
+    run_dir: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    files: tuple[str, ...] = RUN_FILES,
+    move: bool = True,
+) -> Path | None:
     """Check that a run may start or continue in ``run_dir``; with ``overwrite`` (and ``move``:
     False only checks), move an existing run aside and return where it went (else None).
 
@@ -111,8 +126,9 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return changes
 
 
-def check_changes(saved: dict[str, Any] | None, current: dict[str, Any], source: Path | str,
-                  *, allow: bool) -> list[str]:  # fmt: skip
+def check_changes(
+    saved: dict[str, Any] | None, current: dict[str, Any], source: Path | str, *, allow: bool
+) -> list[str]:
     """The changes from ``saved`` (the config of the checkpoint at ``source``) to ``current``;
     raise a :class:`RunFolderError` listing them unless ``allow``."""
     changes = config_changes(saved, current) if saved is not None else []

@@ -34,8 +34,9 @@ def _shown(path: Path) -> str:
     return str(path) + ("/" if path.is_dir() else "")
 
 
-def refuse_existing(paths: Iterable[str | Path], *, flag: str = "--force", setting: str = "--out",
-                    what: str = "") -> None:  # fmt: skip
+def refuse_existing(
+    paths: Iterable[str | Path], *, flag: str = "--force", setting: str = "--out", what: str = ""
+) -> None:
     """Raise an :class:`OutputError` if any of ``paths`` exists: writing would replace it.
 
     ``flag`` is the option that allows replacing, ``setting`` the one that chose the path.
@@ -60,8 +61,9 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def check_output_file(path: str | Path, *, force: bool, setting: str = "--out",
-                      inputs: Iterable[str | Path] = ()) -> Path:  # fmt: skip
+def check_output_file(
+    path: str | Path, *, force: bool, setting: str = "--out", inputs: Iterable[str | Path] = ()
+) -> Path:
     """``path`` as a file this command may write: not one of its ``inputs`` (never, whatever
     ``force`` says), not a folder, and not an existing file unless ``force``."""
     path = Path(path)

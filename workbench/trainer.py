@@ -94,12 +94,23 @@ class Trainer:
         find_unused_parameters: passed to DDP; only for models with unused parameters.
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, train_dataset: DetectionDataset,
-                 cfg: TrainConfig, *, run_dir: str | Path, model_config: dict,
-                 param_groups_fn=None, eval_fn=None, full_config: dict | None = None,
-                 resume: bool | str | Path = False, num_workers: int = 0,
-                 find_unused_parameters: bool = False,
-                 allow_changes: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        train_dataset: DetectionDataset,
+        cfg: TrainConfig,
+        *,
+        run_dir: str | Path,
+        model_config: dict,
+        param_groups_fn=None,
+        eval_fn=None,
+        full_config: dict | None = None,
+        resume: bool | str | Path = False,
+        num_workers: int = 0,
+        find_unused_parameters: bool = False,
+        allow_changes: bool = False,
+    ) -> None:
         self.cfg, self.objective, self.eval_fn = cfg, objective, eval_fn
         self.param_groups_fn = param_groups_fn or default_param_groups
         self.allow_changes = allow_changes
@@ -157,9 +168,14 @@ class Trainer:
             self._close_logs()
             if self.dist.owns_group:
                 dist.destroy_process_group()
-        return {"global_step": self.global_step, "epoch": self.epoch,
-                "loss": self.last_record.get("loss"), "nonfinite_steps": self.nonfinite_total,
-                "checkpoint": self.last_checkpoint, "eval": self.last_eval}  # fmt: skip
+        return {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "loss": self.last_record.get("loss"),
+            "nonfinite_steps": self.nonfinite_total,
+            "checkpoint": self.last_checkpoint,
+            "eval": self.last_eval,
+        }
 
     def _run_epoch(self) -> None:
         epoch, start = self.epoch, self.step_in_epoch
@@ -243,8 +259,11 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         clip = self.cfg.clip_grad_norm
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else
-                     torch.nn.utils.get_total_norm([p.grad for p in params]))  # fmt: skip
+        norm = float(
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            if clip > 0
+            else torch.nn.utils.get_total_norm([p.grad for p in params])
+        )
         bad = bad or (self.scaler is None and not math.isfinite(norm))  # fp16: the scaler's job
         if not bad:
             self.scaler.step(self.optimizer) if self.scaler else self.optimizer.step()
@@ -289,8 +308,13 @@ class Trainer:
                 self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.global_step)
             except ImportError:
                 pass
-        self.bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not rank0,
-                        desc="train", dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            disable=not rank0,
+            desc="train",
+            dynamic_ncols=True,
+        )
         self.last_log_time, self.last_log_step = time.perf_counter(), self.global_step
 
     def _close_logs(self) -> None:
@@ -316,12 +340,17 @@ class Trainer:
                     sums[key] = [sums[key][0] + total, sums[key][1] + count]
         now, images = time.perf_counter(), self.cfg.batch_size * self.dist.world_size
         record = {k: _finite(total / count) for k, (total, count) in sums.items()} | {
-            "step": step, "epoch": self.epoch, "grad_norm": _finite(grad_norm),
+            "step": step,
+            "epoch": self.epoch,
+            "grad_norm": _finite(grad_norm),
             "lr": self.cfg.lr * lr_factor(step, self.cfg, self.steps_per_epoch),
-            "skipped": not applied, "nonfinite_steps": self.nonfinite_total, "step_time": seconds,
-            "samples_per_s": images * (self.global_step - self.last_log_step)
+            "skipped": not applied,
+            "nonfinite_steps": self.nonfinite_total,
+            "step_time": seconds,
+            "samples_per_s": images
+            * (self.global_step - self.last_log_step)
             / max(now - self.last_log_time, 1e-9),
-        }  # fmt: skip
+        }
         self.last_log_time, self.last_log_step, self.last_record = now, self.global_step, record
         if self.dist.rank == 0:
             self._write(record)
@@ -330,25 +359,38 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def _position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
-                "global_batch": self.cfg.batch_size * self.dist.world_size,
-                "micro_batch": self.cfg.batch_size // self.cfg.grad_accum}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.cfg.batch_size * self.dist.world_size,
+            "micro_batch": self.cfg.batch_size // self.cfg.grad_accum,
+        }
 
     def _save(self) -> None:
         self.saved_step = self.global_step
         if self.dist.rank != 0:
             return
         state = training_state(
-            self.optimizer, self.scheduler, self.scaler, position=self._position(),
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            position=self._position(),
             nonfinite={"total": self.nonfinite_total, "streak": self.nonfinite_streak},
-        )  # fmt: skip
+        )
         objective_state = self.hooks["state_dict"]() if "state_dict" in self.hooks else None
         try:
             path = ckpt.save_run_checkpoint(
-                self.run_dir, self.global_step, self.module, self.model_config, state,
-                objective_state, full_config=self.full_config, keep=self.cfg.keep_checkpoints,
-            )  # fmt: skip
+                self.run_dir,
+                self.global_step,
+                self.module,
+                self.model_config,
+                state,
+                objective_state,
+                full_config=self.full_config,
+                keep=self.cfg.keep_checkpoints,
+            )
         except (OSError, SafetensorError) as err:  # a full or failing disk
             reason = (err.strerror or str(err)) if isinstance(err, OSError) else str(err)
             latest = ckpt.find_latest(self.run_dir)

@@ -143,9 +143,12 @@ def draw_prompt_set(
     pil = to_pil(image)
     rows = (prompts.image_index == image_index).nonzero().flatten().tolist()
     boxes = box_ops.convert(
-        prompts.boxes_cxcywh[rows], "cxcywh", "xyxy", src_normalized=True,
+        prompts.boxes_cxcywh[rows],
+        "cxcywh",
+        "xyxy",
+        src_normalized=True,
         size_hw=(pil.height, pil.width),
-    )  # fmt: skip
+    )
     owners = [int(prompts.prompt_index[r]) for r in rows]
     labels = [f"prompt {u}" + (f": {names[u]}" if u < len(names) else "") for u in owners]
     keys = [int(prompts.labels[u]) for u in owners]
@@ -191,9 +194,12 @@ def draw_queries(
     pil = to_pil(image)
     rows = torch.as_tensor(list(queries), dtype=torch.int64)
     xyxy = box_ops.convert(
-        boxes_cxcywh.detach().float().cpu()[rows], "cxcywh", "xyxy", src_normalized=True,
+        boxes_cxcywh.detach().float().cpu()[rows],
+        "cxcywh",
+        "xyxy",
+        src_normalized=True,
         size_hw=(pil.height, pil.width),
-    )  # fmt: skip
+    )
     return draw_boxes(pil, xyxy, labels, color_keys, dashed=dashed)
 
 

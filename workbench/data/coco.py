@@ -284,12 +284,18 @@ class CocoDetection:
         """Every kept annotation; boxes in absolute xyxy pixels of the json's image size."""
         if self._instances is None:
             self._instances = [
-                Instance(index, a["image_id"], a["id"], self.label_of[a["category_id"]],
-                         (x, y, x + w, y + h), bool(a["iscrowd"]))
+                Instance(
+                    index,
+                    a["image_id"],
+                    a["id"],
+                    self.label_of[a["category_id"]],
+                    (x, y, x + w, y + h),
+                    bool(a["iscrowd"]),
+                )
                 for index, anns in enumerate(self._annotations)
                 for a in anns
                 for x, y, w, h in [a["bbox"]]
-            ]  # fmt: skip
+            ]
         return list(self._instances)
 
     def coco_dict(self) -> dict:

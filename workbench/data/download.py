@@ -86,8 +86,11 @@ def unpack_zip(archive: Path, dest: Path, *, replace: bool = False) -> None:
                     raise DatasetError(f"{archive} member {member!r} points outside the archive")
             zf.extractall(staging)
         if not replace:
-            refuse_existing([dest / item.name for item in staging.iterdir()], setting="--root",
-                            what=f"unpacking {archive.name} would replace")  # fmt: skip
+            refuse_existing(
+                [dest / item.name for item in staging.iterdir()],
+                setting="--root",
+                what=f"unpacking {archive.name} would replace",
+            )
         for item in staging.iterdir():
             target = dest / item.name
             if target.exists():

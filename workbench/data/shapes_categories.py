@@ -71,8 +71,10 @@ def resolve_categories(cfg: ShapesConfig) -> tuple[tuple[dict, ...], tuple[dict,
     else:
         novel = {f"{c} {t} {s}" for s, c, t in _split(combos, cfg)}
     keys = ("id", "name", "supercategory", "shape", "colour", "texture", "split")
-    rows = [(i + 1, n, "shape", *combo, "novel" if n in novel else "base") for i, (n, combo)
-            in enumerate(zip(names, combos, strict=True))]  # fmt: skip
+    rows = [
+        (i + 1, n, "shape", *combo, "novel" if n in novel else "base")
+        for i, (n, combo) in enumerate(zip(names, combos, strict=True))
+    ]
     records = tuple(dict(zip(keys, row, strict=True)) for row in rows)
     if isinstance(cfg.categories, tuple):
         _check_names(cfg.categories, names, "categories")
@@ -80,8 +82,10 @@ def resolve_categories(cfg: ShapesConfig) -> tuple[tuple[dict, ...], tuple[dict,
     elif cfg.categories in ("all", "base", "novel"):
         allowed = tuple(r for r in records if cfg.categories in ("all", r["split"]))
     else:
-        raise ValueError(f"ShapesConfig.categories={cfg.categories!r}: use 'all', 'base', "
-                         "'novel' or a tuple of category names")  # fmt: skip
+        raise ValueError(
+            f"ShapesConfig.categories={cfg.categories!r}: use 'all', 'base', "
+            "'novel' or a tuple of category names"
+        )
     if len(allowed) < cfg.categories_per_image[0]:
         raise ValueError(
             f"ShapesConfig.categories={cfg.categories!r} allows {len(allowed)} categories but "

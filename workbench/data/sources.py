@@ -173,14 +173,39 @@ SOURCES: dict[str, Source] = {
 }
 
 ODINW_NAMES = (
-    "AerialMaritimeDrone", "AmericanSignLanguageLetters", "Aquarium", "BCCD", "ChessPieces",
-    "CottontailRabbits", "DroneControl", "EgoHands", "HardHatWorkers", "MaskWearing",
-    "MountainDewCommercial", "NorthAmericaMushrooms", "OxfordPets", "PKLot", "Packages",
-    "PascalVOC", "Raccoon", "ShellfishOpenImages", "ThermalCheetah", "UnoCards",
-    "VehiclesOpenImages", "WildfireSmoke", "boggleBoards", "brackishUnderwater", "dice",
-    "openPoetryVision", "pistols", "plantdoc", "pothole", "selfdrivingCar", "thermalDogsAndPeople",
+    "AerialMaritimeDrone",
+    "AmericanSignLanguageLetters",
+    "Aquarium",
+    "BCCD",
+    "ChessPieces",
+    "CottontailRabbits",
+    "DroneControl",
+    "EgoHands",
+    "HardHatWorkers",
+    "MaskWearing",
+    "MountainDewCommercial",
+    "NorthAmericaMushrooms",
+    "OxfordPets",
+    "PKLot",
+    "Packages",
+    "PascalVOC",
+    "Raccoon",
+    "ShellfishOpenImages",
+    "ThermalCheetah",
+    "UnoCards",
+    "VehiclesOpenImages",
+    "WildfireSmoke",
+    "boggleBoards",
+    "brackishUnderwater",
+    "dice",
+    "openPoetryVision",
+    "pistols",
+    "plantdoc",
+    "pothole",
+    "selfdrivingCar",
+    "thermalDogsAndPeople",
     "websiteScreenshots",
-)  # fmt: skip
+)
 
 
 def _odinw(name: str) -> Source:
@@ -279,8 +304,12 @@ def open_dataset(
         # exemplar pool for cross-image evaluation) and "test" (held out from model selection),
         # all categories. Image i of a split is drawn from the stream (seed + offset, i), and
         # the offsets are distinct large primes, so no image appears in two splits.
-        offsets = {cfg.train_split: 0, cfg.val_split: 1_000_003, "prompts": 2_000_003,
-                   "test": 3_000_017}  # fmt: skip
+        offsets = {
+            cfg.train_split: 0,
+            cfg.val_split: 1_000_003,
+            "prompts": 2_000_003,
+            "test": 3_000_017,
+        }
         if split not in offsets:
             raise DatasetError(f"shapes has splits {list(offsets)}, not {split!r}")
         train = split == cfg.train_split
@@ -338,8 +367,11 @@ def fetch(src: Source, dest: Path, *, progress: bool = True, force: bool = False
     the names the archives unpack to, is refused (an OutputError) before anything is replaced.
     """
     if not force:
-        refuse_existing({dest / rel for rel, _ in src.splits.values()}, setting="--root",
-                        what=f"{src.name} is already in {dest}:")  # fmt: skip
+        refuse_existing(
+            {dest / rel for rel, _ in src.splits.values()},
+            setting="--root",
+            what=f"{src.name} is already in {dest}:",
+        )
     dest.mkdir(parents=True, exist_ok=True)
     for item in src.downloads:
         archive = dest / "downloads" / item.filename

@@ -45,9 +45,21 @@ from workbench.data.shapes_render import (
 from workbench.safe_paths import refuse_existing, write_atomic
 from workbench.types import Target
 
-__all__ = ["COLOURS", "DISTRACTOR_SHAPES", "OFF_PALETTE", "SHAPES", "TEXTURES", "SceneLayer",
-           "ShapesConfig", "ShapesDataset", "ShapesScene", "render_shapes_image",
-           "render_shapes_scene", "shape_categories", "write_shapes_dataset"]  # fmt: skip
+__all__ = [
+    "COLOURS",
+    "DISTRACTOR_SHAPES",
+    "OFF_PALETTE",
+    "SHAPES",
+    "TEXTURES",
+    "SceneLayer",
+    "ShapesConfig",
+    "ShapesDataset",
+    "ShapesScene",
+    "render_shapes_image",
+    "render_shapes_scene",
+    "shape_categories",
+    "write_shapes_dataset",
+]
 
 _ANN_ID_STRIDE = 1000  # annotation id = image_id * stride + k: unique with random access
 
@@ -251,10 +263,19 @@ def write_shapes_dataset(
             annotations.append(
                 {**a, "bbox": [round(v, 2) for v in a["bbox"]], "area": round(a["area"], 2)}
             )
-    info = {"description": "workbench synthetic shapes", "generator": "workbench.data.synthetic",
-            "seed": seed, "num_images": num_images, "config": dataclasses.asdict(cfg)}  # fmt: skip
-    coco = {"info": info, "images": images, "annotations": annotations,
-            "categories": shape_categories(cfg)}  # fmt: skip
+    info = {
+        "description": "workbench synthetic shapes",
+        "generator": "workbench.data.synthetic",
+        "seed": seed,
+        "num_images": num_images,
+        "config": dataclasses.asdict(cfg),
+    }
+    coco = {
+        "info": info,
+        "images": images,
+        "annotations": annotations,
+        "categories": shape_categories(cfg),
+    }
     return write_atomic(out_dir / "annotations.json", json.dumps(coco, separators=(",", ":")))
 
 
@@ -316,9 +337,11 @@ class ShapesDataset(torch.utils.data.Dataset):
     def _image(self, index: int) -> Tensor:
         pixels = self._pixels.get(index)
         if pixels is None:
-            pixels = torch.from_numpy(
-                compose_image(self.cfg, self.seed, index, self._layers(index))
-            ).permute(2, 0, 1).contiguous()  # fmt: skip
+            pixels = (
+                torch.from_numpy(compose_image(self.cfg, self.seed, index, self._layers(index)))
+                .permute(2, 0, 1)
+                .contiguous()
+            )
             if pixels.nbytes <= self._cache_left:
                 self._pixels[index], self._cache_left = pixels, self._cache_left - pixels.nbytes
         return pixels.float().div_(255)

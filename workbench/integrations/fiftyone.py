@@ -75,7 +75,7 @@ __all__ = [
     "predict_dataset",
     "save_views",
     "summary",
-]  # fmt: skip
+]
 
 _MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _CHUNK = 64  # images predicted, then written, at a time
@@ -149,9 +149,15 @@ def build_dataset(
             truth[target.image_id], paths[target.image_id] = gt, filepath
             continue
         h, w = target.orig_size
-        new.append(fo.Sample(filepath=filepath, image_id=int(target.image_id),
-                             dataset_index=int(index), metadata=fo.ImageMetadata(width=w, height=h),
-                             **{GT_FIELD: gt}))  # fmt: skip
+        new.append(
+            fo.Sample(
+                filepath=filepath,
+                image_id=int(target.image_id),
+                dataset_index=int(index),
+                metadata=fo.ImageMetadata(width=w, height=h),
+                **{GT_FIELD: gt},
+            )
+        )
     if new:
         ds.add_samples(new, progress=progress)
     if truth:
@@ -175,9 +181,13 @@ def _drop_stale_evaluations(ds, field: str) -> None:
 
 
 def add_predictions(
-    ds, model: str, predictions: Sequence[ImagePrediction], *, all_queries: bool = False,
+    ds,
+    model: str,
+    predictions: Sequence[ImagePrediction],
+    *,
+    all_queries: bool = False,
     info: Mapping | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Write one model's predictions as ``<model>_predictions`` (and ``<model>_queries``, which
     is deleted when ``all_queries`` is off, so it never describes other predictions), overwriting
     those fields in place; ``info`` (how they were made) goes to ``ds.info``.
@@ -212,8 +222,9 @@ def _show_by_default(ds) -> None:
     ds.app_config.active_fields = fo.ActiveFields(paths=shown)
 
 
-def evaluate(ds, models: Sequence[str] | None = None, *, iou: float = 0.5,
-             progress: bool = False) -> dict[str, dict[str, float]]:  # fmt: skip
+def evaluate(
+    ds, models: Sequence[str] | None = None, *, iou: float = 0.5, progress: bool = False
+) -> dict[str, dict[str, float]]:
     """FiftyOne's COCO evaluation of each model's predictions against ``ground_truth``.
 
     Tags predictions ``tp`` / ``fp`` and ground truth ``tp`` / ``fn`` at ``iou`` under
@@ -232,17 +243,30 @@ def evaluate(ds, models: Sequence[str] | None = None, *, iou: float = 0.5,
             )
         key = names["eval_key"]
         results = ds.evaluate_detections(
-            names["predictions"], gt_field=GT_FIELD, eval_key=key, method="coco", iou=iou,
-            classwise=True, compute_mAP=True, progress=progress,
-        )  # fmt: skip
+            names["predictions"],
+            gt_field=GT_FIELD,
+            eval_key=key,
+            method="coco",
+            iou=iou,
+            classwise=True,
+            compute_mAP=True,
+            progress=progress,
+        )
         m_ap = float(results.mAP())
         counts = {k: int(ds.sum(f"{key}_{k}") or 0) for k in ("tp", "fp", "fn")}
         queries = ds.info.get("workbench", {}).get("models", {}).get(model, {})
-        summary[model] = {"mAP": m_ap if m_ap >= 0 else math.nan, **counts,
-                          **queries.get("query_metrics", {})}  # fmt: skip
+        summary[model] = {
+            "mAP": m_ap if m_ap >= 0 else math.nan,
+            **counts,
+            **queries.get("query_metrics", {}),
+        }
     stored = ds.info.setdefault("workbench", {}).setdefault("evaluations", {})
-    stored.update({m: {**s, "mAP": None if math.isnan(s["mAP"]) else s["mAP"], "iou": iou}
-                   for m, s in summary.items()})  # fmt: skip
+    stored.update(
+        {
+            m: {**s, "mAP": None if math.isnan(s["mAP"]) else s["mAP"], "iou": iou}
+            for m, s in summary.items()
+        }
+    )
     ds.save()
     return summary
 
@@ -293,23 +317,43 @@ def export(
     order = range(len(dataset)) if indices is None else indices
     for model, predictor in predictors.items():
         stream = iter_predictions(
-            predictor, dataset, protocol=protocol, exemplars_per_class=exemplars_per_class,
-            seed=seed, prompt_pool=prompt_pool, reference=references.get(model), indices=indices,
-            score_threshold=score_threshold, max_detections=max_detections, progress=progress,
+            predictor,
+            dataset,
+            protocol=protocol,
+            exemplars_per_class=exemplars_per_class,
+            seed=seed,
+            prompt_pool=prompt_pool,
+            reference=references.get(model),
+            indices=indices,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            progress=progress,
             desc=f"{model}: predict",
-        )  # fmt: skip
-        info = {"protocol": protocol, "exemplars_per_class": exemplars_per_class, "seed": seed,
-                "prompt_pool": prompt_pool is not None and protocol == "cross_image",
-                "score_threshold": score_threshold, "kl_reference": model in references,
-                **dict((model_info or {}).get(model, {}))}  # fmt: skip
+        )
+        info = {
+            "protocol": protocol,
+            "exemplars_per_class": exemplars_per_class,
+            "seed": seed,
+            "prompt_pool": prompt_pool is not None and protocol == "cross_image",
+            "score_threshold": score_threshold,
+            "kl_reference": model in references,
+            **dict((model_info or {}).get(model, {})),
+        }
         stats, pairs = [], zip(order, stream, strict=True)  # one prediction per index, in order
         while chunk := list(itertools.islice(pairs, _CHUNK)):  # written as they come
             add_predictions(ds, model, [p for _, p in chunk], all_queries=all_queries, info=info)
             stats += [_table_stats(p, dataset.target(i)) for i, p in chunk if p.queries]
         _store_query_metrics(ds, model, pool_metrics(stats))
     if run_evaluation and predictors:
-        analyse(ds, list(predictors), iou=iou, baseline=baseline, candidate=candidate,
-                confidence=confidence, progress=progress)  # fmt: skip
+        analyse(
+            ds,
+            list(predictors),
+            iou=iou,
+            baseline=baseline,
+            candidate=candidate,
+            confidence=confidence,
+            progress=progress,
+        )
     return ds
 
 
@@ -351,8 +395,14 @@ def analyse(
     evaluations = evaluate(ds, models, iou=iou, progress=progress)
     if baseline is None and candidate is None and {"sft", "grqo"} <= set(models):
         baseline, candidate = "sft", "grqo"
-    views = save_views(ds, models, baseline=baseline, candidate=candidate, confidence=confidence,
-                       low_reward=low_reward)  # fmt: skip
+    views = save_views(
+        ds,
+        models,
+        baseline=baseline,
+        candidate=candidate,
+        confidence=confidence,
+        low_reward=low_reward,
+    )
     return {"evaluations": evaluations, "views": views}
 
 
@@ -360,9 +410,11 @@ def summary(ds) -> dict:
     """What a dataset holds: samples, labels per label field, evaluations, saved views."""
     import fiftyone as fo
 
-    label_fields = [name for name, field in ds.get_field_schema().items()
-                    if isinstance(field, fo.EmbeddedDocumentField)
-                    and field.document_type is fo.Detections]  # fmt: skip
+    label_fields = [
+        name
+        for name, field in ds.get_field_schema().items()
+        if isinstance(field, fo.EmbeddedDocumentField) and field.document_type is fo.Detections
+    ]
     return {
         "name": ds.name,
         "samples": len(ds),

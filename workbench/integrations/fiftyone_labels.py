@@ -37,9 +37,12 @@ GT_ATTRIBUTES: dict[str, tuple[str, str | None, str]] = {
 QUERY_ATTRIBUTES: dict[str, tuple[str, str | None, str]] = {
     "query_rank": ("IntField", None, "rank in selection order (0 = highest objectness)"),
     "prompt_id": ("IntField", None, "VisualPrompt.prompt_id of the prompt it answers"),
-    "prompt_image_ids": ("ListField", "IntField",
-                         "source image id of each exemplar of that prompt (interactive: this "
-                         "image; cross-image: the exemplars' images)"),
+    "prompt_image_ids": (
+        "ListField",
+        "IntField",
+        "source image id of each exemplar of that prompt (interactive: this "
+        "image; cross-image: the exemplars' images)",
+    ),
     "prompt_annotation_ids": ("ListField", "IntField", "annotation id of each exemplar box"),
     "objectness": ("FloatField", None, "sigmoid of the max-over-prompts selection logit"),
     "reward": ("FloatField", None, "GRQO reward: minus the lowest matching cost to the GT"),
@@ -49,7 +52,7 @@ QUERY_ATTRIBUTES: dict[str, tuple[str, str | None, str]] = {
     "matched_iou": ("FloatField", None, "IoU with the lowest-cost ground-truth box"),
     "matched_annotation_id": ("IntField", None, "annotation id of that ground-truth box"),
     "hungarian": ("BooleanField", None, "assigned a ground-truth box by Hungarian matching"),
-}  # fmt: skip
+}
 
 
 def relative_xywh(boxes_xyxy: torch.Tensor, size_hw: tuple[int, int]) -> list[list[float]]:
@@ -66,8 +69,13 @@ def ground_truth_detections(target: Target, categories: Sequence[Category]):
 
     by_label = {c.label: c for c in categories}
     boxes = relative_xywh(target.boxes_xyxy(target.orig_size), target.orig_size)
-    rows = zip(boxes, target.labels.tolist(), target.iscrowd.tolist(),
-               target.annotation_ids.tolist(), strict=True)  # fmt: skip
+    rows = zip(
+        boxes,
+        target.labels.tolist(),
+        target.iscrowd.tolist(),
+        target.annotation_ids.tolist(),
+        strict=True,
+    )
     return fo.Detections(
         detections=[
             fo.Detection(
@@ -109,11 +117,16 @@ def query_attributes(pred: ImagePrediction, query: int, prompt: int) -> dict:
     truth = pred.truth_annotation_ids
     matched = row.matched_gt if row.matched_gt is not None and row.matched_gt < len(truth) else None
     attrs.update(
-        query_rank=int(row.rank), objectness=_number(row.objectness), reward=_number(row.reward),
-        advantage=_number(row.advantage), muted=bool(row.muted), kl=_number(row.kl),
-        matched_iou=_number(row.iou), hungarian=row.extra.get("hungarian"),
+        query_rank=int(row.rank),
+        objectness=_number(row.objectness),
+        reward=_number(row.reward),
+        advantage=_number(row.advantage),
+        muted=bool(row.muted),
+        kl=_number(row.kl),
+        matched_iou=_number(row.iou),
+        hungarian=row.extra.get("hungarian"),
         matched_annotation_id=None if matched is None else int(truth[matched]),
-    )  # fmt: skip
+    )
     return attrs
 
 

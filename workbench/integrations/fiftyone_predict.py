@@ -89,9 +89,13 @@ def iter_predictions(
     indices = range(len(dataset)) if indices is None else indices
     targets = [dataset.target(i) for i in indices]
     prompt_lists = protocol_prompts(
-        dataset, targets, protocol, exemplars_per_class=exemplars_per_class, seed=seed,
+        dataset,
+        targets,
+        protocol,
+        exemplars_per_class=exemplars_per_class,
+        seed=seed,
         prompt_pool=prompt_pool,
-    )  # fmt: skip
+    )
     images = ref_images = None
     if protocol == "cross_image":  # the images the exemplars lie on, each encoded once
         source = dataset if prompt_pool is None else prompt_pool
@@ -106,9 +110,13 @@ def iter_predictions(
         image = dataset.load_image(index)
         encoded = predictor.encode(image)
         dets, queries = predictor.predict(
-            encoded, prompts, reference_images=images,
-            score_threshold=score_threshold, max_detections=max_detections, return_queries=True,
-        )  # fmt: skip
+            encoded,
+            prompts,
+            reference_images=images,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            return_queries=True,
+        )
         ref_logits = None
         if reference is not None:
             ref_logits = reference_logits_at(
@@ -116,9 +124,13 @@ def iter_predictions(
             )
         truth = GroundTruth.prompted(target, prompts)
         table = table_from_outputs(
-            queries, truth, reference_logits=ref_logits, names=[p.name for p in prompts],
-            grqo=grqo, loss=loss,
-        )  # fmt: skip
+            queries,
+            truth,
+            reference_logits=ref_logits,
+            names=[p.name for p in prompts],
+            grqo=grqo,
+            loss=loss,
+        )
         yield ImagePrediction(
             target.image_id, dets, tuple(table), tuple(prompts), truth.annotation_ids
         )
@@ -131,6 +143,9 @@ def predict_dataset(predictor: Predictor, dataset: DetectionDataset, **kwargs) -
 
 def _no_detections(image_size: tuple[int, int]) -> Detections:
     return Detections(
-        boxes_xyxy=torch.zeros(0, 4), scores=torch.zeros(0),
-        prompt_index=torch.zeros(0, dtype=torch.int64), names=(), image_size=tuple(image_size),
-    )  # fmt: skip
+        boxes_xyxy=torch.zeros(0, 4),
+        scores=torch.zeros(0),
+        prompt_index=torch.zeros(0, dtype=torch.int64),
+        names=(),
+        image_size=tuple(image_size),
+    )

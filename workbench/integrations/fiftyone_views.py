@@ -25,8 +25,11 @@ from workbench.data.dataset import DatasetError
 
 def field_names(model: str) -> dict[str, str]:
     """The FiftyOne names belonging to one exported model."""
-    return {"predictions": f"{model}_predictions", "queries": f"{model}_queries",
-            "eval_key": f"eval_{model}"}  # fmt: skip
+    return {
+        "predictions": f"{model}_predictions",
+        "queries": f"{model}_queries",
+        "eval_key": f"eval_{model}",
+    }
 
 
 def high_confidence_fp(dataset, model: str, confidence: float):
@@ -102,10 +105,12 @@ def save_views(
         for name in (baseline, candidate):
             if name not in models:
                 raise DatasetError(f"{name!r} is not among the evaluated models {list(models)}")
-        views[f"fixed_by_{candidate}"] = changed_gt(dataset, baseline, candidate, fixed=True,
-                                                    gt_field=gt_field)  # fmt: skip
-        views[f"broken_by_{candidate}"] = changed_gt(dataset, baseline, candidate, fixed=False,
-                                                     gt_field=gt_field)  # fmt: skip
+        views[f"fixed_by_{candidate}"] = changed_gt(
+            dataset, baseline, candidate, fixed=True, gt_field=gt_field
+        )
+        views[f"broken_by_{candidate}"] = changed_gt(
+            dataset, baseline, candidate, fixed=False, gt_field=gt_field
+        )
     for name, view in views.items():
         dataset.save_view(name, view, overwrite=True)
     return {name: len(view) for name, view in views.items()}

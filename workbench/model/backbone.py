@@ -57,8 +57,15 @@ class InvertedResidual(nn.Module):
 
 
 # (expansion, channels, repeats, first stride) of torchvision's MobileNetV2.
-_MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                 (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
+_MOBILENET_V2 = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 # Outputs after features[6] (stride 8, 32 ch), features[13] (stride 16, 96 ch) and
 # features[17] (stride 32, 320 ch): the usual multi-scale taps of MobileNetV2 detectors.
 _MOBILENET_TAPS = {6: 32, 13: 96, 17: 320}

@@ -34,8 +34,14 @@ FORMAT = "workbench-detector/1"  # marks a model_config as a DetectorConfig
 
 
 def _swin(embed: int, depths: list[int], heads: list[int], window: int) -> dict[str, Any]:
-    return {"model_type": "swin", "embed_dim": embed, "depths": depths, "num_heads": heads,
-            "window_size": window, "out_indices": [2, 3, 4]}  # fmt: skip
+    return {
+        "model_type": "swin",
+        "embed_dim": embed,
+        "depths": depths,
+        "num_heads": heads,
+        "window_size": window,
+        "out_indices": [2, 3, 4],
+    }
 
 
 SIZES: dict[str, dict[str, Any]] = {

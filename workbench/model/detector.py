@@ -62,16 +62,23 @@ class ImageFeatures:
     def detach(self) -> ImageFeatures:
         """The same features without autograd history (GRQO's reference may reuse them)."""
         return dataclasses.replace(
-            self, tokens=self.tokens.detach(), position=self.position.detach(),
+            self,
+            tokens=self.tokens.detach(),
+            position=self.position.detach(),
             valid_ratios=self.valid_ratios.detach(),
-        )  # fmt: skip
+        )
 
     def select(self, index: Tensor) -> ImageFeatures:
         """The features of images ``index`` (e.g. the searched image of a batch)."""
         return ImageFeatures(
-            self.tokens[index], self.valid[index], self.position[index], self.spatial_shapes,
-            self.spatial_shapes_list, self.level_start_index, self.valid_ratios[index],
-        )  # fmt: skip
+            self.tokens[index],
+            self.valid[index],
+            self.position[index],
+            self.spatial_shapes,
+            self.spatial_shapes_list,
+            self.level_start_index,
+            self.valid_ratios[index],
+        )
 
     @staticmethod
     def cat(batches: Sequence[ImageFeatures]) -> ImageFeatures:
@@ -119,8 +126,10 @@ class PromptGroundingModel(nn.Module):
         conv = build_backbone(hf, cfg.backbone, pretrained=cfg.backbone_pretrained)
         self.backbone = GroundingDinoConvModel(conv, build_position_encoding(hf))
         channels = list(conv.intermediate_channel_sizes)
-        projections = [nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(32 if d % 32 == 0 else 8, d))
-                       for c in channels]  # fmt: skip
+        projections = [
+            nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(32 if d % 32 == 0 else 8, d))
+            for c in channels
+        ]
         for _ in range(cfg.num_feature_levels - len(channels)):  # extra levels: stride-2 convs
             c = channels[-1] if len(projections) == len(channels) else d
             projections.append(
@@ -214,10 +223,15 @@ class VisualPromptDetector(nn.Module):
         """One embedding per exemplar box (on the image ``prompts.image_index`` points to), and
         their average per prompt."""
         exemplars = self.model.prompt_encoder(
-            prompts.boxes_cxcywh, prompts.image_index, features.tokens, features.valid,
-            features.valid_ratios, features.spatial_shapes, features.spatial_shapes_list,
+            prompts.boxes_cxcywh,
+            prompts.image_index,
+            features.tokens,
+            features.valid,
+            features.valid_ratios,
+            features.spatial_shapes,
+            features.spatial_shapes_list,
             features.level_start_index,
-        )  # fmt: skip
+        )
         classes = class_embeddings(exemplars, prompts.prompt_index, prompts.num_prompts)
         return PromptEmbeddings(exemplars=exemplars, classes=classes)
 
@@ -248,10 +262,13 @@ class VisualPromptDetector(nn.Module):
     def enhance(self, features: ImageFeatures, classes: Tensor) -> tuple[Tensor, Tensor]:
         """Feature enhancer: ``([B, T, d] image tokens, [B, U, d] prompt tokens)``."""
         out = self.model.encoder(
-            vision_features=features.tokens, vision_attention_mask=~features.valid,
-            valid_ratios=features.valid_ratios, return_dict=True,
-            **self._vision_inputs(features), **self._prompt_inputs(features, classes),
-        )  # fmt: skip
+            vision_features=features.tokens,
+            vision_attention_mask=~features.valid,
+            valid_ratios=features.valid_ratios,
+            return_dict=True,
+            **self._vision_inputs(features),
+            **self._prompt_inputs(features, classes),
+        )
         return out.last_hidden_state_vision, out.last_hidden_state_text
 
     def _enhance_at(
@@ -268,31 +285,43 @@ class VisualPromptDetector(nn.Module):
         vision, text = features.tokens, prompt_args.pop("text_features")
         for layer in enc.layers[:-1]:
             (vision, text), _ = layer(
-                vision_features=vision, key_padding_mask=~features.valid, reference_points=points,
-                text_features=text, **vision_args, **prompt_args,
-            )  # fmt: skip
+                vision_features=vision,
+                key_padding_mask=~features.valid,
+                reference_points=points,
+                text_features=text,
+                **vision_args,
+                **prompt_args,
+            )
         last = enc.layers[-1]
         text_position = last.get_text_position_embeddings(
             text, None, prompt_args["text_position_ids"]
         )
         (vision, _), (text, _) = last.fusion_layer(
-            vision_features=vision, text_features=text, attention_mask_vision=~features.valid,
+            vision_features=vision,
+            text_features=text,
+            attention_mask_vision=~features.valid,
             attention_mask_text=prompt_args["text_attention_mask"],
-        )  # fmt: skip
+        )
         text, _ = last.text_enhancer_layer(
-            hidden_states=text, attention_masks=~prompt_args["text_self_attention_masks"],
+            hidden_states=text,
+            attention_masks=~prompt_args["text_self_attention_masks"],
             position_embeddings=text_position,
-        )  # fmt: skip
+        )
         take = lambda x: x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
         layer = last.deformable_layer
         picked = take(vision)
         attended, _ = layer.self_attn(
-            hidden_states=picked, attention_mask=features.valid, encoder_hidden_states=vision,
-            encoder_attention_mask=features.valid, position_embeddings=take(features.position),
+            hidden_states=picked,
+            attention_mask=features.valid,
+            encoder_hidden_states=vision,
+            encoder_attention_mask=features.valid,
+            position_embeddings=take(features.position),
             reference_points=take(points.flatten(2)).view(*index.shape, *points.shape[2:]),
-            **{k: vision_args[k] for k in ("spatial_shapes", "spatial_shapes_list",
-                                           "level_start_index")},
-        )  # fmt: skip
+            **{
+                k: vision_args[k]
+                for k in ("spatial_shapes", "spatial_shapes_list", "level_start_index")
+            },
+        )
         hidden = layer.self_attn_layer_norm(picked + attended)
         hidden = layer.final_layer_norm(hidden + layer.fc2(layer.activation_fn(layer.fc1(hidden))))
         return hidden, text
@@ -371,9 +400,13 @@ class VisualPromptDetector(nn.Module):
         dn = None
         if self.training and targets is not None and self.config.dn_number > 0:
             dn = build_denoising_queries(
-                targets, prompts.shape[1], q, self.config.dn_number,
-                self.config.dn_label_noise, self.config.dn_box_noise,
-            )  # fmt: skip
+                targets,
+                prompts.shape[1],
+                q,
+                self.config.dn_number,
+                self.config.dn_label_noise,
+                self.config.dn_box_noise,
+            )
         mask = None
         if dn is not None:
             dn_content = self.model.dn_content_proj(

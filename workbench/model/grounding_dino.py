@@ -28,26 +28,37 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"loaded {len(self.loaded)} modules; new: {', '.join(self.new) or 'none'}; "
-                f"{len(self.unused)} checkpoint tensors unused")  # fmt: skip
+        return (
+            f"loaded {len(self.loaded)} modules; new: {', '.join(self.new) or 'none'}; "
+            f"{len(self.unused)} checkpoint tensors unused"
+        )
 
 
 def config_from_grounding_dino(hf: GroundingDinoConfig, **overrides) -> DetectorConfig:
     backbone = hf.backbone_config.to_dict()
     text = hf.text_config.to_dict() if hf.text_config is not None else None
     return DetectorConfig(
-        size="grounding-dino", d_model=hf.d_model, num_queries=hf.num_queries,
-        encoder_layers=hf.encoder_layers, decoder_layers=hf.decoder_layers,
-        encoder_ffn_dim=hf.encoder_ffn_dim, decoder_ffn_dim=hf.decoder_ffn_dim,
+        size="grounding-dino",
+        d_model=hf.d_model,
+        num_queries=hf.num_queries,
+        encoder_layers=hf.encoder_layers,
+        decoder_layers=hf.decoder_layers,
+        encoder_ffn_dim=hf.encoder_ffn_dim,
+        decoder_ffn_dim=hf.decoder_ffn_dim,
         encoder_attention_heads=hf.encoder_attention_heads,
         decoder_attention_heads=hf.decoder_attention_heads,
-        num_feature_levels=hf.num_feature_levels, encoder_n_points=hf.encoder_n_points,
-        decoder_n_points=hf.decoder_n_points, fusion_droppath=hf.fusion_droppath,
+        num_feature_levels=hf.num_feature_levels,
+        encoder_n_points=hf.encoder_n_points,
+        decoder_n_points=hf.decoder_n_points,
+        fusion_droppath=hf.fusion_droppath,
         positional_embedding_temperature=hf.positional_embedding_temperature,
         decoder_bbox_embed_share=hf.decoder_bbox_embed_share,
-        backbone="hf", backbone_config=backbone,
-        text_encoder="bert" if text else None, text_config=text, **overrides,
-    )  # fmt: skip
+        backbone="hf",
+        backbone_config=backbone,
+        text_encoder="bert" if text else None,
+        text_config=text,
+        **overrides,
+    )
 
 
 def from_grounding_dino(

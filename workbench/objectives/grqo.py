@@ -323,12 +323,15 @@ def gradient_shares(model: nn.Module, sft_loss: Tensor, terms: GRQOTerms) -> dic
     norm_sft, norm_adv, norm_kl = (math.sqrt(_dot(g, g)) for g in (sft, adv, kl))
     norm_grqo = math.sqrt(max(norm_adv**2 + norm_kl**2 + 2 * _dot(adv, kl), 0.0))
     return {
-        "grad_norm_sft": norm_sft, "grad_norm_adv": norm_adv, "grad_norm_kl": norm_kl,
+        "grad_norm_sft": norm_sft,
+        "grad_norm_adv": norm_adv,
+        "grad_norm_kl": norm_kl,
         "grad_norm_grqo": norm_grqo,
         "grad_cos_adv_sft": _ratio(_dot(adv, sft), norm_adv * norm_sft),
         "grad_cos_kl_sft": _ratio(_dot(kl, sft), norm_kl * norm_sft),
-        "grad_share_adv": _ratio(norm_adv, norm_sft), "grad_share_kl": _ratio(norm_kl, norm_sft),
-    }  # fmt: skip
+        "grad_share_adv": _ratio(norm_adv, norm_sft),
+        "grad_share_kl": _ratio(norm_kl, norm_sft),
+    }
 
 
 def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor | None]:
