@@ -68,11 +68,16 @@ def run_load(url: str, clients: int, seconds: float) -> dict:
     ordered = sorted(latencies)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None  # noqa: E731
     return {
-        "clients": clients, "seconds": seconds, "requests": len(latencies), "errors": len(errors),
-        "error_samples": errors[:5], "p50_s": pick(0.5), "p95_s": pick(0.95),
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "p50_s": pick(0.5),
+        "p95_s": pick(0.95),
         "max_s": ordered[-1] if ordered else None,
         "mean_s": statistics.fmean(ordered) if ordered else None,
-    }  # fmt: skip
+    }
 
 
 def start_app(tiny: bool, sft: str | None, grqo: str | None):

@@ -33,8 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def worktree(commit: str, into: Path) -> Path:
     """A checkout of ``commit`` at ``into`` (a git worktree sharing this repository)."""
-    subprocess.run(["git", "worktree", "add", "--detach", str(into), commit], cwd=REPO,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(into), commit],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return into
 
 
@@ -43,12 +47,17 @@ def run_once(tree: Path, benchmark: str, args: list[str], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree), RESULTS_ENV: str(out)}
     probe = "import workbench, sys; sys.stdout.write(workbench.__file__)"
-    found = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tree, check=True,
-                           capture_output=True, text=True).stdout  # fmt: skip
+    found = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tree, check=True, capture_output=True, text=True
+    ).stdout
     if not Path(found).resolve().is_relative_to(tree.resolve()):
         raise SystemExit(f"the {tree} run would import workbench from {found}; check PYTHONPATH")
-    subprocess.run([sys.executable, str(tree / "benchmarks" / f"{benchmark}.py"), *args],
-                   env=env, cwd=tree, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(tree / "benchmarks" / f"{benchmark}.py"), *args],
+        env=env,
+        cwd=tree,
+        check=True,
+    )
     return json.loads((out / f"{benchmark}.json").read_text())
 
 
@@ -94,16 +103,27 @@ def main() -> None:
             a = statistics.median(n[key] for n in after_n)
             b_min, a_min = min(n[key] for n in before_n), min(n[key] for n in after_n)
             if b and b_min:
-                ratios[key] = {"before": b, "after": a, "after_over_before": a / b,
-                               "after_over_before_of_minima": a_min / b_min}  # fmt: skip
-        path = write_result(f"{opts.benchmark}_before_after", {
-            "baseline": opts.baseline, "benchmark_args": opts.args, "rounds": opts.rounds,
-            "ratios": ratios, "runs": rounds,
-        })  # fmt: skip
+                ratios[key] = {
+                    "before": b,
+                    "after": a,
+                    "after_over_before": a / b,
+                    "after_over_before_of_minima": a_min / b_min,
+                }
+        path = write_result(
+            f"{opts.benchmark}_before_after",
+            {
+                "baseline": opts.baseline,
+                "benchmark_args": opts.args,
+                "rounds": opts.rounds,
+                "ratios": ratios,
+                "runs": rounds,
+            },
+        )
         print(path)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True
+        )
         shutil.rmtree(scratch, ignore_errors=True)
 
 

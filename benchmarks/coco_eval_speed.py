@@ -54,10 +54,15 @@ def synthetic_set(images: int, gt_per_image: int, categories: int, seed: int = 0
         labels = rng.integers(1, categories + 1, gt_per_image)
         for box, label in zip(boxes, labels, strict=True):
             gt["annotations"].append(
-                {"id": len(gt["annotations"]) + 1, "image_id": image_id, "bbox": box.tolist(),
-                 "area": float(box[2] * box[3]), "category_id": int(label),
-                 "iscrowd": int(rng.random() < 0.02)}
-            )  # fmt: skip
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": image_id,
+                    "bbox": box.tolist(),
+                    "area": float(box[2] * box[3]),
+                    "category_id": int(label),
+                    "iscrowd": int(rng.random() < 0.02),
+                }
+            )
         found = rng.random(gt_per_image) < 0.85
         jitter = rng.normal(0, 0.1, (gt_per_image, 4)) * boxes[:, [2, 3, 2, 3]]
         dets = boxes[found] + jitter[found]
@@ -72,8 +77,14 @@ def synthetic_set(images: int, gt_per_image: int, categories: int, seed: int = 0
         scores = np.concatenate([scores, rng.uniform(0.01, 0.6, extra)])
         det_labels = np.concatenate([det_labels, rng.integers(1, categories + 1, extra)])
         for box, score, label in zip(dets, scores, det_labels, strict=True):
-            results.append({"image_id": image_id, "category_id": int(label),
-                            "bbox": box.tolist(), "score": float(score)})  # fmt: skip
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": box.tolist(),
+                    "score": float(score),
+                }
+            )
     return gt, results
 
 
@@ -111,21 +122,28 @@ def main() -> None:
     diff_categories = largest_difference(*per_category)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     result = {
-        "images": args.images, "annotations": len(gt["annotations"]),
-        "detections": len(results), "categories": args.categories, "repeats": args.repeats,
+        "images": args.images,
+        "annotations": len(gt["annotations"]),
+        "detections": len(results),
+        "categories": args.categories,
+        "repeats": args.repeats,
         "seconds": {name: {"median": median[name], "all": seconds[name]} for name in EVALUATORS},
         "speedup_faster_over_pycocotools": median["pycocotools"] / median["faster"],
-        "stats": {name: dict(zip(STAT_NAMES, stats[name].stats.tolist(), strict=True))
-                  for name in EVALUATORS},
+        "stats": {
+            name: dict(zip(STAT_NAMES, stats[name].stats.tolist(), strict=True))
+            for name in EVALUATORS
+        },
         "max_abs_difference_stats": diff_stats,
         "max_abs_difference_per_category_ap": diff_categories,
         "identical": max(diff_stats, diff_categories) == 0.0,
         "tolerance": args.tolerance,
         "agree": max(diff_stats, diff_categories) <= args.tolerance,
-    }  # fmt: skip
-    print(f"faster-coco-eval {median['faster']:.2f} s, pycocotools {median['pycocotools']:.2f} s "
-          f"(x{result['speedup_faster_over_pycocotools']:.1f}); max |diff| {diff_stats:.2g} "
-          f"(12 stats), {diff_categories:.2g} (per-category AP)")  # fmt: skip
+    }
+    print(
+        f"faster-coco-eval {median['faster']:.2f} s, pycocotools {median['pycocotools']:.2f} s "
+        f"(x{result['speedup_faster_over_pycocotools']:.1f}); max |diff| {diff_stats:.2g} "
+        f"(12 stats), {diff_categories:.2g} (per-category AP)"
+    )
     print(write_result("coco_eval_speed", result))
     if not result["agree"]:
         raise SystemExit(f"the evaluators differ by more than --tolerance {args.tolerance}")

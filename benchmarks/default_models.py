@@ -57,12 +57,14 @@ def main() -> None:
         _, val, pool = open_splits(cfg)
         val_results = run_evaluation(predictor, cfg, val, pool)
         record["models"][key] = {
-            "run": run, "config": f"configs/app_default_{key}.yaml", "seed": cfg.train.seed,
+            "run": run,
+            "config": f"configs/app_default_{key}.yaml",
+            "seed": cfg.train.seed,
             "command": f"python -m workbench train configs/app_default_{key}.yaml",
             "size_mb": sum(f.stat().st_size for f in folder.iterdir()) / 2**20,
             "examples": evaluate_examples(predictor),
             "validation": {p: r.scalars() for p, r in val_results.items()},
-        }  # fmt: skip
+        }
     (Path(args.out) / "defaults.json").write_text(json.dumps(record, indent=2))
     print(json.dumps({k: v["examples"] for k, v in record["models"].items()}, indent=2))
     print(write_result("default_models", record))

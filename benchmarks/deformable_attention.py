@@ -67,18 +67,25 @@ def main() -> None:
         )
     deformable.set_backend("auto")
     result = {
-        "shape": {"batch": 8, "heads": 8, "head_dim": 16, "levels": 4, "points": 4,
-                  "queries": args[0].shape[1]},
+        "shape": {
+            "batch": 8,
+            "heads": 8,
+            "head_dim": 16,
+            "levels": 4,
+            "points": 4,
+            "queries": args[0].shape[1],
+        },
         "threads": torch.get_num_threads(),
         **{name: {"forward_s": r[0], "backward_s": r[1]} for name, r in runs.items()},
         "speedup_over_stacked": {
             name: {"forward": stacked[0] / r[0], "backward": stacked[1] / r[1]}
-            for name, r in runs.items() if name != "transformers_stacked"
+            for name, r in runs.items()
+            if name != "transformers_stacked"
         },
         "max_abs_difference": {
             name: (stacked[2] - r[2]).abs().max().item() for name, r in runs.items()
         },
-    }  # fmt: skip
+    }
     print(result)
     print(write_result("deformable_attention", result))
 

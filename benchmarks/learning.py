@@ -33,10 +33,15 @@ from workbench.plots import read_metrics
 
 GRQO = "configs/tiny_shapes_grqo.yaml"
 TINY = [  # one epoch = 64 steps of 4 images; evaluated after every epoch
-    "data.shapes_train_images=256", "data.shapes_val_images=64", "eval.max_images=64",
-    "eval.protocols=[cross_image]", "train.epochs=4", "train.checkpoint_every=1000",
-    "train.eval_every_epochs=1", "train.log_every=20",
-]  # fmt: skip
+    "data.shapes_train_images=256",
+    "data.shapes_val_images=64",
+    "eval.max_images=64",
+    "eval.protocols=[cross_image]",
+    "train.epochs=4",
+    "train.checkpoint_every=1000",
+    "train.eval_every_epochs=1",
+    "train.log_every=20",
+]
 VARIANTS = {
     "sft": ("configs/tiny_shapes_sft.yaml", []),
     "grqo": (GRQO, ["grqo.warmup_epochs=1"]),
@@ -44,10 +49,15 @@ VARIANTS = {
     "grqo_no_mute": (GRQO, ["grqo.warmup_epochs=1", "grqo.mute=0"]),
 }
 TINY_BCCD = [  # one epoch = 52 steps of 4 images at 256 px; evaluated after every epoch
-    "data.name=bccd", "data.min_size=256", "data.max_size=342", "eval.protocols=[cross_image]",
-    "train.epochs=6", "train.checkpoint_every=1000", "train.eval_every_epochs=1",
+    "data.name=bccd",
+    "data.min_size=256",
+    "data.max_size=342",
+    "eval.protocols=[cross_image]",
+    "train.epochs=6",
+    "train.checkpoint_every=1000",
+    "train.eval_every_epochs=1",
     "train.log_every=20",
-]  # fmt: skip
+]
 SFT_GRQO = ["sft", "grqo"]
 PRESETS = {  # runs: dataset -> (overrides, variants)
     "quick": {"seeds": [0], "runs": {"shapes": (TINY, SFT_GRQO)}},
@@ -88,10 +98,15 @@ def run_one(dataset: str, overrides: list[str], variant: str, seed: int, root: P
     summary = train(cfg, resume=True)  # an interrupted benchmark continues where it stopped
     points = curve(out)
     return {
-        "dataset": dataset, "variant": variant, "seed": seed, "steps": summary["global_step"],
-        "seconds": time.perf_counter() - start, "final": points[-1] if points else {},
-        "curve": points, "config": to_dict(cfg),
-    }  # fmt: skip
+        "dataset": dataset,
+        "variant": variant,
+        "seed": seed,
+        "steps": summary["global_step"],
+        "seconds": time.perf_counter() - start,
+        "final": points[-1] if points else {},
+        "curve": points,
+        "config": to_dict(cfg),
+    }
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -108,17 +123,22 @@ def aggregate(runs: list[dict]) -> dict:
         for variant, by_seed in variants.items():
             values = [v for v in by_seed.values() if v is not None]
             rows[variant] = {
-                "metric": HEADLINE[dataset], "values": by_seed,
+                "metric": HEADLINE[dataset],
+                "values": by_seed,
                 "mean": statistics.fmean(values) if values else None,
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            }  # fmt: skip
+            }
         if "sft" in variants and "grqo" in variants:
-            diffs = [variants["grqo"][s] - variants["sft"][s] for s in variants["sft"]
-                     if s in variants["grqo"]]  # fmt: skip
+            diffs = [
+                variants["grqo"][s] - variants["sft"][s]
+                for s in variants["sft"]
+                if s in variants["grqo"]
+            ]
             rows["grqo_minus_sft"] = {
-                "per_seed": diffs, "mean": statistics.fmean(diffs),
+                "per_seed": diffs,
+                "mean": statistics.fmean(diffs),
                 "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-            }  # fmt: skip
+            }
         summary[dataset] = rows
     return summary
 
@@ -137,9 +157,15 @@ def plot(runs: list[dict], path: Path) -> None:
         key = HEADLINE[dataset]
         for r in (r for r in runs if r["dataset"] == dataset):
             xs = [p["step"] + 1 for p in r["curve"]]
-            ax.plot(xs, [p.get(key) for p in r["curve"]], marker="o", alpha=0.8,
-                    color=colours[r["variant"]], linestyle=styles[r["seed"] % len(styles)],
-                    label=f"{r['variant']} seed {r['seed']}")  # fmt: skip
+            ax.plot(
+                xs,
+                [p.get(key) for p in r["curve"]],
+                marker="o",
+                alpha=0.8,
+                color=colours[r["variant"]],
+                linestyle=styles[r["seed"] % len(styles)],
+                label=f"{r['variant']} seed {r['seed']}",
+            )
         ax.set(title=f"{dataset}: {key}", xlabel="training steps", ylabel="AP")
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -161,8 +187,11 @@ def main() -> None:
     summary = aggregate(runs)
     plot(runs, results_dir() / f"learning_{args.preset}.png")
     print(json.dumps(summary, indent=2))
-    print(write_result(f"learning_{args.preset}", {"preset": args.preset, "summary": summary,
-                                                   "runs": runs}))  # fmt: skip
+    print(
+        write_result(
+            f"learning_{args.preset}", {"preset": args.preset, "summary": summary, "runs": runs}
+        )
+    )
 
 
 if __name__ == "__main__":

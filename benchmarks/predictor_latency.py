@@ -52,8 +52,13 @@ from workbench.model.deformable import LevelwiseDeformableSampling
 from workbench.predictor import Predictor
 from workbench.types import Exemplar, PromptSet, VisualPrompt
 
-HF_TEXT = dict(vocab_size=2048, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=128)  # fmt: skip
+HF_TEXT = dict(
+    vocab_size=2048,
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=128,
+)
 CAPTION_IDS = (2000, 2048)  # ordinary word ids: BERT's [CLS], [SEP], "." and "?" lie below 2000
 
 
@@ -63,14 +68,18 @@ def image_and_prompts(image_size: int, num_prompts: int):
     image, target = ShapesDataset(1, seed=0, cfg=shapes_config(image_size))[0]
     k = torch.arange(num_prompts) % len(target)
     boxes_xyxy = target.boxes_xyxy()[k]
-    prompts = [VisualPrompt(f"p{u}", (Exemplar(tuple(b)),), prompt_id=u)
-               for u, b in enumerate(boxes_xyxy.tolist())]  # fmt: skip
+    prompts = [
+        VisualPrompt(f"p{u}", (Exemplar(tuple(b)),), prompt_id=u)
+        for u, b in enumerate(boxes_xyxy.tolist())
+    ]
     prompt_set = PromptSet(
-        boxes_cxcywh=box_ops.convert(boxes_xyxy, "xyxy", "cxcywh", dst_normalized=True,
-                                     size_hw=(image_size, image_size)),
+        boxes_cxcywh=box_ops.convert(
+            boxes_xyxy, "xyxy", "cxcywh", dst_normalized=True, size_hw=(image_size, image_size)
+        ),
         image_index=torch.zeros(num_prompts, dtype=torch.int64),
-        prompt_index=torch.arange(num_prompts), labels=torch.full((num_prompts,), -1),
-    )  # fmt: skip
+        prompt_index=torch.arange(num_prompts),
+        labels=torch.full((num_prompts,), -1),
+    )
     return image, prompts, prompt_set
 
 
@@ -106,8 +115,10 @@ def timed(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
             start = time.perf_counter()
             fn()
             seconds[name].append(time.perf_counter() - start)
-    return {name: {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * min(s)}
-            for name, s in seconds.items()}  # fmt: skip
+    return {
+        name: {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * min(s)}
+        for name, s in seconds.items()
+    }
 
 
 def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
@@ -145,10 +156,15 @@ def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
         )
     median = {name: v["median_ms"] for name, v in ms.items()}
     return {
-        "image_size": image_size, "prompts": num_prompts, "repeats": repeats,
-        "queries": ours.config.num_queries, "image_tokens": tokens,
-        "parameters": {"ours": sum(p.numel() for p in ours.parameters()),
-                       "hf": sum(p.numel() for p in hf.parameters())},
+        "image_size": image_size,
+        "prompts": num_prompts,
+        "repeats": repeats,
+        "queries": ours.config.num_queries,
+        "image_tokens": tokens,
+        "parameters": {
+            "ours": sum(p.numel() for p in ours.parameters()),
+            "hf": sum(p.numel() for p in hf.parameters()),
+        },
         "ms": ms,
         "ratio_predictor_over_hf": median["predict_image"] / median["hf"],
         "ratio_model_over_hf": median["model"] / median["hf"],
@@ -156,7 +172,7 @@ def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
         "predictor_overhead_ms": median["predict_image"] - median["model"],
         "reprompt_speedup": median["predict_image"] / median["predict_encoded"],
         "bank_speedup": median["predict_image"] / median["predict_bank"],
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -173,9 +189,11 @@ def main() -> None:
     for size in args.sizes:
         r = results[size] = measure(size, args.image_size, args.prompts, args.repeats)
         m = {name: v["median_ms"] for name, v in r["ms"].items()}
-        print(f"{size}: predict {m['predict_image']:.1f} ms, model {m['model']:.1f} ms, "
-              f"HF {m['hf']:.1f} ms (ours/HF {r['ratio_predictor_over_hf']:.2f}); re-prompt "
-              f"{m['predict_encoded']:.1f} ms, with a bank {m['predict_bank']:.1f} ms")  # fmt: skip
+        print(
+            f"{size}: predict {m['predict_image']:.1f} ms, model {m['model']:.1f} ms, "
+            f"HF {m['hf']:.1f} ms (ours/HF {r['ratio_predictor_over_hf']:.2f}); re-prompt "
+            f"{m['predict_encoded']:.1f} ms, with a bank {m['predict_bank']:.1f} ms"
+        )
     print(write_result("predictor_latency", {"sizes": results}))
 
 

@@ -69,9 +69,15 @@ def main() -> None:
             continue
         cpu, start = children_cpu_seconds(), time.perf_counter()
         code = subprocess.run(cmd, env=env, check=False).returncode
-        runs.append({"benchmark": name, "args": QUICK[name], "returncode": code,
-                     "wall_s": time.perf_counter() - start,
-                     "cpu_s": children_cpu_seconds() - cpu})  # fmt: skip
+        runs.append(
+            {
+                "benchmark": name,
+                "args": QUICK[name],
+                "returncode": code,
+                "wall_s": time.perf_counter() - start,
+                "cpu_s": children_cpu_seconds() - cpu,
+            }
+        )
         print(f"  {name}: {runs[-1]['wall_s']:.0f} s, exit code {code}", flush=True)
     if args.dry_run:
         return

@@ -84,8 +84,12 @@ def prompt_set(targets: list[Target], num_prompts: int, rng: np.random.Generator
         absent = int(max(int(t.labels.max()) for t in targets)) + 1 + torch.arange(extra)
         boxes, images = torch.cat([boxes, jittered]), torch.cat([images, pool_images[pick]])
         labels = torch.cat([labels, absent])
-    return PromptSet(boxes_cxcywh=boxes, image_index=images,
-                     prompt_index=torch.arange(num_prompts), labels=labels)  # fmt: skip
+    return PromptSet(
+        boxes_cxcywh=boxes,
+        image_index=images,
+        prompt_index=torch.arange(num_prompts),
+        labels=labels,
+    )
 
 
 # --- memory: peak RSS of this process ----------------------------------------------------------
@@ -148,13 +152,15 @@ def measure_setting(s: dict) -> dict:
     with FlopCounterMode(display=False) as counter:
         step(1 + s["repeats"])
     return {
-        "step_s": statistics.median(seconds), "step_s_all": seconds,
+        "step_s": statistics.median(seconds),
+        "step_s_all": seconds,
         "effective_queries": effective_queries,
         "capped_by_image_tokens": effective_queries < s["queries"],
-        "rss_before_mb": rss_before / 1024, "peak_rss_mb": peak / 1024,
+        "rss_before_mb": rss_before / 1024,
+        "peak_rss_mb": peak / 1024,
         "step_peak_mb": (peak - rss_before) / 1024 if reset else None,
         "flops": counter.get_total_flops(),
-    }  # fmt: skip
+    }
 
 
 def run_in_subprocess(setting: dict) -> dict:
@@ -220,10 +226,16 @@ def plot_sweep(sweep: str, points: list[dict], peak_gflops: float, title: str, p
 
 
 def settings(args) -> dict[str, list[dict]]:
-    base = {"size": args.size, "image_size": args.image_size, "objective": args.objective,
-            "repeats": args.repeats, "threads": args.threads,
-            "queries": args.base_queries or detector_config(args.size).num_queries,
-            "prompts": args.base_prompts, "batch_size": args.base_batch}  # fmt: skip
+    base = {
+        "size": args.size,
+        "image_size": args.image_size,
+        "objective": args.objective,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "queries": args.base_queries or detector_config(args.size).num_queries,
+        "prompts": args.base_prompts,
+        "batch_size": args.base_batch,
+    }
     values = {"queries": args.queries, "prompts": args.prompts, "batch": args.batch_sizes}
     return {sweep: [{**base, SWEEPS[sweep]: v} for v in values[sweep]] for sweep in args.sweeps}
 
@@ -251,8 +263,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = matmul_peak_gflops(args.peak_size)
-    print(f"matmul peak ({args.peak_size}^3, float32, {torch.get_num_threads()} threads): "
-          f"{peak:.1f} GFLOP/s")  # fmt: skip
+    print(
+        f"matmul peak ({args.peak_size}^3, float32, {torch.get_num_threads()} threads): "
+        f"{peak:.1f} GFLOP/s"
+    )
     sweeps = {}
     for sweep, group in settings(args).items():
         points = []
@@ -261,28 +275,36 @@ def main() -> None:
             point["achieved_gflops"] = point["flops"] / point["step_s"] / 1e9
             point["fraction_of_peak"] = point["achieved_gflops"] / peak
             points.append(point)
-            print(f"{sweep} {setting[SWEEPS[sweep]]}: {point['step_s']:.3f} s, "
-                  f"{point['step_peak_mb'] or float('nan'):.0f} MB, "
-                  f"{point['achieved_gflops']:.1f} GFLOP/s")  # fmt: skip
+            print(
+                f"{sweep} {setting[SWEEPS[sweep]]}: {point['step_s']:.3f} s, "
+                f"{point['step_peak_mb'] or float('nan'):.0f} MB, "
+                f"{point['achieved_gflops']:.1f} GFLOP/s"
+            )
         x = [p["effective_queries"] if sweep == "queries" else p[SWEEPS[sweep]] for p in points]
         sweeps[sweep] = {
             "points": points,
             "fit_step_s": linear_fit(x, [p["step_s"] for p in points]),
             "fit_step_peak_mb": linear_fit(x, [p["step_peak_mb"] for p in points])
-            if all(p["step_peak_mb"] is not None for p in points) else None,
-        }  # fmt: skip
-        title = (f"{args.size}, {args.image_size} px, {args.objective.upper()}: step cost against "
-                 f"{LABELS[sweep]}")  # fmt: skip
+            if all(p["step_peak_mb"] is not None for p in points)
+            else None,
+        }
+        title = (
+            f"{args.size}, {args.image_size} px, {args.objective.upper()}: step cost against "
+            f"{LABELS[sweep]}"
+        )
         plot_sweep(sweep, points, peak, title, results_dir() / f"scale_{sweep}.png")
     result = {
-        "size": args.size, "image_size": args.image_size, "objective": args.objective,
-        "repeats": args.repeats, "matmul_peak": {"n": args.peak_size, "gflops": peak},
+        "size": args.size,
+        "image_size": args.image_size,
+        "objective": args.objective,
+        "repeats": args.repeats,
+        "matmul_peak": {"n": args.peak_size, "gflops": peak},
         "memory_method": "peak RSS (VmHWM) during the timed steps minus RSS just before them; "
-                         "malloc_trim, then peak reset through /proc/self/clear_refs",
+        "malloc_trim, then peak reset through /proc/self/clear_refs",
         "flop_method": "torch.utils.flop_counter.FlopCounterMode over one step (matmul, conv, "
-                       "attention; forward and backward)",
+        "attention; forward and backward)",
         "sweeps": sweeps,
-    }  # fmt: skip
+    }
     print(write_result("scale", result))
 
 

@@ -83,8 +83,10 @@ def measure(size: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = build_detector(size).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    objectives = {"sft": SFTObjective(LossConfig()),
-                  "grqo": GRQOObjective(LossConfig(), _grqo_config())}  # fmt: skip
+    objectives = {
+        "sft": SFTObjective(LossConfig()),
+        "grqo": GRQOObjective(LossConfig(), _grqo_config()),
+    }
     if "reference_features" in GRQOConfig.__dataclass_fields__:  # the documented deviation
         objectives["grqo_policy_features"] = GRQOObjective(
             LossConfig(), _grqo_config(reference_features="policy")
@@ -109,12 +111,15 @@ def measure(size: str, steps: int) -> dict:
     grqo_module.query_rewards = rewards.fn
     median = {name: statistics.median(t) for name, t in times.items()}
     out = {
-        "image_size": image_size, "batch_size": batch_size, "steps": steps,
-        "sft_step_s": median["sft"], "grqo_step_s": median["grqo"],
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "steps": steps,
+        "sft_step_s": median["sft"],
+        "grqo_step_s": median["grqo"],
         "grqo_over_sft": median["grqo"] / median["sft"],
         "grqo_reference_forward_s_per_step": reference.seconds / steps,
         "grqo_rewards_s_per_step": rewards.seconds / steps,
-    }  # fmt: skip
+    }
     if "grqo_policy_features" in median:
         out["grqo_policy_features_step_s"] = median["grqo_policy_features"]
         out["grqo_policy_features_over_sft"] = median["grqo_policy_features"] / median["sft"]
@@ -131,8 +136,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     results = {size: measure(size, args.steps) for size in args.sizes}
     for size, r in results.items():
-        print(f"{size}: SFT {r['sft_step_s']:.3f} s, GRQO {r['grqo_step_s']:.3f} s, "
-              f"ratio {r['grqo_over_sft']:.2f}")  # fmt: skip
+        print(
+            f"{size}: SFT {r['sft_step_s']:.3f} s, GRQO {r['grqo_step_s']:.3f} s, "
+            f"ratio {r['grqo_over_sft']:.2f}"
+        )
     print(write_result("step_time", {"sizes": results}))
 
 

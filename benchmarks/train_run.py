@@ -38,15 +38,28 @@ def main() -> None:
     with Timer() as eval_timer:
         results = run_evaluation(from_pretrained(cfg.train.out_dir), cfg, val, pool)
     name = args.name or f"train_{Path(args.config).stem}"
-    path = write_result(name, {
-        "config": args.config, "overrides": args.overrides, "seed": cfg.train.seed,
-        "train_seconds": timer.seconds, "train_cpu_seconds": train_cpu,
-        "eval_seconds": eval_timer.seconds,
-        "steps": summary["global_step"], "images_per_step": cfg.train.batch_size,
-        "results": {p: {"stats": r.scalars(), "split_stats": r.split_stats,
-                        "images": r.to_dict().get("num_images")} for p, r in results.items()},
-        "resolved_config": to_dict(cfg),
-    })  # fmt: skip
+    path = write_result(
+        name,
+        {
+            "config": args.config,
+            "overrides": args.overrides,
+            "seed": cfg.train.seed,
+            "train_seconds": timer.seconds,
+            "train_cpu_seconds": train_cpu,
+            "eval_seconds": eval_timer.seconds,
+            "steps": summary["global_step"],
+            "images_per_step": cfg.train.batch_size,
+            "results": {
+                p: {
+                    "stats": r.scalars(),
+                    "split_stats": r.split_stats,
+                    "images": r.to_dict().get("num_images"),
+                }
+                for p, r in results.items()
+            },
+            "resolved_config": to_dict(cfg),
+        },
+    )
     print(json.dumps({p: r.scalars() for p, r in results.items()}, indent=2))
     print(f"wrote {path}")
 

@@ -60,10 +60,14 @@ def hand_cost(logits, box, gt_box, gt_label, alpha=0.25, gamma=2.0):
 def constructed():
     boxes = torch.tensor([normalised_cxcywh(b.tolist()) for b in QUERIES])
     return QueryOutputs(
-        token_index=torch.tensor([7, 3, 11]), select_logits=torch.tensor([2.0, 0.5, -1.0]),
-        logits=LOGITS, boxes_cxcywh=boxes, boxes_xyxy=QUERIES, image_size=(H, W),
+        token_index=torch.tensor([7, 3, 11]),
+        select_logits=torch.tensor([2.0, 0.5, -1.0]),
+        logits=LOGITS,
+        boxes_cxcywh=boxes,
+        boxes_xyxy=QUERIES,
+        image_size=(H, W),
         negative=(False, False),
-    )  # fmt: skip
+    )
 
 
 def test_constructed_case_gives_the_expected_columns():
@@ -143,8 +147,9 @@ def test_the_table_follows_the_settings_the_model_was_trained_with(tmp_path):
     from workbench.model.build import save_pretrained
 
     torch.manual_seed(0)
-    run = load_config(None, ["grqo.mute=0", "grqo.reward=iou_alignment", "data.min_size=96",
-                             "data.max_size=96"])  # fmt: skip
+    run = load_config(
+        None, ["grqo.mute=0", "grqo.reward=iou_alignment", "data.min_size=96", "data.max_size=96"]
+    )
     folder = save_pretrained(build_detector("tiny"), tmp_path / "mute0", config=run)
     trained = Predictor.from_checkpoint(folder, device="cpu")
     unknown = Predictor(trained.model, min_size=96, max_size=96)  # no run config: defaults

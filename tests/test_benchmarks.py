@@ -50,11 +50,28 @@ def finite(*values) -> bool:
 
 
 def test_predictor_latency(results, monkeypatch):
-    run_script("predictor_latency", "--sizes", "tiny", "--repeats", "1", "--image-size", "64",
-               "--threads", "1", monkeypatch=monkeypatch)  # fmt: skip
+    run_script(
+        "predictor_latency",
+        "--sizes",
+        "tiny",
+        "--repeats",
+        "1",
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        monkeypatch=monkeypatch,
+    )
     tiny = read(results, "predictor_latency")["sizes"]["tiny"]
-    variants = {"predict_image", "predict_encoded", "predict_bank", "encode", "model",
-                "model_stacked", "hf"}  # fmt: skip
+    variants = {
+        "predict_image",
+        "predict_encoded",
+        "predict_bank",
+        "encode",
+        "model",
+        "model_stacked",
+        "hf",
+    }
     assert set(tiny["ms"]) == variants
     assert all(finite(v["median_ms"], v["min_ms"]) and v["min_ms"] > 0 for v in tiny["ms"].values())
     assert finite(tiny["ratio_predictor_over_hf"], tiny["reprompt_speedup"], tiny["bank_speedup"])
@@ -62,8 +79,16 @@ def test_predictor_latency(results, monkeypatch):
 
 
 def test_coco_eval_speed_evaluators_agree(results, monkeypatch):
-    run_script("coco_eval_speed", "--images", "10", "--gt-per-image", "5", "--repeats", "1",
-               monkeypatch=monkeypatch)  # fmt: skip
+    run_script(
+        "coco_eval_speed",
+        "--images",
+        "10",
+        "--gt-per-image",
+        "5",
+        "--repeats",
+        "1",
+        monkeypatch=monkeypatch,
+    )
     record = read(results, "coco_eval_speed")
     assert record["agree"] and record["max_abs_difference_stats"] <= 1e-6
     assert finite(record["speedup_faster_over_pycocotools"], *record["seconds"]["faster"]["all"])
@@ -71,14 +96,34 @@ def test_coco_eval_speed_evaluators_agree(results, monkeypatch):
 
 
 def test_scale_one_point(results, monkeypatch):
-    run_script("scale", "--size", "tiny", "--image-size", "64", "--sweeps", "batch",
-               "--batch-sizes", "2", "--repeats", "1", "--peak-size", "256", "--threads", "1",
-               monkeypatch=monkeypatch)  # fmt: skip
+    run_script(
+        "scale",
+        "--size",
+        "tiny",
+        "--image-size",
+        "64",
+        "--sweeps",
+        "batch",
+        "--batch-sizes",
+        "2",
+        "--repeats",
+        "1",
+        "--peak-size",
+        "256",
+        "--threads",
+        "1",
+        monkeypatch=monkeypatch,
+    )
     record = read(results, "scale")
     (point,) = record["sweeps"]["batch"]["points"]
     assert point["batch_size"] == 2 and point["effective_queries"] == 50
-    assert finite(point["step_s"], point["flops"], point["achieved_gflops"],
-                  point["fraction_of_peak"], record["matmul_peak"]["gflops"])  # fmt: skip
+    assert finite(
+        point["step_s"],
+        point["flops"],
+        point["achieved_gflops"],
+        point["fraction_of_peak"],
+        record["matmul_peak"]["gflops"],
+    )
     assert point["flops"] > 0 and point["peak_rss_mb"] > 0
     assert point["step_peak_mb"] is None or point["step_peak_mb"] >= 0
     assert (results / "scale_batch.png").stat().st_size > 0
@@ -86,8 +131,15 @@ def test_scale_one_point(results, monkeypatch):
 
 def test_scale_prompts_add_absent_classes():
     prompt_set = runpy.run_path(str(BENCHMARKS / "scale.py"))["prompt_set"]
-    targets = [Target(torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.1, 0.3]]),
-                      torch.tensor([2, 5]), 1, (64, 64), (64, 64))]  # fmt: skip
+    targets = [
+        Target(
+            torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.1, 0.3]]),
+            torch.tensor([2, 5]),
+            1,
+            (64, 64),
+            (64, 64),
+        )
+    ]
     rng = np.random.default_rng(0)
     many, one = prompt_set(targets, 6, rng), prompt_set(targets, 1, rng)
     assert many.labels[:2].tolist() == [2, 5]  # the classes present come first
@@ -99,8 +151,13 @@ def test_quick_subset_lists_every_benchmark(capsys, monkeypatch):
     run_script("run_quick", "--dry-run", monkeypatch=monkeypatch)
     commands = [line.split()[2] for line in capsys.readouterr().out.splitlines()]
     names = {Path(c).stem for c in commands}
-    assert names == {"step_time", "predictor_latency", "coco_eval_speed", "scale",
-                     "deformable_attention"}  # fmt: skip
+    assert names == {
+        "step_time",
+        "predictor_latency",
+        "coco_eval_speed",
+        "scale",
+        "deformable_attention",
+    }
     assert all(Path(c).is_file() for c in commands)
 
 
@@ -128,9 +185,11 @@ def test_learning_presets_name_valid_variants_and_configs():
 def test_learning_reports_grqo_minus_sft_per_seed_with_its_spread():
     learning = _learning()
     key = learning.HEADLINE["shapes"]
-    runs = [{"dataset": "shapes", "variant": v, "seed": s, "final": {key: ap}}
-            for v, aps in (("sft", [0.1, 0.2, 0.3]), ("grqo", [0.2, 0.2, 0.5]))
-            for s, ap in enumerate(aps)]  # fmt: skip
+    runs = [
+        {"dataset": "shapes", "variant": v, "seed": s, "final": {key: ap}}
+        for v, aps in (("sft", [0.1, 0.2, 0.3]), ("grqo", [0.2, 0.2, 0.5]))
+        for s, ap in enumerate(aps)
+    ]
     summary = learning.aggregate(runs)["shapes"]
     assert summary["sft"]["mean"] == pytest.approx(0.2)
     assert summary["grqo_minus_sft"]["per_seed"] == pytest.approx([0.1, 0.0, 0.2])

@@ -69,8 +69,11 @@ def test_round_trip_is_exact_and_uses_no_pickle(tmp_path):
     path = save(tmp_path / "c", model, opt, sched, full_config={"train": {"lr": 0.01}})
     expected = (random.random(), np.random.rand(), torch.rand(2))  # drawn after the save
     assert sorted(p.name for p in path.iterdir()) == [
-        "checkpoint.json", "model.safetensors", "state.json", "state.safetensors"
-    ]  # fmt: skip
+        "checkpoint.json",
+        "model.safetensors",
+        "state.json",
+        "state.safetensors",
+    ]
     structure = json.loads((path / "state.json").read_text())
     optimizer_json = structure["trainer"]["optimizer"]
     # Step counts and hyper-parameters live in JSON, moments in safetensors by parameter index.
@@ -93,8 +96,10 @@ def test_round_trip_is_exact_and_uses_no_pickle(tmp_path):
     assert loaded.model_config == {"width": 6}
     assert loaded.full_config == {"train": {"lr": 0.01}}
     assert loaded.objective_state["count"] == 2
-    assert all(torch.equal(a, b) for a, b in zip(
-        loaded.objective_state["reference"], model.parameters(), strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.objective_state["reference"], model.parameters(), strict=True)
+    )
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -20,10 +20,16 @@ from workbench.model.build import build_detector, save_pretrained
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes_sft.yaml")
 QUICK = [
-    "data.shapes_train_images=16", "data.shapes_val_images=4", "data.shapes_image_size=96",
-    "data.shapes_object_size=[12, 40]", "data.min_size=96", "data.max_size=96",
-    "train.log_every=1", "train.eval_every_epochs=0", "train.max_steps=2",
-]  # fmt: skip
+    "data.shapes_train_images=16",
+    "data.shapes_val_images=4",
+    "data.shapes_image_size=96",
+    "data.shapes_object_size=[12, 40]",
+    "data.min_size=96",
+    "data.max_size=96",
+    "train.log_every=1",
+    "train.eval_every_epochs=0",
+    "train.max_steps=2",
+]
 BOX = "--box=10,10,40,40:thing"
 
 
@@ -77,14 +83,14 @@ def test_train_never_replaces_a_run_unless_resumed_or_moved_aside(tmp_path, caps
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
     assert snapshot(run) == before
     # A changed hyper-parameter on --resume: refused with the difference, nothing touched.
-    line = one_error(capsys, "train", TINY, *QUICK, f"train.out_dir={run}", "train.lr=1e-3",
-                     "--resume")  # fmt: skip
+    line = one_error(
+        capsys, "train", TINY, *QUICK, f"train.out_dir={run}", "train.lr=1e-3", "--resume"
+    )
     assert "train.lr: 0.0002 -> 0.001" in line and "--allow-changes" in line
     assert snapshot(run) == before
     # --allow-changes needs --resume; --resume needs a run (a typo must not start a new one).
     assert "add --resume" in one_error(capsys, "train", TINY, *QUICK, "--allow-changes")
-    line = one_error(capsys, "train", TINY, *QUICK, f"train.out_dir={tmp_path / 'rnu'}",
-                     "--resume")  # fmt: skip
+    line = one_error(capsys, "train", TINY, *QUICK, f"train.out_dir={tmp_path / 'rnu'}", "--resume")
     assert "does not exist" in line and not (tmp_path / "rnu").exists()
     (tmp_path / "empty").mkdir()
     assert "holds no run" in one_error(
@@ -129,8 +135,15 @@ def test_an_unwritable_output_folder_is_one_line_naming_the_setting(tmp_path, ca
 
 
 def test_a_diverging_run_ends_in_the_nonfinite_guard(tmp_path, capsys):
-    line = one_error(capsys, "train", TINY, *QUICK, f"train.out_dir={tmp_path / 'run'}",
-                     "train.lr=1e30", "train.max_steps=20")  # fmt: skip
+    line = one_error(
+        capsys,
+        "train",
+        TINY,
+        *QUICK,
+        f"train.out_dir={tmp_path / 'run'}",
+        "train.lr=1e30",
+        "train.max_steps=20",
+    )
     assert "NaN/inf at 5 consecutive steps" in line and "Lower train.lr" in line
 
 
@@ -161,13 +174,22 @@ def test_every_wrong_setting_is_one_line_naming_it(tmp_path, capsys, setting, me
 
 def test_a_training_set_without_a_usable_box_is_an_error(tmp_path, capsys):
     Image.new("RGB", (96, 96), "white").save(tmp_path / "a.png")
-    data = {"images": [{"id": i, "file_name": "a.png", "width": 96, "height": 96}
-                       for i in range(1, 9)],
-            "annotations": [], "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    data = {
+        "images": [{"id": i, "file_name": "a.png", "width": 96, "height": 96} for i in range(1, 9)],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     (tmp_path / "train.json").write_text(json.dumps(data))
-    line = one_error(capsys, "train", TINY, *QUICK, f"train.out_dir={tmp_path / 'run'}",
-                     "data.name=coco_json", f"data.train_json={tmp_path / 'train.json'}",
-                     f"data.val_json={tmp_path / 'train.json'}")  # fmt: skip
+    line = one_error(
+        capsys,
+        "train",
+        TINY,
+        *QUICK,
+        f"train.out_dir={tmp_path / 'run'}",
+        "data.name=coco_json",
+        f"data.train_json={tmp_path / 'train.json'}",
+        f"data.val_json={tmp_path / 'train.json'}",
+    )
     assert "has no usable box" in line
 
 
@@ -216,9 +238,11 @@ def test_eval_and_show_outputs_that_exist_need_force(tmp_path, capsys):
     line = one_error(capsys, "eval", tmp_path / "no-run", "--out", kept)
     assert "results.json already exists; pass --force" in line and kept.read_text() == "mine"
     Image.new("RGB", (40, 30), "white").save(tmp_path / "a.png")
-    data = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}],
-            "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     (tmp_path / "a.json").write_text(json.dumps(data))
     picture = tmp_path / "grid.png"
     picture.write_bytes(b"my picture")
@@ -285,9 +309,14 @@ def test_fetch_never_replaces_same_named_folders_without_force(tmp_path, capsys,
     with zipfile.ZipFile(archive, "w") as zf:
         data = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}
         zf.writestr("set/val.json", json.dumps(data))
-    src = sources.Source("local", "a local archive", "test", "WORKBENCH_LOCAL_TEST",
-                         {"val": ("set/val.json", "set")},
-                         downloads=(Download(archive.as_uri(), "set.zip"),))  # fmt: skip
+    src = sources.Source(
+        "local",
+        "a local archive",
+        "test",
+        "WORKBENCH_LOCAL_TEST",
+        {"val": ("set/val.json", "set")},
+        downloads=(Download(archive.as_uri(), "set.zip"),),
+    )
     monkeypatch.setitem(sources.SOURCES, "local", src)
     root = tmp_path / "mine"
     (root / "set").mkdir(parents=True)
@@ -303,5 +332,6 @@ def test_fetch_never_replaces_same_named_folders_without_force(tmp_path, capsys,
 
 def test_usage_mistakes_are_one_line(capsys):
     assert "invalid choice" in one_error(capsys, "trian")
-    assert "--threshold" in one_error(capsys, "predict", "m", "i.png", BOX, "--out", "o",
-                                      "--threshold", 2)  # fmt: skip
+    assert "--threshold" in one_error(
+        capsys, "predict", "m", "i.png", BOX, "--out", "o", "--threshold", 2
+    )

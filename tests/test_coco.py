@@ -116,9 +116,14 @@ def test_unicode_file_names(tmp_path):
 def test_crowd_lvis_keys_missing_ids_and_images_without_annotations_are_tolerated():
     images = [
         {"id": 1, "file_name": "a.png", "height": 40, "width": 60, "neg_category_ids": [2]},
-        {"id": 2, "coco_url": "http://images.cocodataset.org/val2017/000000000002.jpg",
-         "height": 40, "width": 60, "not_exhaustive_category_ids": [1]},
-    ]  # fmt: skip
+        {
+            "id": 2,
+            "coco_url": "http://images.cocodataset.org/val2017/000000000002.jpg",
+            "height": 40,
+            "width": 60,
+            "not_exhaustive_category_ids": [1],
+        },
+    ]
     categories = [{"id": 1, "name": "a", "split": "base"}, {"id": 2, "name": "b", "split": "novel"}]
     annotations = [
         {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 1, "extra": "x"},
@@ -179,22 +184,32 @@ def test_missing_and_non_utf8_files(tmp_path):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (_coco(images=[{"id": 1, "file_name": "a", "height": 4, "width": 4}] * 2),
-         r"duplicate image ids \[1\]; make image ids unique"),
-        (_coco(categories=[{"id": 3, "name": "a"}, {"id": 3, "name": "b"}]),
-         r"duplicate category ids \[3\]"),
-        (_coco([_ann([0, 0, 1, 1], id=4), _ann([0, 0, 2, 2], id=4)]),
-         r"duplicate annotation ids \[4\]; renumber"),
-        (_coco(images=[{"id": "1", "file_name": "a", "height": 4, "width": 4}]),
-         "images\\[0\\] has id '1'; image ids must be integers"),
-        (_coco(images=[{"id": 1, "file_name": "a", "height": -4, "width": 4}]),
-         "has height -4; width and height must be positive integers"),
+        (
+            _coco(images=[{"id": 1, "file_name": "a", "height": 4, "width": 4}] * 2),
+            r"duplicate image ids \[1\]; make image ids unique",
+        ),
+        (
+            _coco(categories=[{"id": 3, "name": "a"}, {"id": 3, "name": "b"}]),
+            r"duplicate category ids \[3\]",
+        ),
+        (
+            _coco([_ann([0, 0, 1, 1], id=4), _ann([0, 0, 2, 2], id=4)]),
+            r"duplicate annotation ids \[4\]; renumber",
+        ),
+        (
+            _coco(images=[{"id": "1", "file_name": "a", "height": 4, "width": 4}]),
+            "images\\[0\\] has id '1'; image ids must be integers",
+        ),
+        (
+            _coco(images=[{"id": 1, "file_name": "a", "height": -4, "width": 4}]),
+            "has height -4; width and height must be positive integers",
+        ),
         (_coco(images=[{"id": 1, "height": 4, "width": 4}]), "has file_name None; set it"),
         (_coco(categories=[{"id": 1}]), r"categories\[0\] has id 1 and name None"),
         (_coco(categories=[{"id": 1, "name": "a", "split": "train"}]), "use 'base' or 'novel'"),
         (_coco(["not a dict"]), r"annotations\[0\] is a str, expected an object"),
     ],
-)  # fmt: skip
+)
 def test_bad_structure_is_refused(data, message):
     with pytest.raises(DatasetError, match=message):
         CocoDetection(data)

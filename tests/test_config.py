@@ -105,16 +105,36 @@ def test_every_shipped_config_loads():
 @pytest.mark.parametrize(
     "override",
     [
-        "train.max_steps=-5", "train.max_steps=0", "train.lr=.inf", "train.lr=.nan",
-        "train.weight_decay=-1e-4", "train.warmup_steps=-1", "train.keep_checkpoints=-1",
-        "train.log_every=0", "train.seed=-1", "train.device=foo", "train.device=cuda:x",
-        "train.lr_drop_factor=0", "grqo.std_eps=0", "grqo.std_eps=-1e-9", "grqo.alpha=.inf",
-        "grqo.warmup_steps=-1", "grqo.step_switch_fraction=2", "model.dn_number=-1",
-        "model.num_queries=0", "eval.max_images=-3", "eval.max_images=0", "data.num_workers=-1",
-        "data.shapes_train_images=0", "data.shapes_image_size=8", "data.min_box_size=-1",
-        "data.shapes_object_size=[40, 20]", "loss.focal_gamma=-1", "loss.cost_bbox=.inf",
+        "train.max_steps=-5",
+        "train.max_steps=0",
+        "train.lr=.inf",
+        "train.lr=.nan",
+        "train.weight_decay=-1e-4",
+        "train.warmup_steps=-1",
+        "train.keep_checkpoints=-1",
+        "train.log_every=0",
+        "train.seed=-1",
+        "train.device=foo",
+        "train.device=cuda:x",
+        "train.lr_drop_factor=0",
+        "grqo.std_eps=0",
+        "grqo.std_eps=-1e-9",
+        "grqo.alpha=.inf",
+        "grqo.warmup_steps=-1",
+        "grqo.step_switch_fraction=2",
+        "model.dn_number=-1",
+        "model.num_queries=0",
+        "eval.max_images=-3",
+        "eval.max_images=0",
+        "data.num_workers=-1",
+        "data.shapes_train_images=0",
+        "data.shapes_image_size=8",
+        "data.min_box_size=-1",
+        "data.shapes_object_size=[40, 20]",
+        "loss.focal_gamma=-1",
+        "loss.cost_bbox=.inf",
     ],
-)  # fmt: skip
+)
 def test_values_out_of_range_are_refused_naming_the_key_and_the_value(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)} .*\(got "):
@@ -122,7 +142,13 @@ def test_values_out_of_range_are_refused_naming_the_key_and_the_value(override):
 
 
 def test_the_edges_of_the_ranges_are_accepted():
-    edges = ["train.max_steps=1", "train.keep_checkpoints=0", "train.device=cuda:1",
-             "grqo.std_eps=1e-12", "eval.max_images=1", "model.dn_number=0"]  # fmt: skip
+    edges = [
+        "train.max_steps=1",
+        "train.keep_checkpoints=0",
+        "train.device=cuda:1",
+        "grqo.std_eps=1e-12",
+        "eval.max_images=1",
+        "model.dn_number=0",
+    ]
     cfg = load_config(None, edges)
     assert cfg.train.max_steps == 1 and cfg.train.keep_checkpoints == 0

@@ -83,13 +83,17 @@ def test_boxes_equal_transformers_decoder_with_dinos_output_rule(decoder_call):
     assert kwargs.get("self_attn_mask") is None  # eval mode: no denoising queries
     with torch.no_grad():
         out = hf(
-            inputs_embeds=queries, vision_encoder_hidden_states=memory,
-            vision_encoder_attention_mask=features.valid, text_encoder_hidden_states=prompts,
-            reference_points=reference, spatial_shapes=features.spatial_shapes,
+            inputs_embeds=queries,
+            vision_encoder_hidden_states=memory,
+            vision_encoder_attention_mask=features.valid,
+            text_encoder_hidden_states=prompts,
+            reference_points=reference,
+            spatial_shapes=features.spatial_shapes,
             spatial_shapes_list=list(features.spatial_shapes_list),
-            level_start_index=features.level_start_index, valid_ratios=features.valid_ratios,
+            level_start_index=features.level_start_index,
+            valid_ratios=features.valid_ratios,
             return_dict=True,
-        )  # fmt: skip
+        )
         bases = [reference, *out.intermediate_reference_points.unbind(1)[:-1]]
         hiddens = out.intermediate_hidden_states.unbind(1)
         expected = [

@@ -59,8 +59,9 @@ def test_sampling_equals_transformers_forward_and_backward(name, backend):
 def test_kernel_gradients_match_finite_differences():
     if deformable.load_kernel() is None:
         pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
-    (value, loc, weights), spatial, start = inputs(torch.float64, batch=1, queries=3, heads=2,
-                                                   dim=3)  # fmt: skip
+    (value, loc, weights), spatial, start = inputs(
+        torch.float64, batch=1, queries=3, heads=2, dim=3
+    )
     # Keep points off the integer pixel lines, where bilinear sampling has kinks.
     with torch.no_grad():
         loc.copy_(loc.clamp(0.02, 0.98))

@@ -67,10 +67,18 @@ def test_debian_chromium_renders_a_local_page_through_playwright(tmp_path):
     page_file.write_text("<html><body><h1 id='t'>workbench</h1></body></html>")
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(), executable_path=shutil.which("chromium"), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+            tempfile.mkdtemp(),
+            executable_path=shutil.which("chromium"),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = ctx.new_page()
             page.goto(page_file.as_uri())

@@ -47,8 +47,16 @@ class PerfectPredictor:
         self.dataset, self.drop = dataset, drop
         self.index_of = {i.annotation_id: i.image_index for i in dataset.instances()}
 
-    def predict(self, image, prompts, *, reference_images=None, score_threshold=0.0,
-                max_detections=None, return_queries=False):  # fmt: skip
+    def predict(
+        self,
+        image,
+        prompts,
+        *,
+        reference_images=None,
+        score_threshold=0.0,
+        max_detections=None,
+        return_queries=False,
+    ):
         target = self.dataset.target(self.index_of[prompts[0].exemplars[0].annotation_id])
         column = {p.label: u for u, p in enumerate(prompts)}
         rows = [j for j, label in enumerate(target.labels.tolist()) if label in column]
@@ -68,8 +76,11 @@ def test_perfect_detections_give_ap_one_with_base_and_novel_splits(shapes):
     result = evaluate(PerfectPredictor(shapes), shapes, protocol="interactive", evaluator="faster")
     assert result.num_images == len(shapes)
     assert math.isclose(result.AP, 1.0, abs_tol=1e-9) and math.isclose(result.AP50, 1.0)
-    splits = {c.split for c in shapes.categories if any(
-        (shapes.target(i).labels == c.label).any() for i in range(len(shapes)))}  # fmt: skip
+    splits = {
+        c.split
+        for c in shapes.categories
+        if any((shapes.target(i).labels == c.label).any() for i in range(len(shapes)))
+    }
     assert splits == {"base", "novel"}  # the fixture shows both kinds
     for split in ("base", "novel"):
         assert math.isclose(result.split_stats[split]["AP"], 1.0, abs_tol=1e-9)
@@ -103,8 +114,9 @@ def assert_evaluators_agree(gt, results):
 
 def test_evaluators_agree_on_real_tiny_model_predictions(predictor):
     # Large objects, so that even random weights place some boxes on them.
-    cfg = ShapesConfig(image_size=SIZE, object_size=(48, 64), objects_per_image=(2, 4),
-                       categories_per_image=(1, 2))  # fmt: skip
+    cfg = ShapesConfig(
+        image_size=SIZE, object_size=(48, 64), objects_per_image=(2, 4), categories_per_image=(1, 2)
+    )
     data, indices = ShapesDataset(6, seed=11, cfg=cfg), range(6)
     prompts = [interactive_prompts(data.target(i), data.categories) for i in indices]
     dets = predictor.predict_batch([data.load_image(i) for i in indices], prompts)
@@ -120,8 +132,14 @@ def test_evaluators_agree_on_real_tiny_model_predictions(predictor):
     assert_evaluators_agree(gt, results)
     # Plus jittered ground truth at random scores: AP strictly between 0 and 1 for sure.
     rng = np.random.default_rng(0)
-    jittered = [{**a, "bbox": (np.array(a["bbox"]) + rng.normal(0, 4, 4)).tolist(),
-                 "score": float(rng.random())} for a in gt["annotations"]]  # fmt: skip
+    jittered = [
+        {
+            **a,
+            "bbox": (np.array(a["bbox"]) + rng.normal(0, 4, 4)).tolist(),
+            "score": float(rng.random()),
+        }
+        for a in gt["annotations"]
+    ]
     mixed = assert_evaluators_agree(gt, results + jittered)
     assert 0.0 < mixed.stats[0] < 1.0
 
@@ -139,11 +157,14 @@ def test_records_are_consistent_with_the_coco_totals(shapes, predictor):
 
 
 def test_match_counts_of_a_constructed_case():
-    gt = {"images": [{"id": 1}], "categories": [{"id": 1}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10],
-                           "iscrowd": 0},
-                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40],
-                           "iscrowd": 1}]}  # fmt: skip
+    gt = {
+        "images": [{"id": 1}],
+        "categories": [{"id": 1}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40], "iscrowd": 1},
+        ],
+    }
     results = [
         {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},  # TP
         {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 9], "score": 0.8},  # duplicate: FP
@@ -151,22 +172,25 @@ def test_match_counts_of_a_constructed_case():
         {"image_id": 1, "category_id": 1, "bbox": [200, 200, 5, 5], "score": 0.6},  # FP
     ]
     counts = match_counts(gt, results)[1]
-    assert (counts.num_gt, counts.num_detections, counts.tp, counts.fp, counts.ignored) == (
-        1, 4, 1, 2, 1)  # fmt: skip
+    found = (counts.num_gt, counts.num_detections, counts.tp, counts.fp, counts.ignored)
+    assert found == (1, 4, 1, 2, 1)
 
 
 def test_ground_truth_is_in_original_pixels(shapes):
     gt = ground_truth_coco(shapes, [0])
     anns = sorted(gt["annotations"], key=lambda a: a["id"])
-    insts = sorted((i for i in shapes.instances() if i.image_index == 0),
-                   key=lambda i: i.annotation_id)  # fmt: skip
+    insts = sorted(
+        (i for i in shapes.instances() if i.image_index == 0), key=lambda i: i.annotation_id
+    )
     assert [a["id"] for a in anns] == [i.annotation_id for i in insts]
     for ann, inst in zip(anns, insts, strict=True):
         x0, y0, x1, y1 = inst.box_xyxy
         np.testing.assert_allclose(ann["bbox"], [x0, y0, x1 - x0, y1 - y0], atol=1e-3)
         assert ann["category_id"] == shapes.categories[inst.label].id
     assert gt["images"][0]["width"] == SIZE and {c.get("split") for c in gt["categories"]} == {
-        "base", "novel"}  # fmt: skip
+        "base",
+        "novel",
+    }
 
 
 class PlainPredictor:
@@ -181,11 +205,13 @@ class PlainPredictor:
 
 def test_cross_image_cached_banks_equal_direct_prompting(shapes, predictor):
     cached = evaluate(predictor, shapes, protocol="cross_image", max_images=3, seed=1)
-    direct = evaluate(PlainPredictor(predictor), shapes, protocol="cross_image", max_images=3,
-                      seed=1)  # fmt: skip
+    direct = evaluate(
+        PlainPredictor(predictor), shapes, protocol="cross_image", max_images=3, seed=1
+    )
     assert [r.num_detections for r in cached.records] == [r.num_detections for r in direct.records]
-    np.testing.assert_allclose(list(cached.stats.values()), list(direct.stats.values()),
-                               atol=1e-6, equal_nan=True)  # fmt: skip
+    np.testing.assert_allclose(
+        list(cached.stats.values()), list(direct.stats.values()), atol=1e-6, equal_nan=True
+    )
     assert all(r.num_prompts > 0 for r in cached.records)
     # Categories seen only in the searched image, or nowhere, get no prompt for it.
     assert cached.unprompted and all(0 < n <= 3 for n in cached.unprompted.values())
@@ -195,8 +221,15 @@ def test_cross_image_with_a_separate_pool_and_a_model(shapes, predictor):
     pool = ShapesDataset(2, seed=99, cfg=CFG)
     model = predictor.model.train()
     try:
-        result = evaluate(model, shapes, protocol="cross_image", prompt_pool=pool, max_images=2,
-                          min_size=SIZE, max_size=SIZE)  # fmt: skip
+        result = evaluate(
+            model,
+            shapes,
+            protocol="cross_image",
+            prompt_pool=pool,
+            max_images=2,
+            min_size=SIZE,
+            max_size=SIZE,
+        )
         assert model.training  # evaluation restored the trainer's mode
     finally:
         model.eval()
@@ -208,8 +241,9 @@ def test_cross_image_with_a_separate_pool_and_a_model(shapes, predictor):
 
 
 def test_classes_beyond_the_prompt_limit_are_searched_in_groups(shapes, predictor):
-    small = Predictor(predictor.model, min_size=SIZE, max_size=SIZE, max_prompts=1,
-                      max_detections=30)  # fmt: skip
+    small = Predictor(
+        predictor.model, min_size=SIZE, max_size=SIZE, max_prompts=1, max_detections=30
+    )
     image, target = shapes.load_image(0), shapes.target(0)
     prompts = interactive_prompts(target, shapes.categories)
     assert len(prompts) >= 2
@@ -231,10 +265,12 @@ def answers(target, prompts, found: bool) -> Detections:
     rows = [j for j, label in enumerate(target.labels.tolist()) if found and label in column]
     prompt_index = torch.tensor([column[int(target.labels[j])] for j in rows], dtype=torch.long)
     return Detections(
-        boxes_xyxy=target.boxes_xyxy()[rows].reshape(-1, 4), scores=torch.ones(len(rows)),
-        prompt_index=prompt_index, names=tuple(prompts[int(u)].name for u in prompt_index),
+        boxes_xyxy=target.boxes_xyxy()[rows].reshape(-1, 4),
+        scores=torch.ones(len(rows)),
+        prompt_index=prompt_index,
+        names=tuple(prompts[int(u)].name for u in prompt_index),
         image_size=target.orig_size,
-    )  # fmt: skip
+    )
 
 
 def exemplar_ids(prompts) -> tuple:
@@ -258,11 +294,19 @@ class DrawStub:
 def test_ap_spread_over_exemplar_draws_of_a_stub_that_only_some_draws_help(shapes):
     instances, seed = shapes.instances(), 3
     exemplars = {
-        d: {exemplar_ids(cross_image_prompts(instances, shapes.categories, seed=seed + d,
-                                             exclude_image_ids=[shapes.target(i).image_id]))
-            for i in range(len(shapes))}
+        d: {
+            exemplar_ids(
+                cross_image_prompts(
+                    instances,
+                    shapes.categories,
+                    seed=seed + d,
+                    exclude_image_ids=[shapes.target(i).image_id],
+                )
+            )
+            for i in range(len(shapes))
+        }
         for d in range(5)
-    }  # fmt: skip
+    }
     good = {0, 2}
     assert not (exemplars[0] | exemplars[2]) & (exemplars[1] | exemplars[3] | exemplars[4])
     stub = DrawStub(shapes, exemplars, good)
@@ -281,8 +325,9 @@ def test_ap_spread_over_exemplar_draws_of_a_stub_that_only_some_draws_help(shape
 
 def test_query_metrics_of_the_tiny_model_exist_and_lie_in_range(predictor):
     # Large objects, so that even random weights find some (AP and recall above 0).
-    cfg = ShapesConfig(image_size=SIZE, object_size=(48, 64), objects_per_image=(2, 4),
-                       categories_per_image=(1, 2))  # fmt: skip
+    cfg = ShapesConfig(
+        image_size=SIZE, object_size=(48, 64), objects_per_image=(2, 4), categories_per_image=(1, 2)
+    )
     shapes = ShapesDataset(6, seed=11, cfg=cfg)
     for protocol in PROTOCOLS:
         result = evaluate(predictor, shapes, protocol=protocol, exemplar_draws=5)

@@ -18,15 +18,24 @@ from workbench.query_metrics import QUERY_METRICS
 TINY = "configs/tiny_shapes_sft.yaml"
 # A few fast steps on 64 px images: enough to exercise every part of a real run.
 QUICK = [
-    "data.shapes_train_images=16", "data.shapes_val_images=4", "data.shapes_image_size=96",
+    "data.shapes_train_images=16",
+    "data.shapes_val_images=4",
+    "data.shapes_image_size=96",
     "data.shapes_object_size=[12, 40]",
-    "data.min_size=96", "data.max_size=96", "eval.max_images=4", "train.log_every=1",
-]  # fmt: skip
+    "data.min_size=96",
+    "data.max_size=96",
+    "eval.max_images=4",
+    "train.log_every=1",
+]
 
 
 def run_cli(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "workbench", *map(str, args)],
-                          capture_output=True, text=True, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -37,11 +46,20 @@ def params(folder):
 
 @pytest.mark.slow
 def test_tiny_model_overfits_eight_images(tmp_path):
-    cfg = load_config(TINY, [
-        "data.shapes_train_images=8", "data.val_split=train", "data.hflip_prob=0",
-        "eval.protocols=[interactive]", "train.epochs=1000", "train.max_steps=400",
-        "train.eval_every_epochs=0", "train.checkpoint_every=1000", f"train.out_dir={tmp_path}",
-    ])  # fmt: skip
+    cfg = load_config(
+        TINY,
+        [
+            "data.shapes_train_images=8",
+            "data.val_split=train",
+            "data.hflip_prob=0",
+            "eval.protocols=[interactive]",
+            "train.epochs=1000",
+            "train.max_steps=400",
+            "train.eval_every_epochs=0",
+            "train.checkpoint_every=1000",
+            f"train.out_dir={tmp_path}",
+        ],
+    )
     train(cfg)
     _, val, pool = open_splits(cfg)
     assert len(val) == 8
@@ -64,16 +82,24 @@ def test_train_eval_predict_from_the_command_line(tmp_path):
     Image.fromarray(pixels).save(image)
     x, y, w, h = anns[0]["bbox"]
     box = f"{x},{y},{x + w},{y + h}:thing"
-    run_cli("predict", run, image, "--box", box, "--min-size", 96, "--max-size", 96,
-            "--threshold", 0, "--out", tmp_path / "pred")  # fmt: skip
+    sizes = ["--min-size", 96, "--max-size", 96, "--threshold", 0]
+    run_cli("predict", run, image, "--box", box, *sizes, "--out", tmp_path / "pred")
     records = json.loads((tmp_path / "pred.json").read_text())
     assert records and all(r["name"] == "thing" for r in records)
     assert (tmp_path / "pred.png").is_file()
 
 
 def test_each_epoch_logs_the_query_metrics_of_every_protocol(tmp_path):
-    cfg = load_config(TINY, [*QUICK, "data.shapes_train_images=4", "train.epochs=1",
-                             "eval.exemplar_draws=2", f"train.out_dir={tmp_path}"])  # fmt: skip
+    cfg = load_config(
+        TINY,
+        [
+            *QUICK,
+            "data.shapes_train_images=4",
+            "train.epochs=1",
+            "eval.exemplar_draws=2",
+            f"train.out_dir={tmp_path}",
+        ],
+    )
     train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "eval/interactive/AP" in x]
@@ -87,8 +113,13 @@ def test_each_epoch_logs_the_query_metrics_of_every_protocol(tmp_path):
 @pytest.mark.parametrize("config", [TINY, "configs/tiny_shapes_grqo.yaml"])
 def test_an_interrupted_run_resumes_to_the_same_parameters(tmp_path, config):
     # GRQO without warm-up: its reference model (refreshed each epoch) must come back exactly
-    common = [*QUICK, "train.epochs=2", "train.checkpoint_every=2", "train.eval_every_epochs=0",
-              "grqo.warmup_epochs=0"]  # fmt: skip
+    common = [
+        *QUICK,
+        "train.epochs=2",
+        "train.checkpoint_every=2",
+        "train.eval_every_epochs=0",
+        "grqo.warmup_epochs=0",
+    ]
     straight = tmp_path / "straight"
     train(load_config(config, [*common, f"train.out_dir={straight}"]))
     broken = tmp_path / "broken"
@@ -111,15 +142,36 @@ def test_two_process_torchrun_equals_one_process_with_the_same_global_batch(tmp_
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default, for identical summation
     single = tmp_path / "single"
-    run_cli("train", TINY, *common, "train.batch_size=4", "train.grad_accum=2",
-            f"train.out_dir={single}", env=env)  # fmt: skip
+    run_cli(
+        "train",
+        TINY,
+        *common,
+        "train.batch_size=4",
+        "train.grad_accum=2",
+        f"train.out_dir={single}",
+        env=env,
+    )
     multi = tmp_path / "multi"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         "-m", "workbench", "train", TINY, *common, "train.batch_size=2", "train.grad_accum=1",
-         f"train.out_dir={multi}"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "workbench",
+            "train",
+            TINY,
+            *common,
+            "train.batch_size=2",
+            "train.grad_accum=1",
+            f"train.out_dir={multi}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = []
     for run in (single, multi):

@@ -26,8 +26,9 @@ from workbench.objectives.sft import SFTObjective, run_detector
 
 
 def batches(image_size: int, count: int, batch_size: int = 2):
-    cfg = ShapesConfig(image_size=image_size, object_size=(12, 28), objects_per_image=(2, 4),
-                       supersample=1)  # fmt: skip
+    cfg = ShapesConfig(
+        image_size=image_size, object_size=(12, 28), objects_per_image=(2, 4), supersample=1
+    )
     data = ShapesDataset(count * batch_size, seed=3, cfg=cfg)
     out = []
     for k in range(count):

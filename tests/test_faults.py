@@ -17,10 +17,17 @@ from workbench.model.build import from_pretrained
 
 TINY = "configs/tiny_shapes_sft.yaml"
 RUN = [
-    "data.shapes_train_images=16", "data.shapes_val_images=2", "data.shapes_image_size=96",
-    "data.shapes_object_size=[12, 40]", "data.min_size=96", "data.max_size=96",
-    "train.epochs=3", "train.checkpoint_every=1", "train.eval_every_epochs=0", "train.log_every=1",
-]  # fmt: skip
+    "data.shapes_train_images=16",
+    "data.shapes_val_images=2",
+    "data.shapes_image_size=96",
+    "data.shapes_object_size=[12, 40]",
+    "data.min_size=96",
+    "data.max_size=96",
+    "train.epochs=3",
+    "train.checkpoint_every=1",
+    "train.eval_every_epochs=0",
+    "train.log_every=1",
+]
 TOTAL_STEPS = 12  # 16 images, batch 4, 3 epochs
 
 
@@ -48,8 +55,12 @@ def run_and_kill_at(out_dir: Path, step: int) -> None:
     """Start (or resume: --resume needs a run to continue) the run and SIGKILL it once it has
     logged ``step``."""
     started = (out_dir / "metrics.jsonl").exists()
-    proc = subprocess.Popen(command(out_dir, resume=started), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command(out_dir, resume=started),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if step in logged_steps(out_dir):

@@ -77,8 +77,9 @@ def predictors():
     out = {}
     for seed, name in enumerate(("sft", "grqo")):  # two random tiny models stand for two runs
         torch.manual_seed(seed)
-        out[name] = Predictor(build_detector("tiny"), min_size=SIZE, max_size=SIZE,
-                              max_detections=15)  # fmt: skip
+        out[name] = Predictor(
+            build_detector("tiny"), min_size=SIZE, max_size=SIZE, max_detections=15
+        )
     return out
 
 
@@ -163,15 +164,26 @@ def test_per_query_fields_are_present_typed_and_declared(fo, exported, shapes, p
     target = shapes.target(0)
     prompts = interactive_prompts(target, shapes.categories)
     truth = GroundTruth.prompted(target, prompts)
-    table = query_table(predictors["grqo"], shapes.load_image(0), prompts, ground_truth=truth,
-                        reference=predictors["sft"])  # fmt: skip
+    table = query_table(
+        predictors["grqo"],
+        shapes.load_image(0),
+        prompts,
+        ground_truth=truth,
+        reference=predictors["sft"],
+    )
     sample = exported.one(fo.ViewField("image_id") == target.image_id)
     queries = sample["grqo_queries"].detections
     assert [d.query_rank for d in queries] == [r.rank for r in table]
-    for key, column in (("reward", "reward"), ("advantage", "advantage"), ("kl", "kl"),
-                        ("objectness", "objectness"), ("confidence", "score")):  # fmt: skip
-        assert [d[key] for d in queries] == pytest.approx([getattr(r, column) for r in table],
-                                                          abs=1e-5), key  # fmt: skip
+    for key, column in (
+        ("reward", "reward"),
+        ("advantage", "advantage"),
+        ("kl", "kl"),
+        ("objectness", "objectness"),
+        ("confidence", "score"),
+    ):
+        assert [d[key] for d in queries] == pytest.approx(
+            [getattr(r, column) for r in table], abs=1e-5
+        ), key
 
 
 @pytest.mark.slow
@@ -180,9 +192,18 @@ def test_exported_counts_and_map_agree_with_workbench_evaluate(exported, shapes,
     for model, predictor in predictors.items():
         result = workbench_evaluate(predictor, shapes, protocol="interactive")
         key = f"eval_{model}"
-        fo_counts = dict(zip(exported.values("image_id"), zip(exported.values(f"{key}_tp"),
-                         exported.values(f"{key}_fp"), exported.values(f"{key}_fn"), strict=True),
-                         strict=True))  # fmt: skip
+        fo_counts = dict(
+            zip(
+                exported.values("image_id"),
+                zip(
+                    exported.values(f"{key}_tp"),
+                    exported.values(f"{key}_fp"),
+                    exported.values(f"{key}_fn"),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
         for record in result.records:
             assert fo_counts[record.image_id] == (record.tp50, record.fp50, record.missed50)
         assert exported.count(f"{model}_predictions.detections") == sum(
@@ -203,8 +224,9 @@ def test_export_twice_keeps_one_copy_of_every_sample_label_field_and_view(
     before = wfo.summary(exported)
     schema = set(exported.get_field_schema(flat=True))
     evaluations = sorted(exported.list_evaluations())
-    again = wfo.export(shapes, predictors, references={"grqo": predictors["sft"]},
-                       image_dir=tmp_path, **EXPORT)  # fmt: skip
+    again = wfo.export(
+        shapes, predictors, references={"grqo": predictors["sft"]}, image_dir=tmp_path, **EXPORT
+    )
     after = wfo.summary(again)
     assert after == before
     assert before["samples"] == 4 and before["labels"]["ground_truth"] > 0
@@ -220,17 +242,28 @@ def on_boxes(image_id, target, prompts, picks):
     """An ImagePrediction with one detection per ``(box_xyxy, prompt_index, score, reward)``."""
     boxes = torch.tensor([p[0] for p in picks], dtype=torch.float32).reshape(-1, 4)
     table = tuple(
-        QueryRecord(rank=i, query_index=i, token_index=i, select_score=0.0, objectness=0.5,
-                    score=score, prompt_index=p, box_xyxy=tuple(box), reward=reward,
-                    advantage=0.0)
+        QueryRecord(
+            rank=i,
+            query_index=i,
+            token_index=i,
+            select_score=0.0,
+            objectness=0.5,
+            score=score,
+            prompt_index=p,
+            box_xyxy=tuple(box),
+            reward=reward,
+            advantage=0.0,
+        )
         for i, (box, p, score, reward) in enumerate(picks)
-    )  # fmt: skip
+    )
     dets = Detections(
-        boxes_xyxy=boxes, scores=torch.tensor([p[2] for p in picks]),
+        boxes_xyxy=boxes,
+        scores=torch.tensor([p[2] for p in picks]),
         prompt_index=torch.tensor([p[1] for p in picks], dtype=torch.int64),
-        names=tuple(prompts[p[1]].name for p in picks), image_size=target.orig_size,
+        names=tuple(prompts[p[1]].name for p in picks),
+        image_size=target.orig_size,
         query_index=torch.arange(len(picks)),
-    )  # fmt: skip
+    )
     return ImagePrediction(image_id, dets, table, tuple(prompts))
 
 
@@ -242,8 +275,11 @@ def scripted(shapes, index, *, missed=(), fp_scores=(), score=0.9, low_reward=No
     prompts = interactive_prompts(target, shapes.categories)
     prompt_of = {p.label: u for u, p in enumerate(prompts)}
     boxes = target.boxes_xyxy(target.orig_size).tolist()
-    picks = [(box, prompt_of[int(target.labels[j])], score, 0.0)
-             for j, box in enumerate(boxes) if j not in missed]  # fmt: skip
+    picks = [
+        (box, prompt_of[int(target.labels[j])], score, 0.0)
+        for j, box in enumerate(boxes)
+        if j not in missed
+    ]
     if low_reward is not None:
         picks[0] = (*picks[0][:3], low_reward)
     picks += [([1.0, 1.0, 4.0, 4.0], 0, s, 0.0) for s in fp_scores]
@@ -268,14 +304,19 @@ def test_saved_views_return_exactly_the_expected_samples(fo, shapes, tmp_path):
     wfo.add_predictions(ds, "sft", sft)
     wfo.add_predictions(ds, "grqo", grqo)
     wfo.evaluate(ds, ["sft", "grqo"])
-    counts = wfo.save_views(ds, ["sft", "grqo"], baseline="sft", candidate="grqo",
-                            confidence=0.5, low_reward=-5.0)  # fmt: skip
+    counts = wfo.save_views(
+        ds, ["sft", "grqo"], baseline="sft", candidate="grqo", confidence=0.5, low_reward=-5.0
+    )
     expected = {
-        "sft_high_confidence_fp": {1}, "grqo_high_confidence_fp": {4},
-        "sft_missed_gt": {1, 3}, "grqo_missed_gt": {2},
-        "fixed_by_grqo": {1, 3}, "broken_by_grqo": {2},
-        "sft_high_score_low_reward": {4}, "grqo_high_score_low_reward": {3},
-    }  # fmt: skip
+        "sft_high_confidence_fp": {1},
+        "grqo_high_confidence_fp": {4},
+        "sft_missed_gt": {1, 3},
+        "grqo_missed_gt": {2},
+        "fixed_by_grqo": {1, 3},
+        "broken_by_grqo": {2},
+        "sft_high_score_low_reward": {4},
+        "grqo_high_score_low_reward": {3},
+    }
     assert set(ds.list_saved_views()) == set(expected)
     for name, image_ids in expected.items():
         assert ids_of(ds.load_saved_view(name)) == image_ids, name
@@ -293,18 +334,31 @@ def jittered(shapes, index, rng):
     prompts = interactive_prompts(target, shapes.categories)
     prompt_of = {p.label: u for u, p in enumerate(prompts)}
     picks = []
-    for box, label in zip(target.boxes_xyxy(target.orig_size).tolist(), target.labels.tolist(),
-                          strict=True):  # fmt: skip
+    for box, label in zip(
+        target.boxes_xyxy(target.orig_size).tolist(), target.labels.tolist(), strict=True
+    ):
         w, h = box[2] - box[0], box[3] - box[1]
         for _ in range(int(rng.choice([0, 1, 1, 1, 2]))):
             noise = rng.normal(0, 0.12, 4) * [w, h, w, h]
-            picks.append((np.clip(np.add(box, noise), 0, SIZE).tolist(), prompt_of[label],
-                          float(rng.uniform(0.05, 1.0)), 0.0))  # fmt: skip
+            picks.append(
+                (
+                    np.clip(np.add(box, noise), 0, SIZE).tolist(),
+                    prompt_of[label],
+                    float(rng.uniform(0.05, 1.0)),
+                    0.0,
+                )
+            )
     for _ in range(3):
         x, y = rng.uniform(0, SIZE - 40, 2)
         s = rng.uniform(10, 40)
-        picks.append(([x, y, x + s, y + s], int(rng.integers(len(prompts))),
-                      float(rng.uniform(0.05, 1.0)), 0.0))  # fmt: skip
+        picks.append(
+            (
+                [x, y, x + s, y + s],
+                int(rng.integers(len(prompts))),
+                float(rng.uniform(0.05, 1.0)),
+                0.0,
+            )
+        )
     return on_boxes(target.image_id, target, prompts, picks)
 
 
@@ -317,11 +371,14 @@ def test_counts_and_map_agree_with_pycocotools_on_the_same_predictions(fo, tmp_p
 
     cat_id = {c.label: c.id for c in data.categories}
     gt = ground_truth_coco(data)
-    results = coco_results({p.image_id: p.detections for p in predictions},
-                           {p.image_id: [cat_id[q.label] for q in p.prompts]
-                            for p in predictions})  # fmt: skip
-    reference_ap = {ev: coco_stats(gt, results, evaluator=ev).as_dict()["AP"]
-                    for ev in ("pycocotools", "faster")}  # fmt: skip
+    results = coco_results(
+        {p.image_id: p.detections for p in predictions},
+        {p.image_id: [cat_id[q.label] for q in p.prompts] for p in predictions},
+    )
+    reference_ap = {
+        ev: coco_stats(gt, results, evaluator=ev).as_dict()["AP"]
+        for ev in ("pycocotools", "faster")
+    }
     assert 0.05 < reference_ap["pycocotools"] < 0.95  # ranking and IoU both matter here
     for iou in (0.5, 0.75):
         summary = wfo.evaluate(ds, ["jitter"], iou=iou)["jitter"]
@@ -361,9 +418,24 @@ def test_cli_exports_a_coco_json_and_evaluates_it(fo, tmp_path, capsys):
     for seed, name in enumerate(("sft", "grqo")):
         torch.manual_seed(seed)
         save_pretrained(build_detector("tiny"), tmp_path / name)
-    args = ["fiftyone", "export", str(json_path), "--model", f"sft={tmp_path / 'sft'}",
-            "--model", f"grqo={tmp_path / 'grqo'}", "--reference", "sft", "--all-queries",
-            "--max-detections", "5", "--min-size", str(SIZE), "--max-size", str(SIZE)]  # fmt: skip
+    args = [
+        "fiftyone",
+        "export",
+        str(json_path),
+        "--model",
+        f"sft={tmp_path / 'sft'}",
+        "--model",
+        f"grqo={tmp_path / 'grqo'}",
+        "--reference",
+        "sft",
+        "--all-queries",
+        "--max-detections",
+        "5",
+        "--min-size",
+        str(SIZE),
+        "--max-size",
+        str(SIZE),
+    ]
     assert main(args) == 0
     exported = last_json(capsys.readouterr().out)
     assert exported["name"] == "workbench-annotations" and exported["samples"] == 3
@@ -417,11 +489,17 @@ def test_fiftyones_own_map_is_evaluates_ap_with_exemplars_from_a_prompt_pool(
     ds = wfo.export(val, {"sft": predictor}, name="pool-agreement", image_dir=tmp_path, **kwargs)
     assert result.AP > 0.05  # a trained model: the agreement is not 0 == 0
     assert abs(ds.info["workbench"]["evaluations"]["sft"]["mAP"] - result.AP) <= MAP_TOLERANCE
-    fo_counts = dict(zip(ds.values("image_id"), zip(ds.values("eval_sft_tp"),
-                     ds.values("eval_sft_fp"), strict=True), strict=True))  # fmt: skip
+    fo_counts = dict(
+        zip(
+            ds.values("image_id"),
+            zip(ds.values("eval_sft_tp"), ds.values("eval_sft_fp"), strict=True),
+            strict=True,
+        )
+    )
     assert fo_counts == {r.image_id: (r.tp50, r.fp50) for r in result.records}
-    expected = protocol_prompts(val, [val.target(0)], "cross_image", exemplars_per_class=2,
-                                prompt_pool=pool)[0]  # fmt: skip
+    expected = protocol_prompts(
+        val, [val.target(0)], "cross_image", exemplars_per_class=2, prompt_pool=pool
+    )[0]
     used = set(ds.values("sft_predictions.detections.prompt_annotation_ids", unwind=True))
     assert used and used <= {e.annotation_id for p in expected for e in p.exemplars}
 
@@ -436,9 +514,13 @@ def fiftyone_results(ds, model: str, categories) -> list[dict]:
             x, y, bw, bh = det.bounding_box
             box = [x * w, y * h, bw * w, bh * h]
             results.append(
-                {"image_id": sample.image_id, "category_id": cat_id[det.label], "bbox": box,
-                 "score": det.confidence}
-            )  # fmt: skip
+                {
+                    "image_id": sample.image_id,
+                    "category_id": cat_id[det.label],
+                    "bbox": box,
+                    "score": det.confidence,
+                }
+            )
     return results
 
 
@@ -454,9 +536,9 @@ def test_cli_fiftyone_export_and_eval_report_one_ap_for_one_checkpoint_and_confi
     out = tmp_path / "eval.json"
     assert main(["eval", str(checkpoint), "--config", str(config), "--out", str(out)]) == 0
     report = json.loads(out.read_text())["cross_image"]
-    assert main(["fiftyone", "export", "--config", str(config), "--model", f"sft={checkpoint}",
-                 "--protocol", "cross_image", "--name", "cli-agreement", "--no-evaluate",
-                 "--image-dir", str(tmp_path / "images")]) == 0  # fmt: skip
+    export = ["fiftyone", "export", "--config", str(config), "--model", f"sft={checkpoint}"]
+    flags = ["--protocol", "cross_image", "--name", "cli-agreement", "--no-evaluate"]
+    assert main([*export, *flags, "--image-dir", str(tmp_path / "images")]) == 0
     capsys.readouterr()
     ds = fo.load_dataset("cli-agreement")
     val, _ = open_evaluation_data(load_config(str(config)))
@@ -486,10 +568,21 @@ def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_pa
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "fiftyone", "launch", EXPORT["name"], "--port",
-         str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "fiftyone",
+            "launch",
+            EXPORT["name"],
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,  # its own process group: the App server goes down with it
-    )  # fmt: skip
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
@@ -502,12 +595,22 @@ def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_pa
             assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                tempfile.mkdtemp(), executable_path=chromium, headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                      "--no-first-run", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+                tempfile.mkdtemp(),
+                executable_path=chromium,
+                headless=True,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                ],
                 viewport={"width": 1400, "height": 1000},
-            )  # fmt: skip
+            )
             try:
                 page = ctx.new_page()
                 page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
@@ -525,9 +628,19 @@ def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_pa
                 text = page.inner_text("body")
             finally:
                 ctx.close()
-        for name in ("ground_truth", "sft_predictions", "grqo_predictions", "grqo_queries",
-                     "reward", "advantage", "objectness", "query_rank", "prompt_image_ids",
-                     "matched_iou", "eval_sft_fp"):  # fmt: skip
+        for name in (
+            "ground_truth",
+            "sft_predictions",
+            "grqo_predictions",
+            "grqo_queries",
+            "reward",
+            "advantage",
+            "objectness",
+            "query_rank",
+            "prompt_image_ids",
+            "matched_iou",
+            "eval_sft_fp",
+        ):
             assert name in text, name
         assert (tmp_path / "fiftyone_app.png").stat().st_size > 10_000
     finally:

@@ -21,13 +21,30 @@ def saved_gdino(tmp_path_factory):
     """A tiny random Grounding DINO saved by transformers' own save_pretrained."""
     torch.manual_seed(0)
     cfg = GroundingDinoConfig(
-        backbone_config=SwinConfig(embed_dim=24, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4],
-                                   window_size=4, out_indices=[2, 3, 4]),
-        text_config=BertConfig(vocab_size=1100, hidden_size=64, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=128),
-        d_model=64, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        encoder_attention_heads=4, decoder_attention_heads=4, num_queries=30, max_text_len=32,
-    )  # fmt: skip
+        backbone_config=SwinConfig(
+            embed_dim=24,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 2, 2, 4],
+            window_size=4,
+            out_indices=[2, 3, 4],
+        ),
+        text_config=BertConfig(
+            vocab_size=1100,
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=128,
+        ),
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        num_queries=30,
+        max_text_len=32,
+    )
     model = GroundingDinoForObjectDetection(cfg)
     folder = tmp_path_factory.mktemp("gdino")
     model.save_pretrained(folder)
@@ -54,9 +71,13 @@ def test_the_report_names_what_stayed_new(saved_gdino):
     folder, _ = saved_gdino
     _, report = from_grounding_dino(str(folder))
     assert set(report.new) == {
-        "model.prompt_encoder", "model.encoder_output_class_embed", "model.dn_content_proj",
-        "model.align_logit_scale", "class_embed.0", "class_embed.1",
-    }  # fmt: skip
+        "model.prompt_encoder",
+        "model.encoder_output_class_embed",
+        "model.dn_content_proj",
+        "model.align_logit_scale",
+        "class_embed.0",
+        "class_embed.1",
+    }
     assert {"model.backbone", "model.encoder", "model.decoder", "bbox_embed.0"} <= set(
         report.loaded
     )

@@ -177,12 +177,15 @@ def test_gradient_shares_equal_a_direct_autograd_computation(batch):
     grqo_grad = flat_grad(model, terms.loss)
     norm = torch.linalg.vector_norm
     expected = {
-        "grad_norm_sft": norm(sft), "grad_norm_adv": norm(adv), "grad_norm_kl": norm(kl),
+        "grad_norm_sft": norm(sft),
+        "grad_norm_adv": norm(adv),
+        "grad_norm_kl": norm(kl),
         "grad_norm_grqo": norm(grqo_grad),
         "grad_cos_adv_sft": adv @ sft / (norm(adv) * norm(sft)),
         "grad_cos_kl_sft": kl @ sft / (norm(kl) * norm(sft)),
-        "grad_share_adv": norm(adv) / norm(sft), "grad_share_kl": norm(kl) / norm(sft),
-    }  # fmt: skip
+        "grad_share_adv": norm(adv) / norm(sft),
+        "grad_share_kl": norm(kl) / norm(sft),
+    }
     assert min(float(v) for k, v in expected.items() if "norm" in k) > 0
     for key, value in expected.items():
         assert measured[key] == pytest.approx(float(value), rel=1e-5, abs=1e-9), key

@@ -26,8 +26,9 @@ def grqo_run(run_dir, policy: str, resume=False) -> Trainer:
     objective = GRQOObjective(LossConfig(), GRQOConfig(reference_policy=policy, ema_decay=0.9))
     cfg = config(batch_size=2, grad_accum=1, lr=1e-3, checkpoint_every=2, keep_checkpoints=0)
     model_config = {"format": FORMAT, **model.config.to_dict()}
-    run = Trainer(model, objective, shapes(6), cfg, run_dir=run_dir, model_config=model_config,
-                  resume=resume)  # fmt: skip
+    run = Trainer(
+        model, objective, shapes(6), cfg, run_dir=run_dir, model_config=model_config, resume=resume
+    )
     run.fit()
     return run
 

@@ -77,8 +77,12 @@ def test_a_run_is_held_by_one_live_process_and_a_dead_holder_is_replaced(sweep):
     assert sweep.claim(run)
     assert not sweep.claim(run)  # this process holds it
     sweep.release(run)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (run.folder / "sweep.lock").write_text(
         json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename})
     )

@@ -25,8 +25,9 @@ def test_shapes_test_images_appear_in_no_other_split():
     splits = {s: open_dataset(cfg, s) for s in ("train", "val", "prompts", "test")}
     assert len(splits["test"]) == 12  # as many as validation by default
     assert len({d.seed for d in splits.values()}) == 4  # four generator streams
-    pixels = {s: {d.load_image(i).numpy().tobytes() for i in range(len(d))}
-              for s, d in splits.items()}  # fmt: skip
+    pixels = {
+        s: {d.load_image(i).numpy().tobytes() for i in range(len(d))} for s, d in splits.items()
+    }
     assert len(pixels["test"]) == 12
     for other in ("train", "val", "prompts"):
         assert not pixels["test"] & pixels[other], other
@@ -47,10 +48,12 @@ class Perfect:
         rows = [j for j, label in enumerate(target.labels.tolist()) if label in column]
         index = torch.tensor([column[int(target.labels[j])] for j in rows], dtype=torch.long)
         return Detections(
-            boxes_xyxy=target.boxes_xyxy()[rows].reshape(-1, 4), scores=torch.ones(len(rows)),
-            prompt_index=index, names=tuple(prompts[int(u)].name for u in index),
+            boxes_xyxy=target.boxes_xyxy()[rows].reshape(-1, 4),
+            scores=torch.ones(len(rows)),
+            prompt_index=index,
+            names=tuple(prompts[int(u)].name for u in index),
             image_size=target.orig_size,
-        )  # fmt: skip
+        )
 
 
 def test_the_shapes_test_split_shows_every_kind_and_reports_base_and_novel_apart():
@@ -77,9 +80,21 @@ def test_eval_command_evaluates_the_test_split(tmp_path, capsys):
     torch.manual_seed(0)
     save_pretrained(build_detector("tiny"), tmp_path / "detector")
     overrides = [f"data.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in SMALL.items()]
-    code = main(["eval", str(tmp_path / "detector"), *overrides, "data.shapes_val_images=2",
-                 "data.shapes_test_images=3", "eval.pool_split=prompts", "eval.exemplar_draws=2",
-                 "--split", "test", "--out", str(tmp_path / "eval.json")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            str(tmp_path / "detector"),
+            *overrides,
+            "data.shapes_val_images=2",
+            "data.shapes_test_images=3",
+            "eval.pool_split=prompts",
+            "eval.exemplar_draws=2",
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     assert code == 0
     assert "split 'test': 3 of 3 images" in capsys.readouterr().out
     report = json.loads((tmp_path / "eval.json").read_text())

@@ -108,8 +108,11 @@ def test_float_images_in_the_unit_range_are_kept_others_refused_with_their_range
         read_image(tmp_path / "unit.tif")[:, 0, :], torch.tensor([[0, 0.25, 1]] * 3)
     )
     Image.fromarray(ramp * 1000, mode="F").save(tmp_path / "raw.tif")
-    with pytest.raises(DatasetError, match=r"raw\.tif holds float pixels in \[0, 1000\].*must lie "
-                       r"in \[0, 1\].*8- or 16-bit"):  # fmt: skip
+    with pytest.raises(
+        DatasetError,
+        match=r"raw\.tif holds float pixels in \[0, 1000\].*must lie "
+        r"in \[0, 1\].*8- or 16-bit",
+    ):
         read_image(tmp_path / "raw.tif")
     Image.fromarray(np.array([[np.nan, 0.5]], dtype=np.float32), mode="F").save(tmp_path / "n.tif")
     with pytest.raises(DatasetError, match=r"\[0\.5, 0\.5\] and NaN/inf"):

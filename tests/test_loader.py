@@ -93,8 +93,12 @@ def test_starting_at_step_k_gives_the_rest_of_the_epoch_without_loading_skipped_
 def test_epochs_are_permutations_and_the_incomplete_last_step_is_dropped():
     sampler = StepSampler(23, batch_size=3, grad_accum=1, seed=0, epoch=0, rank=1, world_size=2)
     assert sampler.num_steps == steps_per_epoch(23, 3, 2) == 3 and len(sampler) == 3
-    seen = [i for r in (0, 1) for b in StepSampler(23, 3, 1, seed=0, epoch=0, rank=r, world_size=2)
-            for i in b]  # fmt: skip
+    seen = [
+        i
+        for r in (0, 1)
+        for b in StepSampler(23, 3, 1, seed=0, epoch=0, rank=r, world_size=2)
+        for i in b
+    ]
     assert len(seen) == len(set(seen)) == 18
     assert not torch.equal(epoch_order(23, 0, 0), epoch_order(23, 0, 1))
     assert torch.equal(epoch_order(23, 0, 1), epoch_order(23, 0, 1))

@@ -12,13 +12,24 @@ from workbench.data.transforms import train_transforms
 
 
 def batches(num_workers, seed=0):
-    cfg = DataConfig(name="shapes", shapes_train_images=8, shapes_image_size=128, min_size=96,
-                     max_size=128, train_scales=(64, 96), crop_prob=0.5)  # fmt: skip
+    cfg = DataConfig(
+        name="shapes",
+        shapes_train_images=8,
+        shapes_image_size=128,
+        min_size=96,
+        max_size=128,
+        train_scales=(64, 96),
+        crop_prob=0.5,
+    )
     dataset = open_dataset(cfg, "train", train_transforms(cfg))
     loader = DataLoader(
-        dataset, batch_size=4, shuffle=True, collate_fn=collate, num_workers=num_workers,
+        dataset,
+        batch_size=4,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+    )
     out = []
     for step, batch in enumerate(loader):
         batch.prompts = sample_training_prompts(batch.targets, np.random.default_rng([seed, step]))

@@ -39,8 +39,12 @@ def shapes():
 
 
 def prompt(name, box, image_id=None, negative=False, prompt_id=0):
-    return VisualPrompt(name, (Exemplar(tuple(float(v) for v in box), image_id),),
-                        prompt_id=prompt_id, negative=negative)  # fmt: skip
+    return VisualPrompt(
+        name,
+        (Exemplar(tuple(float(v) for v in box), image_id),),
+        prompt_id=prompt_id,
+        negative=negative,
+    )
 
 
 def gt_box(shapes, index, k=0):
@@ -60,8 +64,9 @@ def assert_same(a, b):
 def test_conversion_of_a_constructed_output_to_original_pixels():
     logits = torch.tensor([[2.0, -1.0], [0.0, 3.0], [-5.0, -5.0]])
     boxes = torch.tensor([[0.5, 0.25, 0.2, 0.1], [0.95, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]])
-    dets = detections_from_outputs(logits, boxes, (300, 500), ["a", "b"], [False, False],
-                                   max_detections=3)  # fmt: skip
+    dets = detections_from_outputs(
+        logits, boxes, (300, 500), ["a", "b"], [False, False], max_detections=3
+    )
     # Best pair: query 1 / prompt 1, cx 0.95 w 0.2 of a 500-wide image runs past the right
     # border (425..525) and is clipped to 500; then query 0 / prompt 0.
     assert dets.query_index.tolist() == [1, 0, 1]
@@ -77,8 +82,9 @@ def test_same_pixels_at_two_original_sizes_give_boxes_scaled_by_two(model, shape
     predictor = Predictor(model, min_size=2 * SIZE, max_size=4 * SIZE)
     small = shapes.load_image(0)
     # Exactly what the Predictor does to `small`: the model sees identical pixels for both.
-    large = F.interpolate(small[None], size=(2 * SIZE, 2 * SIZE), mode="bilinear",
-                          align_corners=False, antialias=True)[0].clamp_(0, 1)  # fmt: skip
+    large = F.interpolate(
+        small[None], size=(2 * SIZE, 2 * SIZE), mode="bilinear", align_corners=False, antialias=True
+    )[0].clamp_(0, 1)
     box = torch.tensor(gt_box(shapes, 0))
     d_small = predictor.predict(small, [prompt("x", box)])
     d_large = predictor.predict(large, [prompt("x", box * 2)])
@@ -161,8 +167,10 @@ def test_cross_image_prompts_and_a_saved_bank_give_identical_detections(
     predictor, shapes, tmp_path
 ):
     searched, reference = shapes.load_image(0), shapes.load_image(1)
-    prompts = [prompt("x", gt_box(shapes, 1, 0), image_id="ref"),
-               prompt("y", gt_box(shapes, 1, 1), image_id="ref", prompt_id=1)]  # fmt: skip
+    prompts = [
+        prompt("x", gt_box(shapes, 1, 0), image_id="ref"),
+        prompt("y", gt_box(shapes, 1, 1), image_id="ref", prompt_id=1),
+    ]
     direct = predictor.predict(searched, prompts, reference_images={"ref": reference})
     bank = predictor.embed_prompts(prompts, {"ref": predictor.encode(reference)}, name="mine")
     path = bank.save(tmp_path / "mine")

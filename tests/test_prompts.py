@@ -122,10 +122,16 @@ def test_interactive_prompts_come_from_the_image_and_are_seeded():
 
 def test_cross_image_prompts_use_other_images_and_spread_over_them():
     insts = [
-        Instance(image_index=i, image_id=i + 1, annotation_id=10 * i + j, label=j % 2,
-                 box_xyxy=(1.0, 2.0, 3.0, 4.0))
-        for i in range(4) for j in range(3)
-    ]  # fmt: skip
+        Instance(
+            image_index=i,
+            image_id=i + 1,
+            annotation_id=10 * i + j,
+            label=j % 2,
+            box_xyxy=(1.0, 2.0, 3.0, 4.0),
+        )
+        for i in range(4)
+        for j in range(3)
+    ]
     prompts = cross_image_prompts(insts, CATS, exemplars_per_class=3, seed=1, exclude_image_ids=[2])
     assert [p.label for p in prompts] == [0, 1]
     for p in prompts:

@@ -32,11 +32,14 @@ def queries(select_logits, boxes_xyxy, logits=None) -> QueryOutputs:
     q = len(select_logits)
     boxes = torch.tensor(boxes_xyxy, dtype=torch.float32).reshape(q, 4)
     return QueryOutputs(
-        token_index=torch.arange(q), select_logits=torch.tensor(select_logits).float(),
+        token_index=torch.arange(q),
+        select_logits=torch.tensor(select_logits).float(),
         logits=torch.zeros(q, 1) if logits is None else logits,
         boxes_cxcywh=box_ops.convert(boxes, "xyxy", "cxcywh", dst_normalized=True, size_hw=SIZE),
-        boxes_xyxy=boxes, image_size=SIZE, negative=(False,),
-    )  # fmt: skip
+        boxes_xyxy=boxes,
+        image_size=SIZE,
+        negative=(False,),
+    )
 
 
 def logit(p: float) -> float:
@@ -131,11 +134,15 @@ def test_ap_spread_is_the_sample_standard_deviation():
 
 def test_prompted_truth_keeps_non_crowd_boxes_of_prompted_classes_by_prompt_index():
     target = Target(
-        boxes_cxcywh=torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.2, 0.2],
-                                   [0.3, 0.3, 0.2, 0.2]]),
-        labels=torch.tensor([4, 2, 4, 9]), image_id=1, size=SIZE, orig_size=SIZE,
+        boxes_cxcywh=torch.tensor(
+            [[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]]
+        ),
+        labels=torch.tensor([4, 2, 4, 9]),
+        image_id=1,
+        size=SIZE,
+        orig_size=SIZE,
         iscrowd=torch.tensor([False, False, True, False]),
-    )  # fmt: skip
+    )
     boxes, prompt_index = prompted_truth(target, [2, 4])  # prompt 0 is label 2, prompt 1 label 4
     assert prompt_index.tolist() == [1, 0]
     torch.testing.assert_close(boxes[0], torch.tensor([80.0, 40.0, 120.0, 60.0]))

@@ -130,8 +130,9 @@ def test_pycocotools_reads_the_json_and_agrees_with_the_on_the_fly_dataset(tmp_p
         anns = coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
         target = data.target(index)
         coco_boxes = torch.tensor([a["bbox"] for a in anns])
-        ours = box_ops.convert(target.boxes_cxcywh, "cxcywh", "xywh", src_normalized=True,
-                               size_hw=target.size)  # fmt: skip
+        ours = box_ops.convert(
+            target.boxes_cxcywh, "cxcywh", "xywh", src_normalized=True, size_hw=target.size
+        )
         torch.testing.assert_close(ours, coco_boxes, atol=1e-3, rtol=0)
         assert target.labels.tolist() == [a["category_id"] - 1 for a in anns]
         assert target.annotation_ids.tolist() == [a["id"] for a in anns]

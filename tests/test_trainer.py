@@ -110,15 +110,32 @@ class ReferenceL1:
 
 
 def config(**changes) -> TrainConfig:
-    base = dict(batch_size=4, grad_accum=2, lr=0.02, epochs=2, warmup_steps=2, seed=7,
-                clip_grad_norm=1.0, log_every=1, checkpoint_every=3, device="cpu")  # fmt: skip
+    base = dict(
+        batch_size=4,
+        grad_accum=2,
+        lr=0.02,
+        epochs=2,
+        warmup_steps=2,
+        seed=7,
+        clip_grad_norm=1.0,
+        log_every=1,
+        checkpoint_every=3,
+        device="cpu",
+    )
     return TrainConfig(**(base | changes))
 
 
 def trainer(run_dir, cfg, objective=None, **kwargs) -> Trainer:
     torch.manual_seed(0)
-    return Trainer(TinyDetector(), objective or ReferenceL1(), shapes(), cfg, run_dir=run_dir,
-                   model_config={"queries": 2}, **kwargs)  # fmt: skip
+    return Trainer(
+        TinyDetector(),
+        objective or ReferenceL1(),
+        shapes(),
+        cfg,
+        run_dir=run_dir,
+        model_config={"queries": 2},
+        **kwargs,
+    )
 
 
 def rows(run_dir) -> list[dict]:
@@ -165,8 +182,7 @@ def test_resuming_with_another_global_batch_is_refused(tmp_path):
     other = trainer(tmp_path, config(batch_size=2, grad_accum=1), resume=True)
     with pytest.raises(RunFolderError, match=r"train\.batch_size: 4 -> 2; train\.grad_accum"):
         other.fit()
-    allowed = trainer(tmp_path, config(batch_size=2, grad_accum=1), resume=True,
-                      allow_changes=True)  # fmt: skip
+    allowed = trainer(tmp_path, config(batch_size=2, grad_accum=1), resume=True, allow_changes=True)
     with pytest.raises(CheckpointError, match="global_batch=4, this run has 2"):
         allowed.fit()
 
@@ -228,10 +244,14 @@ def test_a_diverging_matching_cost_ends_in_the_nonfinite_guard(tmp_path):
 
 @pytest.mark.parametrize(
     "failure",
-    [OSError(errno.ENOSPC, "No space left on device"),
-     SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")],
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        ),
+    ],
     ids=["oserror", "safetensors"],
-)  # fmt: skip
+)
 def test_a_full_disk_during_a_checkpoint_is_one_clear_error(tmp_path, monkeypatch, failure):
     import workbench.checkpoint as ckpt
 
@@ -245,8 +265,11 @@ def test_a_full_disk_during_a_checkpoint_is_one_clear_error(tmp_path, monkeypatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ckpt, "save_model", save_model)
-    with pytest.raises(CheckpointError, match=r"after step 6 could not be written.*No space left"
-                       r".*step_000000003, is intact.*--resume"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"after step 6 could not be written.*No space left"
+        r".*step_000000003, is intact.*--resume",
+    ):
         run.fit()
     assert ckpt.find_latest(tmp_path).name == "step_000000003"
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
@@ -255,20 +278,23 @@ def test_a_full_disk_during_a_checkpoint_is_one_clear_error(tmp_path, monkeypatc
 def test_a_training_set_without_a_usable_box_is_refused(tmp_path):
     from workbench.data.coco import CocoDetection
 
-    data = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10],
-                             "iscrowd": 1}],
-            "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": 1}
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     empty = CocoDetection(data, tmp_path)
     with pytest.raises(DatasetError, match="has no usable box"):
-        Trainer(TinyDetector(), ReferenceL1(), empty, config(), run_dir=tmp_path,
-                model_config={})  # fmt: skip
+        Trainer(TinyDetector(), ReferenceL1(), empty, config(), run_dir=tmp_path, model_config={})
 
 
 def test_a_dataset_smaller_than_one_batch_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match=r"fewer than one global batch.*train\.batch_size=4"):
-        Trainer(TinyDetector(), ReferenceL1(), shapes(3), config(), run_dir=tmp_path,
-                model_config={})  # fmt: skip
+        Trainer(
+            TinyDetector(), ReferenceL1(), shapes(3), config(), run_dir=tmp_path, model_config={}
+        )
 
 
 def test_nonfinite_steps_are_skipped_and_counted_and_a_streak_stops_the_run(tmp_path):
@@ -308,8 +334,14 @@ def test_schedule_parameter_groups_and_logged_fields(tmp_path):
     factors = [lr_factor(s, cfg, steps_in_epoch=5) for s in (0, 2, 4, 9, 10, 14, 15)]
     assert factors == pytest.approx([0.1, 0.55, 1.0, 1.0, 0.5, 0.5, 0.25])
 
-    cfg = config(lr=0.01, backbone_lr_mult=0.1, weight_decay=0.05, warmup_steps=3,
-                 lr_drop_epochs=(1,), checkpoint_every=0)  # fmt: skip
+    cfg = config(
+        lr=0.01,
+        backbone_lr_mult=0.1,
+        weight_decay=0.05,
+        warmup_steps=3,
+        lr_drop_epochs=(1,),
+        checkpoint_every=0,
+    )
     run = trainer(tmp_path, cfg, eval_fn=weight_sum)
     names = {n: p for n, p in run.module.named_parameters()}
     groups = {g["name"]: g for g in run.optimizer.param_groups}
@@ -326,16 +358,27 @@ def test_schedule_parameter_groups_and_logged_fields(tmp_path):
     train = [r for r in logged if "loss" in r]
     assert [r["lr"] for r in train[:4]] == pytest.approx([0.001, 0.004, 0.007, 0.01])
     assert train[6]["lr"] == pytest.approx(0.001)
-    assert {"step", "epoch", "lr", "loss", "l1", "prompts", "grad_norm", "step_time",
-            "samples_per_s", "nonfinite_steps"} <= set(train[0])  # fmt: skip
+    assert {
+        "step",
+        "epoch",
+        "lr",
+        "loss",
+        "l1",
+        "prompts",
+        "grad_norm",
+        "step_time",
+        "samples_per_s",
+        "nonfinite_steps",
+    } <= set(train[0])
     assert [(r["step"], r["epoch"]) for r in logged if "eval/weight_sum" in r] == [(5, 0), (11, 1)]
     boxes = run.objective.boxes  # (step, micro-batch) -> (its boxes, StepInfo.num_boxes)
     for step in range(12):
         (n0, norm0), (n1, norm1) = boxes[step, 0], boxes[step, 1]
         assert norm0 == norm1 == (n0 + n1) / 2
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
-        "step_000000006", "step_000000012"
-    ]  # fmt: skip
+        "step_000000006",
+        "step_000000012",
+    ]
 
 
 # --- two processes under torchrun = one process accumulating two micro-batches ----------------
@@ -356,16 +399,25 @@ def _ddp_run(out_dir: str) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_gradient_accumulation(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--standalone", __file__, str(tmp_path / "ddp")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        __file__,
+        str(tmp_path / "ddp"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the torchrun workers: the same float operations
     try:
-        single = trainer(tmp_path / "one", config(batch_size=4, grad_accum=2, max_steps=DDP_STEPS,
-                                                  checkpoint_every=0))  # fmt: skip
+        single = trainer(
+            tmp_path / "one",
+            config(batch_size=4, grad_accum=2, max_steps=DDP_STEPS, checkpoint_every=0),
+        )
         single.fit()
     finally:
         torch.set_num_threads(threads)

@@ -43,8 +43,11 @@ def test_bccd_loads_in_pycocotools_with_every_box(bccd):
 def test_bccd_splits_partition_the_images_and_boxes(bccd):
     splits = {s: _load(bccd[s]) for s in ("train", "val", "test", "trainval")}
     assert {s: len(d["images"]) for s, d in splits.items()} == {
-        "train": 205, "val": 87, "test": 72, "trainval": 292,
-    }  # fmt: skip
+        "train": 205,
+        "val": 87,
+        "test": 72,
+        "trainval": 292,
+    }
     assert sum(len(splits[s]["annotations"]) for s in ("train", "val", "test")) == 4888
     ids = [{im["id"] for im in splits[s]["images"]} for s in ("train", "val", "test")]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -129,8 +132,11 @@ def test_boxes_are_clipped_inverted_dropped_and_flags_kept(tmp_path):
         result = convert_voc(voc, tmp_path / "out")
     assert "img1.xml, object 2: inverted box" in str(record[0].message)
     assert result.summary["repairs"] == {
-        "clipped_boxes": 1, "dropped_inverted": 1, "dropped_invalid": 1, "dropped_outside": 1,
-    }  # fmt: skip
+        "clipped_boxes": 1,
+        "dropped_inverted": 1,
+        "dropped_invalid": 1,
+        "dropped_outside": 1,
+    }
     data = _load(result["annotations"])
     assert [(a["bbox"], a["difficult"], a["category_id"]) for a in data["annotations"]] == [
         ([0.0, 0.0, 10.0, 10.0], 1, 2),
@@ -151,8 +157,10 @@ def test_missing_or_wrong_size_is_read_from_the_image(tmp_path):
     with pytest.warns(DatasetWarning, match="size_corrected"):
         result = convert_voc(_voc(tmp_path / "voc", xmls), tmp_path / "out")
     assert result.summary["repairs"] == {
-        "size_from_image": 1, "size_corrected": 1, "clipped_boxes": 1,
-    }  # fmt: skip
+        "size_from_image": 1,
+        "size_corrected": 1,
+        "clipped_boxes": 1,
+    }
     images = _load(result["annotations"])["images"]
     assert [(im["height"], im["width"]) for im in images] == [(40, 60), (40, 60)]
 
