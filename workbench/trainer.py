@@ -22,6 +22,7 @@ data and advances the schedule and the step count.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -164,10 +165,12 @@ class Trainer:
                 self._run_epoch()
             if self.saved_step != self.global_step:
                 self._save()
+            if self.dist.world_size > 1:
+                dist.barrier()  # every rank's last collective has finished
         finally:
             self._close_logs()
             if self.dist.owns_group:
-                dist.destroy_process_group()
+                self._end_group()
         return {
             "global_step": self.global_step,
             "epoch": self.epoch,
@@ -176,6 +179,15 @@ class Trainer:
             "checkpoint": self.last_checkpoint,
             "eval": self.last_eval,
         }
+
+    def _end_group(self) -> None:
+        """Drop the DistributedDataParallel wrapper while the process group lives, then end the
+        group. Freed the other way round, the wrapper's Reducer holds the group's last reference
+        and frees it while holding the GIL, joining gloo's threads, one of which may be waiting
+        for the GIL to release a tensor: the process then hangs at exit (seen with torch 2.13)."""
+        self.model = self.module
+        gc.collect()
+        dist.destroy_process_group()
 
     def _run_epoch(self) -> None:
         epoch, start = self.epoch, self.step_in_epoch
