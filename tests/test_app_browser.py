@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import CHROMIUM_FLAGS
 
 import app
 from app import EXAMPLES_DIR
@@ -23,17 +24,7 @@ from workbench.predictor import Predictor
 
 CHROMIUM = Path("/usr/bin/chromium")
 IMAGE = EXAMPLES_DIR / "shapes" / "images" / "shapes_000002.png"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+FLAGS = CHROMIUM_FLAGS
 
 pytestmark = [
     pytest.mark.browser,

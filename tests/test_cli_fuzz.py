@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import QUICK_SHAPES, TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -25,18 +26,7 @@ from workbench.config import load_config
 from workbench.experiment import train
 from workbench.model.build import build_detector, save_pretrained
 
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes_sft.yaml")
-QUICK = [
-    "data.shapes_train_images=16",
-    "data.shapes_val_images=4",
-    "data.shapes_image_size=96",
-    "data.shapes_object_size=[12, 40]",
-    "data.min_size=96",
-    "data.max_size=96",
-    "train.log_every=1",
-    "train.eval_every_epochs=0",
-    "train.max_steps=1",
-]
+QUICK = [*QUICK_SHAPES, "train.eval_every_epochs=0", "train.max_steps=1"]
 
 
 @pytest.fixture(scope="module")

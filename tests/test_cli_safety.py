@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from common import QUICK_SHAPES, TINY
 from PIL import Image
 
 from workbench import checkpoint as ckpt
@@ -18,18 +19,7 @@ from workbench.cli import main
 from workbench.data import sources
 from workbench.model.build import build_detector, save_pretrained
 
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes_sft.yaml")
-QUICK = [
-    "data.shapes_train_images=16",
-    "data.shapes_val_images=4",
-    "data.shapes_image_size=96",
-    "data.shapes_object_size=[12, 40]",
-    "data.min_size=96",
-    "data.max_size=96",
-    "train.log_every=1",
-    "train.eval_every_epochs=0",
-    "train.max_steps=2",
-]
+QUICK = [*QUICK_SHAPES, "train.eval_every_epochs=0", "train.max_steps=2"]
 BOX = "--box=10,10,40,40:thing"
 
 

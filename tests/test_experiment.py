@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from common import QUICK_SHAPES, TINY
 from PIL import Image
 
 from workbench.config import load_config
@@ -15,18 +16,7 @@ from workbench.experiment import open_splits, run_evaluation, train
 from workbench.model.build import from_pretrained
 from workbench.query_metrics import QUERY_METRICS
 
-TINY = "configs/tiny_shapes_sft.yaml"
-# A few fast steps on 64 px images: enough to exercise every part of a real run.
-QUICK = [
-    "data.shapes_train_images=16",
-    "data.shapes_val_images=4",
-    "data.shapes_image_size=96",
-    "data.shapes_object_size=[12, 40]",
-    "data.min_size=96",
-    "data.max_size=96",
-    "eval.max_images=4",
-    "train.log_every=1",
-]
+QUICK = [*QUICK_SHAPES, "eval.max_images=4"]
 
 
 def run_cli(*args, env=None):

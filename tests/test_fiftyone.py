@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from common import CHROMIUM_FLAGS
 
 from workbench.analysis import GroundTruth, query_table
 from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
@@ -598,17 +599,7 @@ def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_pa
                 tempfile.mkdtemp(),
                 executable_path=chromium,
                 headless=True,
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-dev-shm-usage",
-                ],
+                args=CHROMIUM_FLAGS,
                 viewport={"width": 1400, "height": 1000},
             )
             try:
