@@ -51,15 +51,25 @@ SEEDS = (0, 1, 2)
 ALPHAS = (0.01, 1.0, 10.0, 100.0, 1e4)
 PG_ALPHAS = (0.01, 1.0)
 COMMON = [
-    "model.size=small", "train.batch_size=8", "train.checkpoint_every=25",
-    "train.keep_checkpoints=1", "train.log_every=5", "train.eval_every_epochs=0",
-    "data.crop_prob=0.3", "grqo.grad_norm_every=25",
-]  # fmt: skip
+    "model.size=small",
+    "train.batch_size=8",
+    "train.checkpoint_every=25",
+    "train.keep_checkpoints=1",
+    "train.log_every=5",
+    "train.eval_every_epochs=0",
+    "data.crop_prob=0.3",
+    "grqo.grad_norm_every=25",
+]
 SHAPES = [
-    "data.name=shapes", "data.shapes_train_images=600", "data.shapes_val_images=150",
-    "data.shapes_test_images=150", "data.shapes_image_size=256", "data.min_size=256",
-    "data.max_size=256", "eval.pool_split=prompts",
-]  # fmt: skip
+    "data.name=shapes",
+    "data.shapes_train_images=600",
+    "data.shapes_val_images=150",
+    "data.shapes_test_images=150",
+    "data.shapes_image_size=256",
+    "data.min_size=256",
+    "data.max_size=256",
+    "eval.pool_split=prompts",
+]
 BCCD = ["data.name=bccd", "data.min_size=256", "data.max_size=342", "eval.pool_split=train"]
 STAGES = {  # domain -> (data, training of every arm, the run each arm starts from)
     "shapes": (SHAPES, ["train.epochs=3", "train.lr=2e-4", "train.lr_drop_epochs=[2]"], "base"),
@@ -93,8 +103,10 @@ def stage_one_arms() -> dict[str, list[str]]:
 
 def stage_two_arms(best_alpha: float) -> dict[str, list[str]]:
     grqo = ["train.objective=grqo", f"grqo.alpha={best_alpha}"]
-    return {"best_beta0": [*grqo, "grqo.beta=0"],
-            "best_shared_exemplar": [*grqo, "grqo.reference_exemplars=shared"]}  # fmt: skip
+    return {
+        "best_beta0": [*grqo, "grqo.beta=0"],
+        "best_shared_exemplar": [*grqo, "grqo.reference_exemplars=shared"],
+    }
 
 
 @dataclass
@@ -125,8 +137,9 @@ class Run:
 def plan() -> list[Run]:
     """Every run, in the order workers take them: bases, the SFT arms BCCD starts from, stage
     one seed by seed, then stage two where the best alpha of a domain is known."""
-    runs = [Run(f"shapes/base/seed{s}", [*COMMON, *SHAPES, *BASE, f"train.seed={s}"])
-            for s in SEEDS]  # fmt: skip
+    runs = [
+        Run(f"shapes/base/seed{s}", [*COMMON, *SHAPES, *BASE, f"train.seed={s}"]) for s in SEEDS
+    ]
     arms = stage_one_arms()
     for domain, (data, schedule, start) in STAGES.items():
         best = best_alpha(domain)
@@ -134,16 +147,30 @@ def plan() -> list[Run]:
         for s in SEEDS:
             origin = f"shapes/{start}/seed{s}"
             for arm, changes in {**arms, **extra}.items():
-                runs.append(Run(
-                    f"{domain}/{arm}/seed{s}",
-                    [*COMMON, *data, *schedule, *changes, f"train.seed={s}",
-                     f"model.init_from={ROOT / origin}"],
-                    after=[origin],
-                ))  # fmt: skip
+                runs.append(
+                    Run(
+                        f"{domain}/{arm}/seed{s}",
+                        [
+                            *COMMON,
+                            *data,
+                            *schedule,
+                            *changes,
+                            f"train.seed={s}",
+                            f"model.init_from={ROOT / origin}",
+                        ],
+                        after=[origin],
+                    )
+                )
     order = {"base": 0, "sft": 1}
-    return sorted(runs, key=lambda r: (order.get(r.name.split("/")[1], 2),
-                                       r.name.split("/")[1].startswith("best"),
-                                       r.name.endswith(("seed1", "seed2")), r.name))  # fmt: skip
+    return sorted(
+        runs,
+        key=lambda r: (
+            order.get(r.name.split("/")[1], 2),
+            r.name.split("/")[1].startswith("best"),
+            r.name.endswith(("seed1", "seed2")),
+            r.name,
+        ),
+    )
 
 
 # --- claiming runs ------------------------------------------------------------------------------
@@ -220,10 +247,15 @@ def evaluate_run(run: Run) -> None:
         results[split] = {}
         for name, (protocol, k, *draws) in EVALUATIONS.items():
             result = evaluate(
-                predictor, data, protocol=protocol, exemplars_per_class=k,
+                predictor,
+                data,
+                protocol=protocol,
+                exemplars_per_class=k,
                 prompt_pool=pool if protocol == "cross_image" else None,
-                exemplar_draws=draws[split == "test"], loss=cfg.loss, seed=cfg.eval.seed,
-            )  # fmt: skip
+                exemplar_draws=draws[split == "test"],
+                loss=cfg.loss,
+                seed=cfg.eval.seed,
+            )
             record = result.to_dict()
             record.pop("records")
             results[split][name] = record
@@ -283,8 +315,15 @@ def spawn(workers: int) -> int:
     procs = []
     for i in range(workers):
         log = (ROOT / f"worker{i}.log").open("a")
-        procs.append(subprocess.Popen([sys.executable, __file__, "work"], env=env, cwd=REPO,
-                                      stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "work"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         time.sleep(5)  # staggered, so they claim different runs
     return max(p.wait() for p in procs)
 
@@ -350,13 +389,25 @@ def paired(values: list[float]) -> dict:
 
 
 HEADLINES = {  # what the README reports, per domain: (evaluation, metric, category split)
-    "shapes": [("cross_image_k1", "AP", None), ("cross_image_k1", "AP", "novel"),
-               ("cross_image_k8", "AP", "novel"), ("interactive", "AP", None)],
-    "bccd_ft": [("cross_image_k1", "AP", None), ("cross_image_k8", "AP", None),
-                ("interactive", "AP", None)],
-}  # fmt: skip
-QUERY_METRICS = ("recall_top_third", "recall_top_two_thirds", "spearman_select_reward",
-                 "ece_objectness", "ap_std_draws")  # fmt: skip
+    "shapes": [
+        ("cross_image_k1", "AP", None),
+        ("cross_image_k1", "AP", "novel"),
+        ("cross_image_k8", "AP", "novel"),
+        ("interactive", "AP", None),
+    ],
+    "bccd_ft": [
+        ("cross_image_k1", "AP", None),
+        ("cross_image_k8", "AP", None),
+        ("interactive", "AP", None),
+    ],
+}
+QUERY_METRICS = (
+    "recall_top_third",
+    "recall_top_two_thirds",
+    "spearman_select_reward",
+    "ece_objectness",
+    "ap_std_draws",
+)
 
 
 def report() -> Path:
@@ -364,12 +415,18 @@ def report() -> Path:
     for run in runs:
         evaluation = read_eval(run)
         times_path = run.folder / "sweep_times.json"
-        rows.append({
-            "run": run.name, "overrides": run.overrides, "trained": run.trained,
-            "evaluated": evaluation is not None, "failed": run.failed, "evaluation": evaluation,
-            "gradient_shares": gradient_shares(run),
-            "seconds": json.loads(times_path.read_text()) if times_path.is_file() else {},
-        })  # fmt: skip
+        rows.append(
+            {
+                "run": run.name,
+                "overrides": run.overrides,
+                "trained": run.trained,
+                "evaluated": evaluation is not None,
+                "failed": run.failed,
+                "evaluation": evaluation,
+                "gradient_shares": gradient_shares(run),
+                "seconds": json.loads(times_path.read_text()) if times_path.is_file() else {},
+            }
+        )
     by_name = {r["run"]: r["evaluation"] for r in rows}
     summary = {}
     for domain, headlines in HEADLINES.items():
@@ -386,8 +443,10 @@ def report() -> Path:
                             by_name.get(f"{domain}/sft/seed{s}"),
                         )
                         if a and b:
-                            deltas.append(metric(a, split, name, key, part) -
-                                          metric(b, split, name, key, part))  # fmt: skip
+                            deltas.append(
+                                metric(a, split, name, key, part)
+                                - metric(b, split, name, key, part)
+                            )
                     if deltas:
                         label = f"{split}/{name}/{key}" + (f"_{part}" if part else "")
                         entry[f"delta/{label}"] = paired(deltas)
@@ -398,10 +457,18 @@ def report() -> Path:
 
 
 def _budget() -> dict:
-    return {"seeds": list(SEEDS), "alphas": list(ALPHAS), "policy_gradient_alphas": list(PG_ALPHAS),
-            "common": COMMON, "shapes": SHAPES, "bccd": BCCD, "base": BASE,
-            "stages": {k: v[1] for k, v in STAGES.items()}, "select": list(SELECT),
-            "evaluations": EVALUATIONS}  # fmt: skip
+    return {
+        "seeds": list(SEEDS),
+        "alphas": list(ALPHAS),
+        "policy_gradient_alphas": list(PG_ALPHAS),
+        "common": COMMON,
+        "shapes": SHAPES,
+        "bccd": BCCD,
+        "base": BASE,
+        "stages": {k: v[1] for k, v in STAGES.items()},
+        "select": list(SELECT),
+        "evaluations": EVALUATIONS,
+    }
 
 
 def figure(summary: dict) -> Path:
@@ -414,8 +481,10 @@ def figure(summary: dict) -> Path:
 
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.6), squeeze=False)
     for ax, (domain, info) in zip(axes[0], summary.items(), strict=True):
-        for prefix, colour, label in (("grqo_a", "tab:blue", "GRQO (through reward)"),
-                                      ("pg_a", "tab:orange", "policy gradient")):  # fmt: skip
+        for prefix, colour, label in (
+            ("grqo_a", "tab:blue", "GRQO (through reward)"),
+            ("pg_a", "tab:orange", "policy gradient"),
+        ):
             xs, ys, lo, hi = [], [], [], []
             for arm, entry in info["arms"].items():
                 d = entry.get("delta/test/cross_image_k1/AP")
@@ -426,9 +495,15 @@ def figure(summary: dict) -> Path:
                     hi.append(d["high"] - d["mean"] if d["n"] > 1 else 0)
             order = sorted(range(len(xs)), key=xs.__getitem__)
             if order:
-                ax.errorbar([xs[i] for i in order], [ys[i] for i in order],
-                            yerr=[[lo[i] for i in order], [hi[i] for i in order]], marker="o",
-                            capsize=3, color=colour, label=label)  # fmt: skip
+                ax.errorbar(
+                    [xs[i] for i in order],
+                    [ys[i] for i in order],
+                    yerr=[[lo[i] for i in order], [hi[i] for i in order]],
+                    marker="o",
+                    capsize=3,
+                    color=colour,
+                    label=label,
+                )
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(0.01, color="grey", ls=":", lw=0.8)
         ax.set_xscale("log")

@@ -59,9 +59,11 @@ def ground_truth(example: str, names: dict[int, str]) -> dict:
     image = next(i for i in coco["images"] if Path(i["file_name"]).name == file)
     id_of = {name: i for i, name in names.items()}
     ours = {c["id"]: id_of.get(c["name"]) for c in coco["categories"]}
-    anns = [{**a, "category_id": ours[a["category_id"]], "iscrowd": a.get("iscrowd", 0)}
-            for a in coco["annotations"]
-            if a["image_id"] == image["id"] and ours[a["category_id"]]]  # fmt: skip
+    anns = [
+        {**a, "category_id": ours[a["category_id"]], "iscrowd": a.get("iscrowd", 0)}
+        for a in coco["annotations"]
+        if a["image_id"] == image["id"] and ours[a["category_id"]]
+    ]
     return {"images": [image], "annotations": anns}
 
 
@@ -77,8 +79,10 @@ def test_default_models_find_the_prompted_objects_on_the_examples(url, example):
     target = client.predict(example, api_name="/load_example")[0]["value"]
     boxes = target["boxes"]
     assert boxes, "the example offers suggested prompt boxes"
-    prompt = {"image": handle_file(str(REPO / "examples" / example.replace("/", "/images/"))),
-              "boxes": boxes}  # fmt: skip
+    prompt = {
+        "image": handle_file(str(REPO / "examples" / example.replace("/", "/images/"))),
+        "boxes": boxes,
+    }
     *_, status = client.predict(prompt, None, "", THRESHOLD, api_name="/compare")
     assert status == "Detection done.", status
     exported, _ = client.predict(api_name="/export_coco")
@@ -94,8 +98,10 @@ def test_default_models_find_the_prompted_objects_on_the_examples(url, example):
         totals = match_counts(truth, results)[image_id]  # COCO matching at IoU 0.5
         for category in names:  # every prompted class is found at least once
             one = [r for r in results if r["category_id"] == category]
-            gt = {**truth, "annotations": [a for a in truth["annotations"]
-                                           if a["category_id"] == category]}  # fmt: skip
+            gt = {
+                **truth,
+                "annotations": [a for a in truth["annotations"] if a["category_id"] == category],
+            }
             assert match_counts(gt, one)[image_id].tp >= 1, (model, names[category])
         assert totals.tp >= MIN_RECALL * totals.num_gt, (model, "recall", totals)
         assert totals.tp >= MIN_PRECISION * totals.num_detections, (model, "precision", totals)

@@ -53,8 +53,10 @@ def test_uploads_above_the_limit_are_refused(server):
     boundary = "workbenchboundary"
 
     def body(size: int) -> bytes:
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-                f"filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n").encode()  # fmt: skip
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
         return head + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
 
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -71,9 +71,10 @@ def _cpu_kind() -> str:
     CPU kind never loads on another that shares the kernel folder."""
     try:
         flags = next(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines()
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("flags")
-        )  # fmt: skip
+        )
     except (OSError, StopIteration):
         flags = "unknown"
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
@@ -138,15 +139,23 @@ def build_kernel(folder: Path, name: str, timeout: float = BUILD_TIMEOUT) -> str
     env.setdefault("MAX_JOBS", "1")  # one source file; never one compiler per core
     _ninja_on_path(env)
     command = [sys.executable, "-m", "workbench.model.deformable", "--build-into", str(folder)]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)  # fmt: skip
+    child = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         log, _ = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         child.communicate()
-        reason = (f"the build took over {timeout:.0f} s and was stopped (set "
-                  "WORKBENCH_KERNEL_BUILD_TIMEOUT to allow longer)")  # fmt: skip
+        reason = (
+            f"the build took over {timeout:.0f} s and was stopped (set "
+            "WORKBENCH_KERNEL_BUILD_TIMEOUT to allow longer)"
+        )
     else:
         if child.returncode == 0 and (folder / "BUILT").is_file():
             return None
@@ -168,8 +177,13 @@ def _build_here(folder: Path) -> int:
         if (folder / "BUILT").is_file():
             return 0
         (folder / "lock").unlink(missing_ok=True)  # torch's, left by a killed build
-        load(name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
-             build_directory=str(folder), verbose=True)  # fmt: skip
+        load(
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native"],
+            build_directory=str(folder),
+            verbose=True,
+        )
         _import_built(folder, name)
         (folder / "BUILT").write_text(f"{_SOURCE.name}\n")
     return 0
@@ -206,14 +220,17 @@ def _use_kernel(value: Tensor) -> bool:
         return False
     if load_kernel() is None:
         if _backend == "cpp":
-            raise RuntimeError(f"WORKBENCH_DEFORMABLE=cpp, but the kernel did not build: "
-                               f"{_kernel_error}; install g++ and ninja, or use auto")  # fmt: skip
+            raise RuntimeError(
+                f"WORKBENCH_DEFORMABLE=cpp, but the kernel did not build: "
+                f"{_kernel_error}; install g++ and ninja, or use auto"
+            )
         if not getattr(_use_kernel, "warned", False):
             _use_kernel.warned = True
             warnings.warn(
                 f"deformable attention runs on the slower torch path: the CPU kernel did not "
-                f"build ({_kernel_error})", stacklevel=3,
-            )  # fmt: skip
+                f"build ({_kernel_error})",
+                stacklevel=3,
+            )
         return False
     return True
 
@@ -233,15 +250,19 @@ class _KernelSampling(torch.autograd.Function):
         return grads[0], None, None, grads[1], grads[2]
 
 
-def kernel_sampling(value: Tensor, shapes: Tensor, starts: Tensor, locations: Tensor,
-                    weights: Tensor) -> Tensor:  # fmt: skip
+def kernel_sampling(
+    value: Tensor, shapes: Tensor, starts: Tensor, locations: Tensor, weights: Tensor
+) -> Tensor:
     """``value [B, T, H, D]``, ``locations [B, Q, H, L, P, 2]`` in [0, 1], ``weights [B, Q, H, L,
     P]`` -> ``[B, Q, H * D]`` through the C++ kernel (which must be loaded)."""
     b, _, heads, dim = value.shape
     out = _KernelSampling.apply(
-        value.transpose(1, 2).contiguous(), shapes.to(torch.int64).contiguous(),
-        starts.to(torch.int64).contiguous(), locations.contiguous(), weights.contiguous(),
-    )  # fmt: skip
+        value.transpose(1, 2).contiguous(),
+        shapes.to(torch.int64).contiguous(),
+        starts.to(torch.int64).contiguous(),
+        locations.contiguous(),
+        weights.contiguous(),
+    )
     return out.view(b, out.shape[1], heads * dim)
 
 
@@ -282,8 +303,13 @@ class LevelwiseDeformableSampling(nn.Module):
         """``value [B, T, H, D]``, ``sampling_locations [B, Q, H, L, P, 2]`` in [0, 1],
         ``attention_weights [B, Q, H, L, P]`` -> ``[B, Q, H * D]``."""
         if _use_kernel(value):
-            return kernel_sampling(value, value_spatial_shapes, level_start_index,
-                                   sampling_locations, attention_weights)  # fmt: skip
+            return kernel_sampling(
+                value,
+                value_spatial_shapes,
+                level_start_index,
+                sampling_locations,
+                attention_weights,
+            )
         return levelwise_sampling(
             value, value_spatial_shapes_list, sampling_locations, attention_weights
         )
@@ -304,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m workbench.model.deformable [--rebuild]``: build the CPU kernel now (``make
     setup`` does)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--rebuild", action="store_true",
-                        help="forget an earlier build or failure and build again")  # fmt: skip
+    parser.add_argument(
+        "--rebuild", action="store_true", help="forget an earlier build or failure and build again"
+    )
     parser.add_argument("--build-into", help=argparse.SUPPRESS)  # the builder child
     args = parser.parse_args(argv)
     if args.build_into:
@@ -318,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     if status == "built":
         print(f"deformable attention: CPU kernel built ({folder})")
         return 0
-    print(f"deformable attention: CPU kernel unavailable ({status}); the torch path will be used; "
-          f"build log in {folder}")  # fmt: skip
+    print(
+        f"deformable attention: CPU kernel unavailable ({status}); the torch path will be used; "
+        f"build log in {folder}"
+    )
     return 0  # a fallback exists: not a setup failure
 
 
