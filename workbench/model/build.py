@@ -28,7 +28,7 @@ import torch
 from workbench import checkpoint as ckpt
 from workbench.config import Config, config_from_record, to_dict
 from workbench.model.config import DetectorConfig
-from workbench.model.detector import VisualPromptDetector
+from workbench.model.detector import VisualPromptDetector, unwrap
 
 FORMAT = "workbench-detector/1"  # marks a model_config as a DetectorConfig
 
@@ -89,7 +89,7 @@ def save_pretrained(
     record = to_dict(config) if isinstance(config, Config) else config
     return ckpt.save_checkpoint(
         folder,
-        _unwrap(model),
+        unwrap(model),
         {"format": FORMAT, **model.config.to_dict()},
         full_config=None if record is None else dict(record),
     )
@@ -139,7 +139,3 @@ def convert_legacy(
     model.load_state_dict(state, strict=True)
     save_pretrained(model, out_folder)
     return model
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)

@@ -461,6 +461,11 @@ class VisualPromptDetector(nn.Module):
         return out
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The detector inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)
+
+
 def _valid_ratio(mask: Tensor, dtype) -> Tensor:
     """``[B, 2]`` (w, h) share of each feature map covered by real pixels."""
     h = mask[:, :, 0].sum(1).to(dtype) / mask.shape[1]

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from workbench.config import GRQOConfig, LossConfig
 from workbench.data.prompts import sample_training_prompts
 from workbench.losses import drop_crowd
+from workbench.model.detector import unwrap
 from workbench.objectives.base import ObjectiveOutput, StepInfo, detach_metrics
 from workbench.objectives.sft import DetectorStep, SFTObjective, run_detector
 from workbench.rewards import REWARDS, StepSchedule, group_advantages
@@ -132,7 +133,7 @@ class GRQOObjective:
             self._ensure_reference(model)
 
     def _copy_reference(self, model: nn.Module) -> None:
-        self.reference = copy.deepcopy(_unwrap(model))
+        self.reference = copy.deepcopy(unwrap(model))
         self.reference.requires_grad_(False)
         self._pending_reference = None
 
@@ -151,7 +152,7 @@ class GRQOObjective:
         every call (so a resumed run makes the same updates as an uninterrupted one)."""
         self._ensure_reference(model)
         if self.cfg.reference_policy == "ema":
-            _ema_update(self.reference, _unwrap(model), self.cfg.ema_decay)
+            _ema_update(self.reference, unwrap(model), self.cfg.ema_decay)
         self.reference.train(self.cfg.reference_mode == "train")
         return self.reference
 
@@ -358,7 +359,3 @@ def _ratio(num: float, den: float) -> float:
 def _ema_update(reference: nn.Module, model: nn.Module, decay: float) -> None:
     for ref, cur in zip(reference.parameters(), model.parameters(), strict=True):
         ref.mul_(decay).add_(cur.detach(), alpha=1 - decay)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)

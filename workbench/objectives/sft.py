@@ -18,6 +18,7 @@ from workbench.config import LossConfig
 from workbench.data.prompts import assign_targets
 from workbench.losses import SetCriterion, text_visual_alignment_loss, weighted_loss
 from workbench.matching import HungarianMatcher
+from workbench.model.detector import unwrap
 from workbench.objectives.base import ObjectiveOutput, StepInfo, detach_metrics
 from workbench.types import Batch, PromptSet, Target
 
@@ -100,7 +101,7 @@ class SFTObjective:
 
     def alignment(self, model: nn.Module, step: DetectorStep, batch: Batch) -> Tensor:
         labels = torch.cat([t.labels[~t.iscrowd] for t in batch.targets])
-        scale = _unwrap(model).model.align_logit_scale
+        scale = unwrap(model).model.align_logit_scale
         return text_visual_alignment_loss(
             step.outputs["align_embeddings"], labels, self.name_embeddings, scale
         )
@@ -116,8 +117,3 @@ class SFTObjective:
             metrics["loss_align"] = float(loss_align.detach())
         metrics["num_prompts"] = float(step.prompts.num_prompts)
         return ObjectiveOutput(loss=loss, metrics=metrics, extras={"step": step})
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The detector inside DistributedDataParallel (or the model itself)."""
-    return getattr(model, "module", model)
