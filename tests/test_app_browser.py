@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import CHROMIUM_FLAGS
+from testing_constants import CHROMIUM_FLAGS
 
 import app
 from app import EXAMPLES_DIR

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import QUICK_SHAPES, TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from testing_constants import QUICK_SHAPES, TINY
 
 from workbench.cli import main
 from workbench.config import load_config

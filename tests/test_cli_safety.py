@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from common import QUICK_SHAPES, TINY
 from PIL import Image
+from testing_constants import QUICK_SHAPES, TINY
 
 from workbench import checkpoint as ckpt
 from workbench.cli import main

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from common import QUICK_SHAPES, TINY
 from PIL import Image
+from testing_constants import QUICK_SHAPES, TINY
 
 from workbench.config import load_config
 from workbench.data.synthetic import render_shapes_image

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from common import CHROMIUM_FLAGS
+from testing_constants import CHROMIUM_FLAGS
 
 from workbench.analysis import GroundTruth, query_table
 from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts

@@ -1,4 +1,5 @@
-"""Constants several test files share (imported as ``common``: pytest puts tests/ on sys.path)."""
+"""Constants several test files share. Imported as ``testing_constants`` (pytest puts tests/ on
+sys.path), a name no module in benchmarks/ uses, since some tests put benchmarks/ there too."""
 
 from pathlib import Path
 
