@@ -193,6 +193,8 @@ def load_kernel():
     """The compiled kernel module, building it on first call; None (with the reason in
     :func:`kernel_status`) when this machine cannot build it."""
     global _kernel, _kernel_error
+    if _kernel is not None or _kernel_error is not None:  # decided: every forward asks
+        return _kernel
     with _lock:
         if _kernel is None and _kernel_error is None:
             name = kernel_name()
