@@ -38,7 +38,7 @@ from workbench.config import ConfigError
 from workbench.cpu import use_available_cpus
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.inputs import InputError
-from workbench.postprocess import SCORE_THRESHOLD
+from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD, shown_detections
 from workbench.safe_paths import (
     USER_ERRNOS,
     OutputError,
@@ -295,9 +295,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.checkpoint, min_size=args.min_size, max_size=args.max_size
     )
-    detections = predictor.predict(
-        image, prompts, reference_images=refs, score_threshold=args.threshold
-    )
+    raw = predictor.predict(image, prompts, reference_images=refs)
+    detections = shown_detections(raw, args.threshold, args.merge_iou)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     records = [{"image": str(args.image), **r} for r in detections.to_records()]
     write_atomic(json_path, json.dumps(records, indent=2))
@@ -306,7 +305,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         drawn = viz.draw_prompts(drawn, prompts)
     _save_png(drawn, png_path)
     size = f"{predictor.min_size}/{predictor.max_size} px"
-    print(f"{len(detections)} detections at {size} -> {json_path}, {png_path}")
+    above = int((raw.scores >= args.threshold).sum())
+    merged = f", {above - len(detections)} duplicates merged" if above > len(detections) else ""
+    print(f"{len(detections)} detections at {size}{merged} -> {json_path}, {png_path}")
     return 0
 
 
@@ -614,6 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_fraction,
         default=SCORE_THRESHOLD,
         help="show detections scoring at least this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--merge-iou",
+        type=_fraction,
+        default=MERGE_IOU,
+        help="one box per object: of two same-class boxes overlapping above this IoU, the "
+        "lower-scoring one is dropped; 1 keeps every raw box (default: %(default)s)",
     )
     trained_at = "(default: the size the model was trained at, as its checkpoint records; else %s)"
     p.add_argument("--min-size", type=_count, help="shorter side " + trained_at % 800)

@@ -6,6 +6,12 @@ the decoder see them) and in the top-K, then are removed: their own pairs are dr
 every pair of a query whose highest score is on a negative prompt ("claimed": that object is the
 kind the user said they do not want). A result therefore holds at most K boxes.
 
+Shown results (app, ``workbench predict``, the app's exports) go one step further: detections
+below :data:`SCORE_THRESHOLD` are hidden, and duplicates are merged (:func:`merge_duplicates`).
+Several queries often find one object (the decoder is trained one-to-one, yet nearby queries keep
+near-identical boxes), so without merging each object shows as 3-8 stacked boxes and counts
+count queries, not objects. Evaluation (AP) reads the raw top K, as the paper does.
+
 Boxes: the model gives normalised cxcywh of the resized, unpadded image. The resize maps the whole
 original image onto the whole resized image, so a fraction of one is the same fraction of the
 other: absolute xyxy pixels = fraction x original (width, height), then clipped to the image.
@@ -27,6 +33,9 @@ from workbench.types import Detections
 # on the default models: true detections score 0.2-0.45, false ones mostly below 0.2. The
 # Predictor itself returns every top-K detection unless told otherwise (AP needs them all).
 SCORE_THRESHOLD = 0.2
+# Two shown boxes of one class overlapping more than this are one object: the lower-scoring one
+# is merged into the other. 0.5 is the IoU at which COCO counts a box as finding an object.
+MERGE_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,34 @@ def detections_from_outputs(
         image_size=tuple(image_size),
         query_index=query.cpu(),
     )
+
+
+def merge_duplicates(dets: Detections, iou: float = MERGE_IOU) -> Detections:
+    """One box per object: class-wise greedy non-maximum suppression. Best score first, a
+    detection is dropped when it overlaps a kept detection of the same prompt with IoU > ``iou``
+    (so ``iou=1`` keeps everything). The result keeps ``dets``' order (best first)."""
+    if len(dets) < 2 or iou >= 1.0:
+        return dets
+    order = torch.argsort(dets.scores, descending=True, stable=True)
+    overlap = box_ops.box_iou(dets.boxes_xyxy[order], dets.boxes_xyxy[order])
+    prompts = dets.prompt_index[order]
+    duplicate = (overlap > iou) & (prompts[:, None] == prompts[None, :])
+    kept = torch.ones(len(dets), dtype=torch.bool)
+    for i in range(len(dets)):
+        if kept[i]:
+            kept[i + 1 :] &= ~duplicate[i, i + 1 :]
+    return dets.select(order[kept].sort().values)
+
+
+def shown_detections(
+    dets: Detections, score_threshold: float = SCORE_THRESHOLD, merge_iou: float | None = MERGE_IOU
+) -> Detections:
+    """What users see of raw detections: those scoring at least ``score_threshold``, with
+    duplicates merged at ``merge_iou`` (None: every raw box). Thresholding and merging commute
+    (a detection can only merge into a better-scoring one), so re-thresholding a merged result
+    equals merging the re-thresholded one."""
+    dets = dets.select(dets.scores >= score_threshold)
+    return dets if merge_iou is None else merge_duplicates(dets, merge_iou)
 
 
 def check_score_threshold(threshold: float) -> float:

@@ -244,6 +244,18 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def select(self, index: Tensor) -> Detections:
+        """The detections at ``index`` (``[D]`` bool mask or int64 positions), in its order."""
+        positions = index.nonzero().flatten() if index.dtype == torch.bool else index
+        return Detections(
+            self.boxes_xyxy[positions],
+            self.scores[positions],
+            self.prompt_index[positions],
+            tuple(self.names[int(i)] for i in positions.tolist()),
+            self.image_size,
+            self.query_index[positions],
+        )
+
     def to_records(self) -> list[dict[str, Any]]:
         """JSON-ready dicts: box_xyxy, score, prompt_index, name, query_index."""
         return [
