@@ -40,7 +40,7 @@ from tqdm import tqdm
 from workbench.data.dataset import DatasetError, DetectionDataset
 from workbench.data.sources import data_root
 from workbench.inputs import InputError
-from workbench.integrations.fiftyone_app import add_app_comparison  # the app's hook
+from workbench.integrations.fiftyone_app import add_app_comparison  # without the App server
 from workbench.integrations.fiftyone_labels import (
     GT_ATTRIBUTES,
     GT_FIELD,

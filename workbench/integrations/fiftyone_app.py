@@ -3,7 +3,9 @@
 :func:`add_app_comparison` stores the searched image once in the dataset's media folder (named by
 its content, so sending the same image again updates its sample instead of adding one) and sets
 one ``<model>_predictions`` field per model, so a user can open the App on everything they sent.
-fiftyone is imported inside the function only.
+:func:`send_app_comparison` (the app's hook) also shows the dataset in this process's FiftyOne App
+server (:mod:`~workbench.integrations.fiftyone_app_server`) and returns links to it. fiftyone is
+imported inside the functions only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from workbench.inputs import InputError
+from workbench.integrations import fiftyone_app_server
 from workbench.integrations.fiftyone_labels import detection_labels
 from workbench.types import Detections
 
@@ -44,12 +47,41 @@ def add_app_comparison(
     *,
     dataset_name: str = APP_DATASET,
     media_dir: str | Path | None = None,
+    show_in_app: bool = False,
 ) -> str:
     """Add ``image`` (the app's searched image, as the models saw it) to ``dataset_name`` with
     each model's ``detections`` (absolute xyxy pixels of ``image``) as ``<model>_predictions``;
     returns a message saying where they are. The image is stored in ``media_dir`` (default: the
     dataset's folder under FiftyOne's ``default_dataset_dir``), which outlives the app's session.
+
+    With ``show_in_app``, the dataset is also shown in this process's FiftyOne App server
+    (started on the first call, reused after; see :mod:`fiftyone_app_server` for its port) and
+    the message is Markdown linking to the sample, opened in the App, and to the dataset.
     """
+    ds, sample = _add_sample(image, file_name, detections, dataset_name, media_dir)
+    sent = f"Sent {len(detections)} model result(s) for {file_name} to the FiftyOne dataset"
+    images = f"{len(ds)} image" + ("" if len(ds) == 1 else "s")
+    if not show_in_app:
+        return (
+            f"{sent} '{dataset_name}' ({images}); open it with "
+            f"`python -m workbench fiftyone launch {dataset_name}`"
+        )
+    base = fiftyone_app_server.show(ds)
+    this = fiftyone_app_server.app_url(base, ds.name, sample.id)
+    return (
+        f"{sent} '{ds.name}' ({images}): [open this image in the FiftyOne App]({this}) or "
+        f"[the whole dataset]({fiftyone_app_server.app_url(base, ds.name)}). "
+        "The App server stops when this app does."
+    )
+
+
+def send_app_comparison(image: Image.Image, file_name: str, detections, **where) -> str:
+    """The app's hook: :func:`add_app_comparison` shown in the FiftyOne App, with links."""
+    return add_app_comparison(image, file_name, detections, show_in_app=True, **where)
+
+
+def _add_sample(image, file_name, detections, dataset_name, media_dir):
+    """``(dataset, sample)``: ``image``'s sample of ``dataset_name`` with ``detections`` set."""
     if not detections:
         raise InputError("nothing to send to FiftyOne: run Detect first")
     import fiftyone as fo
@@ -70,8 +102,4 @@ def add_app_comparison(
         ds.add_sample(sample)
     else:
         sample.save()
-    return (
-        f"Sent {len(detections)} model result(s) for {file_name} to the FiftyOne dataset "
-        f"'{dataset_name}' ({len(ds)} images); open it with "
-        f"`python -m workbench fiftyone launch {dataset_name}`"
-    )
+    return ds, sample
