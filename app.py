@@ -45,26 +45,33 @@ def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None =
         # annotator payloads are read (and checked) by workbench.app.inputs; models take turns
         lane = dict(concurrency_limit=settings.concurrency, concurrency_id="model")
         heavy, hidden = dict(preprocess=False, **lane), dict(api_visibility="private")
-        ui.example.input(guard(on.load_example, status), *io.load_example, api_name="load_example")
+        ui.example.input(
+            guard(on.load_example, status), *io.load_example, api_name="load_example"
+        ).success(on.show_example, *io.show_example, **hidden)
         for event in (ui.classes.submit, ui.classes.blur):
-            event(on.offer_classes, [ui.classes], [ui.target, ui.reference], **hidden)
-        ui.target.upload(
-            on.new_target, ui.target, [ui.gt_file, ui.example], **hidden, preprocess=False
-        )
-        ui.reference.upload(on.new_reference, ui.reference, None, **hidden, preprocess=False)
+            event(on.offer_classes, *io.offer_classes, **hidden)
+        for event in (ui.target.upload, ui.target.clear):
+            event(on.new_target, *io.new_target, **hidden, preprocess=False)
+        ui.reference.upload(on.new_reference, *io.new_reference, **hidden, preprocess=False)
         compare = guard(on.compare, status, {ui.compared: False})
         ui.detect.click(compare, *io.compare, api_name="compare", **heavy).then(
             guard(on.after_compare, status), *io.after_compare, **hidden, **heavy
         )
         rethreshold = guard(on.apply_threshold, status)
-        ui.threshold.release(rethreshold, *io.apply_threshold, api_name="apply_threshold")
+        # every change (drag, number box, arrow keys) re-filters; only the last one counts
+        again = dict(trigger_mode="always_last", show_progress="hidden")
+        ui.threshold.change(rethreshold, *io.apply_threshold, api_name="apply_threshold", **again)
+        ui.merge.input(rethreshold, *io.apply_threshold, **hidden, **again)
         inspect = guard(on.inspect_queries, status)
         ui.inspect.click(inspect, *io.inspect_queries, api_name="inspect_queries", **heavy)
         ui.which.input(inspect, *io.inspect_queries, **hidden, **heavy)
+        columns = guard(on.query_columns, status)
+        ui.every_column.change(columns, *io.query_columns, api_name="query_columns")
         ui.save.click(guard(on.save_bank, status), *io.save_bank, api_name="save_bank", **heavy)
         ui.export.click(guard(on.export_coco, status), *io.export_coco, api_name="export_coco")
         send = guard(on.send_to_fiftyone, ui.fiftyone_status)
-        ui.fiftyone.click(send, *io.send_to_fiftyone, api_name="send_to_fiftyone", **lane)
+        fiftyone_lane = dict(concurrency_limit=1, concurrency_id="fiftyone")  # not the models'
+        ui.fiftyone.click(send, *io.send_to_fiftyone, api_name="send_to_fiftyone", **fiftyone_lane)
         gr.api(on.model_info, api_name="model_info")
     return demo
 
@@ -91,10 +98,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Warnings about nothing the app's user set or can change, dropped by quiet_logs: FiftyOne's App
+# state round-trips config keys FiftyOne removed (three lines per App connection), and the
+# mongod 6.0.5 that requirements-nodeps.txt pins (runs on Debian 12) is its oldest supported.
+FIFTYONE_NOISE = {
+    "fiftyone.core.config": "App config option has been removed",
+    "fiftyone.core.odm.database": "oldest supported major version of MongoDB",
+}
+
+
+def _print_but_component_files(*args, **kwargs) -> None:
+    """``print``, except gradio 6.31's leftover debug line for every custom-component file a
+    page loads (``id=..., environment=client, type=component, file_name=...``)."""
+    first = str(args[0]) if args else ""
+    if not (first.startswith("id=") and ", environment=" in first):
+        print(*args, **kwargs)
+
+
+def quiet_logs() -> None:
+    """The server's log holds warnings and errors (the app's handlers' with tracebacks), not
+    lines per page load: WARNING and up on stderr; gradio's per-file print and
+    :data:`FIFTYONE_NOISE` dropped. fiftyone prints its loggers' lines itself (on stdout), so
+    they do not also propagate to ours (every line twice). Imports gradio, not fiftyone."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("fiftyone", "eta"):
+        logging.getLogger(name).propagate = False
+    for name, text in FIFTYONE_NOISE.items():
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+    import gradio.routes
+
+    gradio.routes.print = _print_but_component_files  # shadows the builtin in that module only
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logs()
     args = parse_args(argv)
     use_available_cpus()
     models = Models.from_checkpoints(

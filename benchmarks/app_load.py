@@ -51,7 +51,7 @@ def run_load(url: str, clients: int, seconds: float) -> dict:
             start = time.perf_counter()
             try:
                 out = client.predict(target, None, "", 0.3, api_name="/compare")
-                if not str(out[4]).startswith("Detection done"):
+                if not str(out[4]).startswith("Searched "):
                     raise RuntimeError(f"unexpected status {out[4]!r}")
             except Exception as err:
                 with lock:

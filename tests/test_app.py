@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from workbench.app.session import Session, close_session
 from workbench.data.coco import CocoDetection
 from workbench.inputs import InputError
 from workbench.model.build import build_detector, save_pretrained
+from workbench.postprocess import MERGE_IOU, shown_detections
 from workbench.predictor import Predictor
 from workbench.types import Detections, Exemplar, VisualPrompt
 
@@ -149,7 +152,10 @@ def test_compare_runs_both_models_as_the_library_does(models):
         assert view.images[key].width >= 512  # enlarged from 256 px for legible captions
     assert view.headers == ["class", "SFT", "GRQO", "both", "only SFT", "only GRQO"]
     assert [row[0] for row in view.rows] == ["red solid star", "yellow solid circle"]
-    assert sum(row[1] for row in view.rows) == 30  # threshold 0: the whole top-K
+    # threshold 0: the whole top-K, duplicates merged; the summary gives the raw count
+    shown = session.comparison.shown()
+    assert sum(row[1] for row in view.rows) == len(shown["sft"]) <= 30
+    assert f"**SFT**: {len(shown['sft'])} objects (30 raw boxes before merging)" in view.summary
     assert all(row[3] + row[4] == row[1] and row[3] + row[5] == row[2] for row in view.rows)
 
 
@@ -158,10 +164,91 @@ def test_rethreshold_filters_the_stored_comparison(models):
     scores = session.comparison.detections["sft"].scores
     cut = float(scores.median())
     view = handlers.rethreshold(models, session, cut)
-    assert view.rows[0][1] == int((scores >= cut).sum())
+    raw = session.comparison.detections["sft"]
+    assert view.rows[0][1] == len(shown_detections(raw, cut)) <= int((scores >= cut).sum())
+    assert handlers.rethreshold(models, session, cut, merge=False).rows[0][1] == int(
+        (scores >= cut).sum()
+    )
     assert handlers.rethreshold(models, session, 1.0).rows[0][1:3] == [0, 0]
-    with pytest.raises(InputError, match="run Detect first"):
-        handlers.rethreshold(models, None, 0.5)
+    assert handlers.rethreshold(models, None, 0.5) is None  # nothing to filter yet
+
+
+def test_the_status_says_what_ran_what_each_model_found_and_what_to_try(models):
+    session, view, _ = compare(models, payload(IMAGE, STAR, CIRCLE), threshold=0.0)
+    assert view.status.startswith(
+        "Searched **shapes_000002.png** for red solid star (1 box), yellow solid circle (1 box) "
+        "with SFT and GRQO in "
+    )
+    for key, title in (("sft", "SFT"), ("grqo", "GRQO")):
+        shown = session.comparison.shown()[key]
+        found = Counter(shown.names)
+        best = float(session.comparison.detections[key].scores.max())
+        listed = ", ".join(f"{found[n]} {n}" for n in dict.fromkeys(shown.names))
+        assert f"{title} found {listed} (best score {best:.2f})." in view.status
+    # nothing above the threshold: the best score, the threshold that shows it, what to try
+    quiet = handlers.rethreshold(models, session, 1.0).status
+    best = float(session.comparison.detections["sft"].scores.max())
+    lower = math.floor(best * 100) / 100
+    assert f"SFT found nothing scoring >= 1.00 (best score {best:.2f}" in quiet
+    assert f"lower the score threshold to {lower:.2f} to see it" in quiet
+    assert "fine-tune a model on a few annotated images" in quiet
+    assert handlers.rethreshold(models, session, lower).rows  # and there it is
+    assert sum(r[1] for r in handlers.rethreshold(models, session, lower).rows) >= 1
+
+
+def test_one_colour_per_class_name_on_prompt_boxes_results_and_the_table(models):
+    examples = scan_examples(EXAMPLES_DIR)
+    session, example = handlers.load_example(examples, "shapes/shapes_000002.png")
+    colors = {b["label"]: tuple(b["color"]) for b in example.annotator["boxes"]}
+    assert len(set(colors.values())) == len(colors) == 2  # distinct classes, distinct colours
+    offered = handlers.label_colors(session, list(colors))
+    assert offered == list(colors.values())  # the label list offers the same colours
+    target = payload(
+        example.annotator["image"],
+        *({k: b[k] for k in b if k != "color"} for b in example.annotator["boxes"]),
+    )
+    session, view, _ = compare(models, target, session=session)
+    assert view.colors == [colors[row[0]] for row in view.rows]
+    plain = render.draw_labelled(Image.open(IMAGE), torch.zeros(0, 4), [], [])
+    for key in ("sft", "grqo"):
+        drawn = view.images[key].convert("RGB")
+        for name in {n for n in session.comparison.shown()[key].names}:
+            before = _pixels_of(plain, colors[name])
+            assert _pixels_of(drawn, colors[name]) > before + 50, (key, name)
+    assert session.color("-ignored", negative=True) == (128, 128, 128)
+
+
+def test_small_images_are_enlarged_for_drawing_and_read_back_exactly(models):
+    examples = scan_examples(EXAMPLES_DIR)
+    session, example = handlers.load_example(examples, "shapes/shapes_000002.png")
+    copy = example.annotator["image"]
+    assert Image.open(copy).size == (512, 512)  # 256 px, shown twice as large
+    suggested = examples["shapes/shapes_000002.png"].prompt_boxes
+    drawn_boxes = on_file_boxes(example.annotator["boxes"])
+    assert [b["xmin"] for b in drawn_boxes] == [2 * b["xmin"] for b in suggested]
+    on_copy = read_annotated(payload(copy, *drawn_boxes), "target", 2048)
+    on_file = read_annotated(payload(IMAGE, *on_file_boxes(suggested)), "target", 2048)
+    assert torch.equal(on_copy.image, on_file.image)  # the original pixels, exactly
+    assert on_copy.boxes == on_file.boxes and on_copy.file_name == "shapes_000002.png"
+    assert not on_copy.notices
+    a = compare(models, payload(copy, *drawn_boxes))[0].comparison.detections["sft"]
+    b = compare(models, payload(IMAGE, *on_file_boxes(suggested)))[0]
+    assert torch.equal(a.scores, b.comparison.detections["sft"].scores)
+    # an upload: small images get an enlarged copy to draw on, larger ones stay as they are
+    assert Image.open(handlers.for_drawing(session, payload(IMAGE))["image"]).size == (512, 512)
+    bccd = EXAMPLES_DIR / "bccd" / "images" / "BloodImage_00021.jpg"
+    assert handlers.for_drawing(session, payload(bccd)) is None
+    assert handlers.load_example(examples, "bccd/BloodImage_00021.jpg")[1].annotator["image"] == (
+        str(bccd)
+    )
+
+
+def on_file_boxes(boxes):
+    return [{k: b[k] for k in (*handlers.BOX_KEYS, "label")} for b in boxes]
+
+
+def _pixels_of(image, rgb) -> int:
+    return int((torch.tensor(list(image.getdata())) == torch.tensor(rgb)).all(1).sum())
 
 
 def test_negative_class_detections_are_hidden(models):
@@ -219,7 +306,7 @@ def test_a_missing_model_leaves_its_image_empty_with_the_reason(models):
 def test_inspect_with_ground_truth_shows_rewards_advantages_and_kl(models):
     truth = {"path": str(SHAPES / "annotations.json")}
     _, view, notices = handlers.inspect(
-        models, None, "grqo", payload(IMAGE, STAR), None, "", truth, 5, SETTINGS
+        models, None, "grqo", payload(IMAGE, STAR), None, "", truth, 5, SETTINGS, True
     )
     queries = models.grqo.predictor.model.config.num_queries
     assert len(view.rows) == queries and not notices
@@ -227,7 +314,8 @@ def test_inspect_with_ground_truth_shows_rewards_advantages_and_kl(models):
     assert {"reward", "advantage", "iou", "matched_gt", "kl", "hungarian"} <= set(column)
     assert sum(column["muted"]) == round(queries / 3)
     assert all(a == 0 for a, m in zip(column["advantage"], column["muted"], strict=True) if m)
-    assert all(name.endswith("red solid star") for name in column["matched_gt"])
+    matched = [name for name in column["matched_gt"] if name]
+    assert matched and all(name.endswith("red solid star") for name in matched)
     assert "ground truth: 7 boxes" in view.summary and "KL against SFT" in view.summary
     assert view.plot.width > 300 and view.top_queries.width >= 512
     # The same table as the library's, with the SFT model as the KL reference.
@@ -310,7 +398,7 @@ def test_inspect_without_ground_truth_shows_scores_only(models):
         half, None, "sft", payload(IMAGE, STAR), None, "", None, 3, SETTINGS
     )
     assert "reward" not in view.headers and "kl" not in view.headers
-    assert {"score", "objectness", "select_score", "muted"} <= set(view.headers)
+    assert view.headers == ["rank", "class", "score", "muted"]
     assert "no ground truth" in view.summary and "Query selection" not in view.summary
     with pytest.raises(InputError, match="GRQO model is not loaded"):
         handlers.inspect(half, None, "grqo", payload(IMAGE, STAR), None, "", None, 3, SETTINGS)
@@ -362,13 +450,14 @@ def test_export_writes_one_coco_json_per_model_at_the_threshold(models):
     for key, path in zip(("sft", "grqo"), paths[:2], strict=True):
         data = json.loads(Path(path).read_text())
         assert data["categories"] == [{"id": 1, "name": "red solid star"}]
-        kept = session.comparison.detections[key].scores >= 0.05
-        assert len(data["annotations"]) == int(kept.sum())
+        shown = shown_detections(session.comparison.detections[key], 0.05)
+        assert len(data["annotations"]) == len(shown) > 0  # as shown: duplicates merged
+        assert data["info"]["merge_iou"] == MERGE_IOU
         dataset = CocoDetection(path)  # json + image load as a dataset
         searched = read_annotated(payload(), "target", 2048).image
         assert torch.allclose(dataset.load_image(0), searched, atol=0.5 / 255)
-        assert len(dataset.target(0)) == int(kept.sum())
-    assert "score >= 0.05" in message
+        assert len(dataset.target(0)) == len(shown)
+    assert "score >= 0.05 (duplicates merged above IoU 0.5)" in message
 
 
 def test_send_to_fiftyone_hands_the_shown_detections_to_the_hook_in_memory(models):
@@ -380,9 +469,9 @@ def test_send_to_fiftyone_hands_the_shown_detections_to_the_hook_in_memory(model
     image, file_name, detections = sent[0]
     assert image.size == (256, 256) and file_name == IMAGE.name
     for key in ("sft", "grqo"):
-        kept = session.comparison.detections[key].scores >= 0.05
-        assert len(detections[key]) == int(kept.sum()) > 0
-        assert bool((detections[key].scores >= 0.05).all())
+        shown = shown_detections(session.comparison.detections[key], 0.05)
+        assert detections[key].query_index.tolist() == shown.query_index.tolist()
+        assert len(shown) > 0
     assert not any(session.folder.rglob("*.json"))  # nothing went through files
     with pytest.raises(InputError, match="run Detect first"):
         export.send_to_fiftyone(Session(), lambda *args: "never called")
@@ -448,6 +537,7 @@ ENDPOINTS = {
     "/compare",
     "/apply_threshold",
     "/inspect_queries",
+    "/query_columns",
     "/save_bank",
     "/export_coco",
     "/send_to_fiftyone",
@@ -455,7 +545,7 @@ ENDPOINTS = {
 }
 
 
-def test_every_endpoint_through_gradio_client(server, tmp_path):
+def test_every_endpoint_through_gradio_client(server, models, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(server, verbose=False)
@@ -465,12 +555,13 @@ def test_every_endpoint_through_gradio_client(server, tmp_path):
     info = client.predict(api_name="/model_info")
     assert info["models"]["sft"]["available"] and "bccd/BloodImage_00021.jpg" in info["examples"]
     example = client.predict("bccd/BloodImage_00021.jpg", api_name="/load_example")
-    assert example[0]["value"]["boxes"][0]["label"] == "RBC" and example[2].endswith(".json")
+    assert example[0]["boxes"][0]["label"] == "RBC" and example[2].endswith(".json")
     sft, grqo, counts, _, status = client.predict(
         client_target(STAR), None, "", 0.0, api_name="/compare"
     )
     assert Image.open(sft).width >= 512 and Image.open(grqo).width >= 512
-    assert counts["data"][0][:3] == ["red solid star", 30, 30] and status == "Detection done."
+    _, view, _ = compare(models, payload(IMAGE, STAR))  # the same models, in process
+    assert counts["data"] == view.rows and status.startswith("Searched **shapes_000002.png**")
     counts_high = client.predict(1.0, api_name="/apply_threshold")[2]
     assert counts_high["data"][0][1:3] == [0, 0]
     table, plot, _, query_summary, _ = client.predict(
@@ -489,11 +580,11 @@ def test_every_endpoint_through_gradio_client(server, tmp_path):
     with_bank = client.predict(
         {"image": handle_file(str(IMAGE)), "boxes": []}, None, "stars", 0.0, api_name="/compare"
     )
-    assert with_bank[2]["data"][0][:3] == ["red solid star", 30, 30]
+    assert with_bank[2]["data"] == view.rows
     exported, _ = client.predict(api_name="/export_coco")
     assert len(exported) == 3 and json.loads(Path(exported[0]).read_text())["images"]
     sent = client.predict(api_name="/send_to_fiftyone")
-    assert "Sent 2 model result(s)" in sent, sent
+    assert "Sent 2 model result(s)" in sent and "FiftyOne App](http://127.0.0.1:" in sent, sent
     check_the_fiftyone_dataset_holds(exported)
     # Bad input: a clear status line, no exception, and the server keeps answering.
     text = tmp_path / "notes.txt"
@@ -568,5 +659,5 @@ def test_eight_parallel_clients_get_their_own_answers(server, models, tmp_path):
     assert not errors and len(results) == 8
     for k, (rows, (width, height), status) in results.items():
         own_rows, (own_width, own_height) = expected[k]
-        assert status == "Detection done." and rows == own_rows, k
+        assert status.startswith(f"Searched **user{k}.png**") and rows == own_rows, k
         assert width / height == pytest.approx(own_width / own_height, rel=0.02), k

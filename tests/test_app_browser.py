@@ -6,14 +6,17 @@ both result images and the per-query panel render, with content that follows the
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from testing_constants import CHROMIUM_FLAGS
 
 import app
@@ -21,6 +24,7 @@ from app import EXAMPLES_DIR
 from workbench.app.models import Settings
 from workbench.model.build import build_detector
 from workbench.predictor import Predictor
+from workbench.viz import CLASS_PALETTE
 
 CHROMIUM = Path("/usr/bin/chromium")
 IMAGE = EXAMPLES_DIR / "shapes" / "images" / "shapes_000002.png"
@@ -154,7 +158,11 @@ def test_draw_a_box_detect_and_inspect_queries(page):
     assert toasts and not [t for t in toasts if t.startswith("Error")], toasts
 
     page.locator("#target input[type=file]").first.set_input_files(str(IMAGE))
-    page.wait_for_function(CANVAS_PAINTED)  # the canvas draws the image once it has loaded
+    # the 256 px image comes back enlarged to draw on, then the canvas paints it
+    page.wait_for_function(
+        "document.querySelector('#target canvas')?.getBoundingClientRect().width >= 480"
+    )
+    page.wait_for_function(CANVAS_PAINTED)
     drag_box(page, (-40, -40), (30, 30), "star")
     first = detect(page, None)
 
@@ -162,7 +170,7 @@ def test_draw_a_box_detect_and_inspect_queries(page):
         width, height = image_size(page, selector)
         assert width >= 300 and height >= 200, selector
     assert "star" in page.locator("#counts").inner_text()  # the box's label names the class
-    assert "classes: star (1 box)" in page.locator("#summary").inner_text()
+    assert "for star (1 box) with SFT and GRQO" in page.locator("#status").inner_text()
     summary = page.locator("#query-summary").inner_text()
     assert "GRQO: 50 queries, 17 muted" in summary and "KL against SFT" in summary
     rows = [line for line in first.splitlines() if line.strip()]
@@ -172,8 +180,102 @@ def test_draw_a_box_detect_and_inspect_queries(page):
     drag_box(page, (50, 40), (90, 85), "star")
     second = detect(page, first)
     assert second != first
-    assert "classes: star (2 boxes)" in page.locator("#summary").inner_text()
-    assert "Detection done." in page.locator("#status").inner_text() or (
-        "Queries inspected." in page.locator("#status").inner_text()
-    )
+    # the status line stays the comparison's after the query panel refreshes
+    assert "for star (2 boxes) with SFT and GRQO" in page.locator("#status").inner_text()
     print(f"browser flow took {time.perf_counter() - start:.1f} s")
+
+
+def result_png(page, selector: str) -> Image.Image:
+    """The result image the page shows (fetched from its src)."""
+    image = page.locator(f"{selector} img").first
+    image.wait_for(state="visible")
+    return Image.open(io.BytesIO(page.request.get(image.get_attribute("src")).body()))
+
+
+def colored_pixels(image: Image.Image, rgb) -> int:
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    return int((pixels == np.array(rgb)).all(1).sum())
+
+
+def choose_example(page, name: str) -> None:
+    field = page.locator("#example input")
+    field.click()
+    page.locator("ul[role='listbox'] li", has_text=name).first.click()
+    page.wait_for_function(
+        "name => document.querySelector('#status').innerText.includes(name)", arg=name.split("/")[1]
+    )
+
+
+def set_threshold(page, value: str) -> None:
+    """Type a value into the threshold's number box and press Enter, as a user does."""
+    box = page.locator("#threshold input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def wait_for_counts(page, text: str) -> None:
+    page.wait_for_function(
+        "text => document.querySelector('#counts').innerText.includes(text)", arg=text
+    )
+
+
+RESULTS_IDLE = """() => [...document.querySelectorAll(
+    '#sft-result [data-testid="status-tracker"], #status [data-testid="status-tracker"]')]
+    .every(t => t.classList.contains('hide'))"""
+
+
+def test_a_typed_threshold_refilters_and_a_new_example_clears_old_results(page):
+    choose_example(page, "shapes/shapes_000002.png")
+    set_threshold(page, "0")
+    page.locator("#detect").click()
+    page.wait_for_function(
+        "document.querySelector('#status').innerText.includes('Searched shapes_000002.png')"
+    )
+    page.wait_for_function("document.querySelector('#queries').innerText.includes('score')")
+    counts = page.locator("#counts").inner_text()
+    assert "red solid star" in counts
+    # the class's colour, as its row of the count table shows it
+    css = page.evaluate(
+        """() => {
+            const cells = [...document.querySelectorAll('#counts td, #counts [role=gridcell]')];
+            const cell = cells.find(c => c.innerText.trim() === 'red solid star');
+            let el = cell;
+            while (el && getComputedStyle(el).backgroundColor === 'rgba(0, 0, 0, 0)') {
+                el = el.firstElementChild;
+            }
+            return el ? getComputedStyle(el).backgroundColor : null;
+        }"""
+    )
+    assert css and css.startswith("rgb("), css
+    color = tuple(int(v) for v in css[4:-1].split(","))
+    assert color in CLASS_PALETTE
+    drawn = result_png(page, "#sft-result")
+    assert colored_pixels(drawn, color) > 50  # boxes drawn in the class colour
+
+    # Typed into the number box + Enter: the boxes drawn follow (tiny models score < 0.9)
+    set_threshold(page, "0.9")
+    page.wait_for_function(
+        "document.querySelector('#status').innerText.includes('found nothing scoring >= 0.90')"
+    )
+    assert colored_pixels(result_png(page, "#sft-result"), color) == 0
+    # arrow keys on the slider re-filter too
+    slider = page.locator("#threshold input[type=range]")
+    slider.fill("0.02")
+    slider.press("ArrowDown")
+    slider.press("ArrowDown")
+    page.wait_for_function(
+        "document.querySelector('#threshold input[type=number]').value === '0'"
+        " && document.querySelector('#status').innerText.includes('Searched shapes_000002.png')"
+        " && !document.querySelector('#status').innerText.includes('found nothing scoring')"
+    )
+    page.wait_for_function(RESULTS_IDLE)
+    assert colored_pixels(result_png(page, "#sft-result"), color) > 50
+
+    # another example: no result of the previous image stays on the page
+    choose_example(page, "shapes/shapes_000003.png")
+    page.wait_for_function(
+        """() => !document.querySelector('#sft-result img')
+            && !document.querySelector('#queries').innerText.includes('score')
+            && !document.querySelector('#counts').innerText.includes('red solid star')"""
+    )
+    assert "shapes_000002" not in page.locator("#summary").inner_text()

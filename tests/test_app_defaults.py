@@ -76,15 +76,15 @@ def test_default_models_find_the_prompted_objects_on_the_examples(url, example):
     assert all(info["models"][k]["available"] for k in ("sft", "grqo")), info
     # read at the size the models were trained at, as their checkpoints record
     assert all(info["models"][k]["input_size"] == [256, 342] for k in ("sft", "grqo")), info
-    target = client.predict(example, api_name="/load_example")[0]["value"]
+    target = client.predict(example, api_name="/load_example")[0]
     boxes = target["boxes"]
     assert boxes, "the example offers suggested prompt boxes"
     prompt = {
-        "image": handle_file(str(REPO / "examples" / example.replace("/", "/images/"))),
+        "image": handle_file(target["image"]),  # small ones come enlarged to draw on
         "boxes": boxes,
     }
     *_, status = client.predict(prompt, None, "", THRESHOLD, api_name="/compare")
-    assert status == "Detection done.", status
+    assert status.startswith(f"Searched **{Path(example).name}** for "), status
     exported, _ = client.predict(api_name="/export_coco")
     jsons = [json.loads(Path(p).read_text()) for p in exported if p.endswith(".json")]
     assert [c["info"]["description"].split()[0] for c in jsons] == ["SFT", "GRQO"]
@@ -105,3 +105,61 @@ def test_default_models_find_the_prompted_objects_on_the_examples(url, example):
             assert match_counts(gt, one)[image_id].tp >= 1, (model, names[category])
         assert totals.tp >= MIN_RECALL * totals.num_gt, (model, "recall", totals)
         assert totals.tp >= MIN_PRECISION * totals.num_detections, (model, "precision", totals)
+
+
+ALL_EXAMPLES = sorted(
+    f"{p.parent.parent.name}/{p.name}" for p in (REPO / "examples").glob("*/images/*")
+)
+
+
+@pytest.mark.parametrize("example", ALL_EXAMPLES)
+def test_one_box_per_object_and_counts_equal_the_boxes_shown(url, example):
+    """With the suggested prompts, no two shown boxes of one class overlap above the merge IoU,
+    and the count table counts exactly the boxes shown (exported as shown)."""
+    import torch
+    from gradio_client import Client, handle_file
+
+    from workbench.boxes import box_iou
+    from workbench.postprocess import MERGE_IOU
+
+    client = Client(url, verbose=False)
+    target = client.predict(example, api_name="/load_example")[0]
+    prompt = {
+        "image": handle_file(target["image"]),  # small ones come enlarged to draw on
+        "boxes": target["boxes"],
+    }
+    _, _, counts, summary, status = client.predict(prompt, None, "", THRESHOLD, api_name="/compare")
+    assert "raw boxes before merging" in summary, summary
+    exported, _ = client.predict(api_name="/export_coco")
+    jsons = [json.loads(Path(p).read_text()) for p in exported if p.endswith(".json")]
+    for column, coco in zip((1, 2), jsons, strict=True):
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for category, name in names.items():
+            boxes = torch.tensor(
+                [a["bbox"] for a in coco["annotations"] if a["category_id"] == category]
+            ).reshape(-1, 4)
+            boxes[:, 2:] += boxes[:, :2]
+            iou = box_iou(boxes, boxes).fill_diagonal_(0)
+            assert (float(iou.max()) if len(boxes) else 0.0) <= MERGE_IOU + 1e-6, (example, name)
+            row = next(r for r in counts["data"] if r[0] == name)
+            assert row[column] == len(boxes), (example, name, row)
+            assert f"{len(boxes)} {name}" in status or len(boxes) == 0, status
+
+
+def test_a_photo_of_an_unseen_domain_gets_a_status_naming_what_the_models_know(url):
+    """A photo unlike shapes and blood cells: the status names the training domains (from the
+    checkpoints) and each model's best score; at a threshold above it, what to try."""
+    import matplotlib
+    from gradio_client import Client, handle_file
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # 512x600
+    client = Client(url, verbose=False)
+    face = {"xmin": 190, "ymin": 120, "xmax": 330, "ymax": 300, "label": "face"}
+    target = {"image": handle_file(str(photo)), "boxes": [face]}
+    *_, status = client.predict(target, None, "", THRESHOLD, api_name="/compare")
+    known = "trained on synthetic shapes (36 base categories, e.g. 'red solid circle') and BCCD"
+    assert known in status, status
+    assert status.count("best score") == 2, status
+    *_, status = client.predict(0.99, api_name="/apply_threshold")
+    assert status.count("found nothing scoring >= 0.99") == 2, status
+    assert "lower the score threshold to" in status and "fine-tune a model" in status, status

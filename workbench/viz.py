@@ -25,6 +25,46 @@ def color_for(key: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+# Distinct and legible on photos and on white, in the order classes get them
+CLASS_PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 200, 220),
+    (240, 50, 230),
+    (150, 190, 20),
+    (250, 190, 190),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+    (100, 110, 255),
+    (128, 128, 0),
+    (255, 215, 0),
+    (0, 0, 128),
+)
+NEGATIVE_COLOR = (128, 128, 128)  # classes named "not X": never shown as results
+
+
+def palette_color(index: int) -> tuple[int, int, int]:
+    """The ``index``-th class colour: :data:`CLASS_PALETTE` in order, then golden-ratio hues."""
+    if index < len(CLASS_PALETTE):
+        return CLASS_PALETTE[index]
+    return color_for(index)
+
+
+def ink_for(background: Sequence[int]) -> tuple[int, int, int]:
+    """Black or white, whichever text reads better on ``background`` (r, g, b)."""
+    r, g, b = background[:3]
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+def hex_color(rgb: Sequence[int]) -> str:
+    """``(r, g, b)`` -> ``"#rrggbb"``."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
 def to_pil(image: Tensor | np.ndarray | Image.Image) -> Image.Image:
     """A ``[3, H, W]`` float tensor in [0, 1], ``[H, W, 3]`` uint8 array or PIL image -> RGB."""
     if isinstance(image, Image.Image):
@@ -86,7 +126,7 @@ def draw_boxes(
             height = bottom - top + 2
             ty = y0 - height if y0 >= height else y0
             draw.rectangle((x0, ty, x0 + right - left + 3, ty + height), fill=color)
-            draw.text((x0 + 1 - left, ty + 1 - top), caption, fill=(0, 0, 0), font=font)
+            draw.text((x0 + 1 - left, ty + 1 - top), caption, fill=ink_for(color), font=font)
     return out
 
 

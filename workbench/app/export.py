@@ -1,6 +1,6 @@
 """Export of the app's results: COCO json per model, and FiftyOne (in memory) when the
-integration offers its ``add_app_comparison`` hook (plain Python, no gradio; fiftyone is never
-imported here)."""
+integration offers its ``send_app_comparison`` hook, which also serves the FiftyOne App and
+links to it (plain Python, no gradio; fiftyone is never imported here)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import importlib.util
 import json
 from pathlib import Path
 
-from workbench.app import render
 from workbench.app.session import Session
 from workbench.coco_eval import coco_results
 from workbench.inputs import InputError
 
 FIFTYONE_MODULE = "workbench.integrations.fiftyone_app"
-FIFTYONE_HOOK = "add_app_comparison"
+FIFTYONE_HOOK = "send_app_comparison"
 
 
 def export_coco(session) -> tuple[list[str], str]:
-    """The last comparison's detections (at the current threshold) as one COCO json per model
-    (``images``, ``categories``: the positive prompt classes, ``annotations`` with ``score``) and
-    the PNG they refer to: the image as the models saw it (after any downscale), so the files
-    together load as a dataset (``CocoDetection(json)``). Returns ``(paths, message)``."""
+    """The last comparison's detections as shown (at the current threshold, duplicates merged
+    unless the page shows raw boxes) as one COCO json per model (``images``, ``categories``: the
+    positive prompt classes, ``annotations`` with ``score``) and the PNG they refer to: the image
+    as the models saw it (after any downscale), so the files together load as a dataset
+    (``CocoDetection(json)``). Returns ``(paths, message)``."""
     if not isinstance(session, Session) or session.comparison is None:
         raise InputError("nothing to export yet: run Detect first")
     c = session.comparison
@@ -34,8 +34,8 @@ def export_coco(session) -> tuple[list[str], str]:
     ids = [None if neg else k + 1 for k, neg in enumerate(c.negative)]
     categories = [{"id": i, "name": n} for i, n in zip(ids, c.names, strict=True) if i]
     paths = []
-    for key, dets in c.detections.items():
-        results = coco_results({1: render.threshold(dets, c.score_threshold)}, ids)
+    for key, dets in c.shown().items():
+        results = coco_results({1: dets}, ids)
         annotations = [
             {"id": k + 1, **r, "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
             for k, r in enumerate(results)
@@ -45,6 +45,7 @@ def export_coco(session) -> tuple[list[str], str]:
                 "description": f"{key.upper()} detections, workbench app",
                 "checkpoint": c.sources[key],
                 "score_threshold": c.score_threshold,
+                "merge_iou": c.merge_iou,
             },
             "images": [{"id": 1, "file_name": image_path.name, "width": w, "height": h}],
             "categories": categories,
@@ -53,14 +54,18 @@ def export_coco(session) -> tuple[list[str], str]:
         path = folder / f"{Path(c.file_name).stem}_{key}.json"
         path.write_text(json.dumps(data, indent=1))
         paths.append(str(path))
-    message = f"Exported {len(paths)} COCO json file(s) at score >= {c.score_threshold:.2f}"
+    merged = "raw boxes" if c.merge_iou is None else f"duplicates merged above IoU {c.merge_iou}"
+    message = (
+        f"Exported {len(paths)} COCO json file(s) at score >= {c.score_threshold:.2f} ({merged})"
+    )
     return [*paths, str(image_path)], message + f" and the image they refer to ({w}x{h})"
 
 
 def fiftyone_hook():
-    """``add_app_comparison`` of the FiftyOne integration (image, file name, detections per
-    model -> a message), or a string saying why there is none. That module imports fiftyone only
-    inside its functions, so looking starts no database."""
+    """``send_app_comparison`` of the FiftyOne integration (image, file name, detections per
+    model -> a Markdown message linking to the FiftyOne App), or a string saying why there is
+    none. That module imports fiftyone only inside its functions, so looking starts no database
+    (and no App server)."""
     if importlib.util.find_spec(FIFTYONE_MODULE) is None:
         return f"FiftyOne export is not in this checkout (`{FIFTYONE_MODULE}` is missing)."
     try:
@@ -76,12 +81,13 @@ def fiftyone_hook():
 def send_to_fiftyone(session, hook=None) -> str:
     """Hand the last comparison (the image as the models saw it, each model's detections at the
     current threshold) to the FiftyOne integration's hook (default: :func:`fiftyone_hook`), in
-    memory."""
+    memory; returns its message. The default hook starts a local FiftyOne App server on the first
+    send and reuses it after (``workbench.integrations.fiftyone_app_server``)."""
     hook = fiftyone_hook() if hook is None else hook
     if isinstance(hook, str):
         return hook + " Download the COCO json instead."
     if not isinstance(session, Session) or session.comparison is None:
         raise InputError("nothing to send to FiftyOne yet: run Detect first")
     c = session.comparison
-    shown = {k: render.threshold(d, c.score_threshold) for k, d in c.detections.items()}
+    shown = c.shown()
     return str(hook(c.image, c.file_name, shown))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from PIL import Image
@@ -29,14 +31,16 @@ from workbench.app.inputs import (
     NEGATIVE_PREFIXES,
     REFERENCE,
     Request,
+    drawing_copy,
     read_ground_truth,
     read_request,
+    split_label,
     truth_for_prompts,
 )
 from workbench.app.models import Models, ModelSlot, Settings
-from workbench.app.session import Comparison, Session
+from workbench.app.session import Comparison, InspectedQueries, Session
 from workbench.inputs import InputError
-from workbench.postprocess import QueryOutputs
+from workbench.postprocess import MERGE_IOU, QueryOutputs
 from workbench.predictor import EncodedImage
 from workbench.prompt_bank import PromptBank
 from workbench.query_metrics import query_stats
@@ -90,23 +94,46 @@ def _slots(models: Models) -> list[ModelSlot]:
 
 @dataclass
 class ComparisonView:
+    """What the page shows of a comparison: each model's drawing, the per-class count table
+    (``colors``: each row's class colour), the summary under the images and the status line."""
+
     images: dict[str, Image.Image | None]
     headers: list[str]
     rows: list[list]
+    colors: list[tuple[int, int, int]]
     summary: str
+    status: str
 
 
-def compare(models, session, target, reference, bank_name, score_threshold, settings):
-    """Run both models on the same prompts. Returns ``(session, ComparisonView, notices)``."""
+def compare(
+    models,
+    session,
+    target,
+    reference,
+    bank_name,
+    score_threshold,
+    settings,
+    progress=None,
+    *,
+    merge: bool = True,
+):
+    """Run both models on the same prompts; ``progress(fraction, text)`` hears each step, and
+    ``merge`` says whether duplicates are merged. Returns ``(session, ComparisonView, notices)``."""
     session = session if isinstance(session, Session) else Session()
+    session.comparison = None  # a failed run must not leave the previous image's results
     request = read_request(target, reference, bank_name, settings)
-    detections, sources, bank = {}, {}, None
-    for slot in _slots(models):
+    detections, sources, seconds, bank = {}, {}, {}, None
+    slots = _slots(models)
+    for k, slot in enumerate(slots):
+        if progress is not None:
+            progress(k / len(slots), f"{slot.title}: searching {request.target.file_name}")
+        start = time.perf_counter()
         encoded = slot.predictor.encode(request.target.image)
         bank = prompt_bank(slot, request, session, encoded)
         detections[slot.key] = slot.predictor.predict(  # all top-K: re-thresholded later
             encoded, bank, score_threshold=0.0, max_detections=settings.max_detections
         )
+        seconds[slot.key] = time.perf_counter() - start
         sources[slot.key] = slot.source
     session.comparison = Comparison(
         to_pil(request.target.image),
@@ -117,47 +144,107 @@ def compare(models, session, target, reference, bank_name, score_threshold, sett
         detections,
         sources,
         float(score_threshold),
+        MERGE_IOU if merge else None,
+        seconds,
     )
-    return session, comparison_view(session.comparison, models), request.notices
+    return session, comparison_view(session, models), request.notices
 
 
-def rethreshold(models, session, score_threshold) -> ComparisonView:
-    """The last comparison at another score threshold (no model runs)."""
+def rethreshold(models, session, score_threshold, merge: bool = True) -> ComparisonView | None:
+    """The last comparison at another score threshold, duplicates merged or not (no model
+    runs); None when there is no comparison yet."""
     if not isinstance(session, Session) or session.comparison is None:
-        raise InputError("nothing to filter yet: run Detect first")
+        return None
     session.comparison.score_threshold = float(score_threshold)
-    return comparison_view(session.comparison, models)
+    session.comparison.merge_iou = MERGE_IOU if merge else None
+    return comparison_view(session, models)
 
 
-def comparison_view(comparison: Comparison, models: Models) -> ComparisonView:
-    t = comparison.score_threshold
-    dets = {k: render.threshold(d, t) for k, d in comparison.detections.items()}
+def comparison_view(session: Session, models: Models) -> ComparisonView:
+    """The page's view of ``session``'s last comparison (see the module docstring of
+    :mod:`workbench.app.render` for the drawing)."""
+    c = session.comparison
+    dets = c.shown()
     if len(dets) == 2:
         a, b = render.agreement(dets["sft"], dets["grqo"])
         status = {"sft": a, "grqo": b}
     else:
         status = {k: [render.ONLY] * len(d) for k, d in dets.items()}
+    colors = [session.color(n, neg) for n, neg in zip(c.names, c.negative, strict=True)]
     images = {
-        s.key: render.draw_comparison(comparison.image, dets[s.key], status[s.key], s.key)
+        s.key: render.draw_comparison(c.image, dets[s.key], status[s.key], colors)
         if s.key in dets
         else None
         for s in models.slots
     }
-    described = describe_classes(comparison.names, comparison.negative, comparison.num_exemplars)
-    index = [i for i, neg in enumerate(comparison.negative) if not neg]
-    headers, rows = render.count_rows(comparison.names, dets, status)
-    rows = [rows[i] for i in index]
-    parts = [f"**{models.get(k).title}**: {len(d)} detections" for k, d in dets.items()]
+    index = [i for i, neg in enumerate(c.negative) if not neg]
+    headers, rows = render.count_rows(c.names, dets, status)
+    rows, row_colors = [rows[i] for i in index], [colors[i] for i in index]
+    parts = []
+    for k, d in dets.items():
+        raw = len(c.detections[k].select(c.detections[k].scores >= c.score_threshold))
+        merged = f" ({raw} raw boxes before merging)" if c.merge_iou is not None else ""
+        parts.append(f"**{models.get(k).title}**: {len(d)} objects{merged}")
     if len(dets) == 2:
-        both = status["sft"].count(render.BOTH)
-        parts.append(f"**found by both**: {both}")
+        parts.append(f"**found by both**: {status['sft'].count(render.BOTH)}")
+    merging = (
+        f"duplicates merged above IoU {c.merge_iou:.2f}"
+        if c.merge_iou is not None
+        else "every raw box"
+    )
     summary = (
-        f"Score >= {t:.2f} · classes: {described} · " + " · ".join(parts) + "\n\n" + render.LEGEND
+        f"**{c.file_name}** · score >= {c.score_threshold:.2f} · {merging} · "
+        + " · ".join(parts)
+        + "\n\n"
+        + render.LEGEND
     )
     missing = models.problems()
     if missing:
         summary += "\n\n" + "\n\n".join(f"Not shown: {m}" for m in missing)
-    return ComparisonView(images, headers, rows, summary)
+    status_line = describe_outcome(c, dets, models)
+    return ComparisonView(images, headers, rows, row_colors, summary, status_line)
+
+
+def describe_outcome(c: Comparison, shown: dict, models: Models) -> str:
+    """The status line of a comparison: what ran on what (and what the models were trained on,
+    as their checkpoints record), how long it took, what each model found and its best score;
+    for a model that shows nothing, what to try."""
+    described = describe_classes(c.names, c.negative, c.num_exemplars)
+    titles = " and ".join(models.get(k).title for k in c.detections)
+    trained = {models.get(k).trained_on for k in c.detections} - {None}
+    knows = f" (trained on {' / '.join(sorted(trained))})" if trained else ""
+    lines = [
+        f"Searched **{c.file_name}** for {described} with {titles}{knows} in "
+        f"{sum(c.seconds.values()):.1f} s."
+    ]
+    empty = False
+    for key, dets in shown.items():
+        title, raw = models.get(key).title, c.detections[key]
+        if not len(raw):
+            lines.append(f"{title} found nothing: every object it saw went to a negative class.")
+            empty = True
+            continue
+        best = f"best score {float(raw.scores.max()):.2f}"
+        if len(dets):
+            found = Counter(dets.names)
+            per_class = ", ".join(f"{found[n]} {n}" for n in dict.fromkeys(dets.names))
+            lines.append(f"{title} found {per_class} ({best}).")
+            continue
+        empty = True
+        top = int(raw.scores.argmax())
+        lower = math.floor(float(raw.scores[top]) * 100) / 100
+        lines.append(
+            f"{title} found nothing scoring >= {c.score_threshold:.2f} ({best}, "
+            f"{raw.names[top]}): lower the score threshold to {lower:.2f} to see it."
+        )
+    if empty:
+        lines.append(
+            "For objects unlike what the models were trained on: draw several example boxes per "
+            "class (they are averaged), try a reference image, or fine-tune a model on a few "
+            "annotated images of your objects (`python -m workbench train CONFIG "
+            "model.init_from=models/sft`, see the README's Training section)."
+        )
+    return " ".join(lines)
 
 
 # --- inspect ----------------------------------------------------------------------------------
@@ -172,11 +259,23 @@ class QueryView:
     summary: str
 
 
-def inspect(models, session, model_key, target, reference, bank_name, gt_file, top_k, settings):
-    """Every decoder query of one model: table, plot and top-K drawing. With ground truth,
-    rewards and errors, and every loaded model's query metrics on this image; with the other
-    model loaded, the KL of the objectness against it (the paper's GRQO reference is the SFT
-    model). Returns ``(session, QueryView, notices)``."""
+def inspect(
+    models,
+    session,
+    model_key,
+    target,
+    reference,
+    bank_name,
+    gt_file,
+    top_k,
+    settings,
+    every_column: bool = False,
+):
+    """Every decoder query of one model: table (the compact columns, or ``every_column``),
+    plot and top-K drawing. With ground truth, rewards and errors, and every loaded model's
+    query metrics on this image; with the other model loaded, the KL of the objectness against
+    it (the paper's GRQO reference is the SFT model). The session keeps the queries for
+    :func:`query_columns`. Returns ``(session, QueryView, notices)``."""
     session = session if isinstance(session, Session) else Session()
     slot = models.get(model_key)
     if not slot.available:
@@ -204,7 +303,8 @@ def inspect(models, session, model_key, target, reference, bank_name, gt_file, t
         queries, gt, grqo=grqo, loss=loss, reference_logits=reference_logits, names=bank.names
     )
     gt_names = [] if gt is None else [bank.names[int(i)] for i in gt.prompt_index]
-    headers, rows = render.table_rows(records, gt_names)
+    session.queries = InspectedQueries(records, gt_names)
+    headers, rows = render.table_rows(records, gt_names, every_column)
     muted = sum(r.muted for r in records)
     title = f"{slot.title}: {len(records)} queries, {muted} muted"
     described = describe_classes(bank.names, bank.negative, bank.num_exemplars)
@@ -223,6 +323,15 @@ def inspect(models, session, model_key, target, reference, bank_name, gt_file, t
     plot = render.query_plot(records, title)
     top = render.draw_top_queries(request.target.image, records, int(top_k))
     return session, QueryView(headers, rows, plot, top, summary), request.notices
+
+
+def query_columns(session, every_column: bool) -> tuple[list, list]:
+    """``(headers, rows)``: the last inspected queries' table again, with the compact or every
+    column (no model runs)."""
+    if not isinstance(session, Session) or session.queries is None:
+        raise InputError("no queries to show yet: press Inspect queries first")
+    inspected = session.queries
+    return render.table_rows(inspected.records, inspected.gt_names, bool(every_column))
 
 
 def _prompted(slot: ModelSlot, request, session) -> tuple[EncodedImage, PromptBank]:
@@ -287,6 +396,20 @@ def save_bank(models, session, target, reference, name, settings):
     return session, sorted(session.banks), [str(p) for p in files.values()], message
 
 
+BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def for_drawing(session: Session, payload) -> dict | None:
+    """A freshly uploaded image's annotator value, enlarged for drawing when small (the boxes
+    start empty); None when it needs no change."""
+    image = payload.get("image") if isinstance(payload, dict) else None
+    path = image.get("path") if isinstance(image, dict) else image
+    if not path:
+        return None
+    copy, k = drawing_copy(path, session.folder / "drawing")
+    return {"image": copy, "boxes": []} if k > 1 else None
+
+
 # --- examples and model info --------------------------------------------------------------------
 
 
@@ -301,17 +424,31 @@ class ExampleView:
     status: str
 
 
-def load_example(examples: dict[str, Example], name: str) -> ExampleView:
-    """The example called ``name`` (a key of ``examples``), ready to detect in."""
+def load_example(examples: dict[str, Example], name: str, session=None):
+    """The example called ``name`` (a key of ``examples``), ready to detect in: the image to
+    draw on (enlarged when small, :func:`~workbench.app.inputs.drawing_copy`) and its suggested
+    boxes in that image's pixels and their classes' colours of this session. Returns
+    ``(session, ExampleView)``."""
+    session = session if isinstance(session, Session) else Session()
     example = examples.get(name)
     if example is None:
         raise InputError(f"unknown example {name!r}; choose one of {list(examples)}")
-    value = {"image": str(example.image_path), "boxes": [dict(b) for b in example.prompt_boxes]}
+    path, k = drawing_copy(example.image_path, session.folder / "drawing")
+    boxes = [
+        {**b, **{c: b[c] * k for c in BOX_KEYS}, "color": session.color(b["label"])}
+        for b in example.prompt_boxes
+    ]
+    value = {"image": path, "boxes": boxes}
     status = (
-        f"Example **{name}**: {len(example.prompt_boxes)} prompt box(es) drawn from its ground "
-        "truth; press Detect."
+        f"Example **{name}**: {len(boxes)} suggested prompt box(es) from its ground truth "
+        f"({', '.join(b['label'] for b in boxes)}); press Detect, or draw your own."
     )
-    return ExampleView(value, list(example.classes), str(example.annotations), status)
+    return session, ExampleView(value, list(example.classes), str(example.annotations), status)
+
+
+def label_colors(session: Session, labels) -> list[tuple[int, int, int]]:
+    """Each box label's class colour in ``session`` (grey for negative classes)."""
+    return [session.color(*split_label(label)) for label in labels]
 
 
 def model_info(models: Models, examples: dict, settings: Settings) -> dict:

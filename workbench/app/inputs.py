@@ -6,6 +6,12 @@ image annotator's raw payload (``preprocess=False``): ``{"image": {"path": ..., 
 "orientation": k}``, so a file that is no image reaches :func:`load_image`, which says so,
 instead of failing inside the component.
 
+Small images are shown enlarged for drawing (:func:`drawing_copy`): the annotator draws an
+image at most at its own size, so a 256 px image would leave little room to draw on. The copy
+is enlarged by an integer factor with nearest-neighbour sampling and its file name records the
+factor, so :func:`load_image` recovers the original pixels exactly and boxes are divided back:
+the models, the ground truth and the results all see the original image.
+
 Box labels are class names. Boxes with the same name (case-insensitive, on either image) are
 exemplars of one class, averaged into one embedding. A name starting with ``-`` or ``not `` is
 a negative class ("not this kind"): it competes for queries, its detections are hidden.
@@ -13,6 +19,7 @@ a negative class ("not this kind"): it competes for queries, its detections are 
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
 NEGATIVE_PREFIXES = ("-", "not ")
 DEFAULT_CLASS = "object"
 REFERENCE = "reference"  # Exemplar.image_id of boxes drawn on the reference image
+DRAW_MIN_SIDE = 512  # images whose longer side is shorter are enlarged for drawing
+_DRAWING = re.compile(r"\.drawn-x(\d+)(?=\.png$)")  # marks an enlarged copy: name.drawn-x2.png
 
 
 @dataclass(frozen=True)
@@ -85,10 +94,35 @@ def _file_of(image) -> tuple[str | None, str]:
     return None, "image"
 
 
+def drawing_copy(path: str | Path, folder: Path) -> tuple[str, int]:
+    """``(path, factor)`` of the image to draw on: for an image whose longer side is under
+    :data:`DRAW_MIN_SIDE`, a copy in ``folder`` enlarged ``factor`` times (nearest neighbour,
+    EXIF rotation applied) named ``<stem>.drawn-x<factor>.png``; else ``(path, 1)``. An image
+    that does not open is returned as is (reading it at detection says what is wrong)."""
+    try:
+        img, _, _ = load_image(path, Path(path).name, DRAW_MIN_SIDE)
+    except InputError:
+        return str(path), 1
+    factor = -(-DRAW_MIN_SIDE // max(img.size))  # ceil
+    if factor < 2 or _DRAWING.search(Path(path).name):
+        return str(path), 1
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"{Path(path).stem}.drawn-x{factor}.png"
+    img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST).save(copy)
+    return str(copy), factor
+
+
+def original_name(name: str) -> str:
+    """The file name without the mark of an enlarged drawing copy."""
+    return _DRAWING.sub("", name)
+
+
 def load_image(path: str | Path, name: str, max_side: int) -> tuple[Image.Image, float, list]:
     """Open an uploaded file as an RGB PIL image, EXIF-rotated, the longer side at most
-    ``max_side`` pixels. Returns ``(image, scale, notices)``; raises :class:`InputError` for
-    files that are not images or are too large to decode safely."""
+    ``max_side`` pixels; an enlarged drawing copy (:func:`drawing_copy`) gives back its
+    original. Returns ``(image, scale, notices)``: ``scale`` maps the file's pixels to the
+    image's. Raises :class:`InputError` for files that are not images or are too large to
+    decode safely."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -115,6 +149,11 @@ def load_image(path: str | Path, name: str, max_side: int) -> tuple[Image.Image,
         raise InputError(
             f"{name} could not be decoded ({err}); the file is truncated or corrupt"
         ) from err
+    enlarged = _DRAWING.search(name)
+    if enlarged:  # each original pixel is a k x k block; the centre sample recovers it
+        k = int(enlarged.group(1))
+        img = img.resize((img.width // k, img.height // k), Image.Resampling.NEAREST)
+        return img, 1.0 / k, []
     if max(img.size) > max_side:
         factor = max_side / max(img.size)
         img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))))
@@ -199,7 +238,7 @@ def read_annotated(payload, role: str, max_side: int) -> Annotated | None:
     img, scale, notices = load_image(path, name, max_side)
     img = _rotate(img, payload.get("orientation") or 0)
     boxes = parse_boxes(payload.get("boxes"), scale, role)
-    return Annotated(pil_to_rgb_tensor(img), boxes, name, tuple(notices))
+    return Annotated(pil_to_rgb_tensor(img), boxes, original_name(name), tuple(notices))
 
 
 def prompts_from(target: Annotated, reference: Annotated | None) -> list[VisualPrompt]:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
 from gradio_image_annotation import image_annotator
+from pandas.io.formats.style import Styler
 
-from workbench.app import export, handlers
-from workbench.app.inputs import size_notice
+from workbench.app import export, handlers, render
+from workbench.app.inputs import DEFAULT_CLASS, size_notice
 from workbench.app.models import Models, Settings
-from workbench.app.session import close_session
-from workbench.postprocess import SCORE_THRESHOLD
-from workbench.viz import color_for
+from workbench.app.session import Session, close_session
+from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD
+from workbench.viz import hex_color, ink_for, palette_color
 
 log = logging.getLogger("workbench.app")
 
@@ -35,25 +37,54 @@ kind": objects it claims are not reported. Boxes on the *reference* tab are appl
 target (cross-image prompts). Unlabelled boxes form the class `object`."""
 
 
-def label_update(names):
-    """Annotator props offering ``names`` as box labels, each with its own colour."""
+def label_update(session, names, **props):
+    """Annotator props offering ``names`` as box labels, each in its class colour of
+    ``session`` (the colour its results and table rows get)."""
     names = list(dict.fromkeys(n for n in names if n))
-    colors = ["#{:02x}{:02x}{:02x}".format(*color_for(i)) for i in range(len(names))]
-    return gr.update(label_list=names, label_colors=colors)
+    colors = [hex_color(c) for c in handlers.label_colors(session, names)]
+    return gr.update(label_list=names, label_colors=colors, **props)
+
+
+ANNOTATOR_HELP = (
+    ": drag a box around one example object, then name it in the dialog: pick a class offered "
+    "or type a new name (`-name`: not this kind); the mouse wheel zooms"
+)
 
 
 def _annotator(label: str, elem_id: str):
     return image_annotator(
-        label=label, elem_id=elem_id, image_type="filepath", sources=["upload", "clipboard"]
+        label=label + ANNOTATOR_HELP,
+        elem_id=elem_id,
+        image_type="filepath",
+        sources=["upload", "clipboard"],
+        label_list=[DEFAULT_CLASS],
+        label_colors=[hex_color(palette_color(0))],
     )
+
+
+def _result_image(title: str, elem_id: str) -> gr.Image:
+    """An image the page draws, titled above it (gradio's label would cover its top rows)."""
+    with gr.Column():
+        gr.Markdown(f"**{title}**")
+        return gr.Image(
+            label=title,
+            show_label=False,
+            type="pil",
+            format="png",
+            interactive=False,
+            elem_id=elem_id,
+        )
 
 
 def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
     """Create the page's components (inside a ``gr.Blocks``); returns them by name."""
     ui = SimpleNamespace()
     banner = "\n\n".join(f"⚠️ {p}" for p in models.problems()) or "Models: " + " · ".join(
-        f"**{s.title}** `{s.source}`" for s in models.slots
+        f"**{s.title}** `{Path(s.source).name or s.source}`" for s in models.slots
     )
+    trained = {s.trained_on for s in models.available()} - {None}
+    if trained:
+        banner += " · trained on " + " / ".join(sorted(trained))
     gr.Markdown("# DINO-R1 workbench · visual prompts, SFT vs GRQO")
     gr.Markdown(banner, elem_id="model-status")
     with gr.Row():
@@ -65,7 +96,13 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
                     "Reference image: its boxes search the target", "reference"
                 )
         with gr.Column(scale=2):
-            ui.example = gr.Dropdown(list(examples), value=None, label="Example image")
+            ui.example = gr.Dropdown(
+                list(examples),
+                value=None,
+                label="Example image",
+                info="an image with ground truth and suggested prompt boxes",
+                elem_id="example",
+            )
             ui.classes = gr.Textbox(
                 label="Class names offered for new boxes (comma-separated)",
                 placeholder="RBC, WBC, -Platelets",
@@ -73,7 +110,14 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
             gr.Markdown(HELP)
             ui.gt_file = gr.File(label="Ground truth (COCO json, optional)", file_types=[".json"])
             ui.threshold = gr.Slider(
-                0, 1, value=SCORE_THRESHOLD, step=0.01, label="Score threshold"
+                0, 1, value=SCORE_THRESHOLD, step=0.01, label="Score threshold", elem_id="threshold"
+            )
+            ui.merge = gr.Checkbox(
+                True,
+                label=f"One box per object (same-class boxes overlapping above IoU {MERGE_IOU} "
+                "merge)",
+                info="untick to see every raw query box",
+                elem_id="merge",
             )
             ui.detect = gr.Button("Detect with both models", variant="primary", elem_id="detect")
             ui.status = gr.Markdown(label="status", elem_id="status")
@@ -88,14 +132,7 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
                 ui.bank_files = gr.File(label="Bank files (one per model)", file_count="multiple")
     with gr.Row():
         ui.images = {
-            s.key: gr.Image(
-                label=f"{s.title} detections",
-                type="pil",
-                format="png",
-                interactive=False,
-                elem_id=f"{s.key}-result",
-            )
-            for s in models.slots
+            s.key: _result_image(f"{s.title} detections", f"{s.key}-result") for s in models.slots
         }
     ui.summary = gr.Markdown(label="summary", elem_id="summary")
     ui.counts = gr.Dataframe(
@@ -109,21 +146,18 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
         ui.inspect = gr.Button("Inspect queries")
     ui.query_summary = gr.Markdown(label="query summary", elem_id="query-summary")
     with gr.Row():
-        ui.plot = gr.Image(
-            label="Selection score vs reward / advantage (or score, KL)",
-            type="pil",
-            format="png",
-            interactive=False,
-            elem_id="query-plot",
+        ui.plot = _result_image(
+            "Every query: selection logit vs reward, advantage (or score, KL)", "query-plot"
         )
-        ui.top_image = gr.Image(
-            label="Top-K queries (green: advantage > 0, red: < 0, grey: muted)",
-            type="pil",
-            format="png",
-            interactive=False,
-            elem_id="top-queries",
+        ui.top_image = _result_image(
+            "Top-K queries (green: advantage > 0, red: < 0, grey: muted)", "top-queries"
         )
-    ui.queries = gr.Dataframe(label="Every decoder query", interactive=False, elem_id="queries")
+    ui.every_column = gr.Checkbox(False, label="Show every column", elem_id="every-column")
+    ui.queries = gr.Dataframe(
+        label="Every decoder query, by rank (muted queries greyed)",
+        interactive=False,
+        elem_id="queries",
+    )
     with gr.Row():
         ui.export = gr.Button("Export results as COCO json")
         ui.export_files = gr.File(label="COCO json per model + image", file_count="multiple")
@@ -135,8 +169,22 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
     return ui
 
 
-def _frame(headers, rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=headers)
+MUTED_ROW = "color: #888; background-color: rgba(128, 128, 128, 0.15)"
+
+
+def _query_table(headers, rows) -> Styler:
+    """The query table as gradio shows it: each cell as :func:`render.cell_text` writes it (the
+    data stay numbers for API clients), muted queries' rows greyed."""
+    frame = pd.DataFrame(rows, columns=headers, dtype=object)  # keeps None, bool and int as is
+    styler = frame.style.format({c: functools.partial(render.cell_text, c) for c in headers})
+    return styler.apply(lambda row: [MUTED_ROW if row["muted"] else ""] * len(row), axis=1)
+
+
+def _count_table(headers, rows, colors) -> Styler:
+    """The per-class count table, each class name on its class colour."""
+    frame = pd.DataFrame(rows, columns=headers)
+    styles = [f"background-color: {hex_color(c)}; color: {hex_color(ink_for(c))}" for c in colors]
+    return frame.style.apply(lambda column: styles, subset=["class"], axis=0)
 
 
 def _status(done: str, notices) -> str:
@@ -173,18 +221,31 @@ class Events:
         self.fiftyone_hook = fiftyone_hook
         # (inputs, outputs) of each event, in the order of its method's parameters and results
         view = [*ui.images.values(), ui.counts, ui.summary]
+        # what a new target clears: every result of the previous one
+        results = [*view, ui.queries, ui.plot, ui.top_image, ui.query_summary, ui.status]
         request = [ui.target, ui.reference, ui.bank]
-        inspect_in = [ui.session, ui.which, *request, ui.gt_file, ui.top_k]
+        inspect_in = [ui.session, ui.which, *request, ui.gt_file, ui.top_k, ui.every_column]
         inspect_out = [ui.session, ui.queries, ui.plot, ui.top_image, ui.query_summary, ui.status]
         self.io = SimpleNamespace(
-            load_example=([ui.example], [ui.target, ui.classes, ui.gt_file, ui.status]),
+            load_example=(
+                [ui.session, ui.example],
+                [ui.session, ui.target, ui.classes, ui.gt_file, ui.status],
+            ),
+            show_example=([ui.session, ui.classes], [ui.session, ui.target, *results]),
+            new_target=(
+                [ui.session, ui.target],
+                [ui.session, ui.target, ui.gt_file, ui.example, *results],
+            ),
+            new_reference=([ui.session, ui.reference], [ui.session, ui.reference]),
+            offer_classes=([ui.session, ui.classes], [ui.session, ui.target, ui.reference]),
             compare=(
-                [ui.session, *request, ui.threshold],
+                [ui.session, *request, ui.threshold, ui.merge],
                 [ui.session, ui.compared, *view, ui.status],
             ),
             after_compare=([ui.compared, *inspect_in], inspect_out),
-            apply_threshold=([ui.session, ui.threshold], [*view, ui.status]),
+            apply_threshold=([ui.session, ui.threshold, ui.merge], [*view, ui.status]),
             inspect_queries=(inspect_in, inspect_out),
+            query_columns=([ui.session, ui.every_column], [ui.queries]),
             save_bank=(
                 [ui.session, ui.target, ui.reference, ui.bank_name],
                 [ui.session, ui.bank, ui.bank_files, ui.status],
@@ -195,60 +256,130 @@ class Events:
 
     def _view(self, v) -> dict:
         ui = self.ui
-        shown = {ui.images[k]: v.images[k] for k in ui.images}
-        return {**shown, ui.counts: _frame(v.headers, v.rows), ui.summary: v.summary}
+        shown = {ui.images[k]: v.images[k] for k in ui.images}  # the summary names the image
+        counts = _count_table(v.headers, v.rows, v.colors)
+        return {**shown, ui.counts: counts, ui.summary: v.summary}
 
-    def load_example(self, example_name):
-        v = handlers.load_example(self.examples, example_name)
+    def _cleared(self, state) -> dict:
+        """Every result of the previous target emptied (and forgotten by the session)."""
+        ui = self.ui
+        if isinstance(state, Session):
+            state.comparison = None
+            state.queries = None
+        images = dict.fromkeys(ui.images.values())
+        empty = {ui.counts: None, ui.summary: "", ui.queries: None, ui.plot: None}
+        return {**images, **empty, ui.top_image: None, ui.query_summary: "", ui.status: ""}
+
+    def load_example(self, state, example_name):
+        state, v = handlers.load_example(self.examples, example_name, state)
         ui = self.ui
         return {
-            ui.target: gr.update(value=v.annotator, **label_update(v.classes)),
+            ui.session: state,
+            ui.target: v.annotator,
             ui.classes: ", ".join(v.classes),
             ui.gt_file: v.ground_truth,
             ui.status: v.status,
         }
 
-    def offer_classes(self, text):
-        update = label_update([n.strip() for n in str(text).split(",")])
-        return {self.ui.target: update, self.ui.reference: update}
+    def show_example(self, state, class_names):
+        """After an example is loaded: its classes offered as labels, old results cleared."""
+        state = state if isinstance(state, Session) else Session()
+        labels = label_update(state, [n.strip() for n in str(class_names).split(",")])
+        cleared = self._cleared(state)
+        cleared.pop(self.ui.status)  # keeps load_example's line
+        return {self.ui.session: state, self.ui.target: labels, **cleared}
 
-    def compare(self, state, target_image, reference_image, prompt_bank, score_threshold):
-        request = (target_image, reference_image, prompt_bank, score_threshold, self.settings)
-        state, v, notices = handlers.compare(self.models, state, *request)
+    def new_target(self, state, image):
+        """Another image: the example's ground truth no longer applies, old results go; a small
+        image is shown enlarged for drawing."""
+        state, shown = self._for_drawing(state, image)
         ui = self.ui
-        status = _status("Detection done.", notices)
+        cleared = self._cleared(state)
+        cleared[ui.status] = "New image: draw a prompt box around an example object, then Detect."
+        return {ui.session: state, ui.target: shown, ui.gt_file: None, ui.example: None, **cleared}
+
+    def offer_classes(self, state, text):
+        state = state if isinstance(state, Session) else Session()
+        update = label_update(state, [n.strip() for n in str(text).split(",")])
+        return {self.ui.session: state, self.ui.target: update, self.ui.reference: update}
+
+    def compare(
+        self,
+        state,
+        target_image,
+        reference_image,
+        prompt_bank,
+        score_threshold,
+        merge_duplicates=True,
+        progress=gr.Progress(),  # noqa: B008 (gradio's way to ask for a progress bar)
+    ):
+        request = (target_image, reference_image, prompt_bank, score_threshold, self.settings)
+        state, v, notices = handlers.compare(
+            self.models, state, *request, progress, merge=merge_duplicates
+        )
+        ui = self.ui
+        status = _status(v.status, notices)
         return {ui.session: state, ui.compared: True, **self._view(v), ui.status: status}
 
-    def apply_threshold(self, state, score_threshold):
-        v = handlers.rethreshold(self.models, state, score_threshold)
-        return {**self._view(v), self.ui.status: f"Score threshold {float(score_threshold):.2f}."}
+    def apply_threshold(self, state, score_threshold, merge_duplicates=True):
+        v = handlers.rethreshold(self.models, state, score_threshold, merge_duplicates)
+        if v is None:
+            return {self.ui.status: f"Score threshold {float(score_threshold):.2f}: press Detect."}
+        return {**self._view(v), self.ui.status: v.status}
 
     def inspect_queries(
-        self, state, model, target_image, reference_image, prompt_bank, ground_truth_json, top_k
+        self,
+        state,
+        model,
+        target_image,
+        reference_image,
+        prompt_bank,
+        ground_truth_json,
+        top_k,
+        every_column=False,
     ):
         request = (target_image, reference_image, prompt_bank, ground_truth_json, top_k)
-        state, v, notices = handlers.inspect(self.models, state, model, *request, self.settings)
+        state, v, notices = handlers.inspect(
+            self.models, state, model, *request, self.settings, every_column
+        )
         ui = self.ui
         return {
             ui.session: state,
-            ui.queries: _frame(v.headers, v.rows),
+            ui.queries: _query_table(v.headers, v.rows),
             ui.plot: v.plot,
             ui.top_image: v.top_queries,
             ui.query_summary: v.summary,
-            ui.status: _status("Queries inspected.", notices),
+            ui.status: _status(f"Queries inspected: {v.summary.split(' · ')[0]}.", notices),
         }
 
-    def after_compare(self, ok, *args):
-        return self.inspect_queries(*args) if ok else [gr.skip()] * len(self.io.after_compare[1])
+    def query_columns(self, state, every_column):
+        """The last inspected queries' table with the compact or every column; before any
+        inspection, nothing (the next one reads the box)."""
+        if not isinstance(state, Session) or state.queries is None:
+            return {self.ui.queries: gr.skip()}
+        return {self.ui.queries: _query_table(*handlers.query_columns(state, every_column))}
 
-    def new_reference(self, image):
+    def after_compare(self, ok, *args):
+        """The query panel for the new comparison; the status line stays the comparison's."""
+        if not ok:
+            return [gr.skip()] * len(self.io.after_compare[1])
+        return {**self.inspect_queries(*args), self.ui.status: gr.skip()}
+
+    def new_reference(self, state, image):
+        """A reference image: a note if it will be downscaled, enlarged for drawing if small."""
+        state, shown = self._for_drawing(state, image)
+        return {self.ui.session: state, self.ui.reference: shown}
+
+    def _for_drawing(self, state, image):
+        """``(session, the annotator's new value or gr.skip())`` for an uploaded image."""
+        state = state if isinstance(state, Session) else Session()
+        if image is None:
+            return state, gr.skip()
         notice = size_notice(image, self.settings.max_side)
         if notice:
             gr.Info(notice)
-
-    def new_target(self, image):
-        self.new_reference(image)
-        return None, None  # another image: the example's ground truth no longer applies
+        enlarged = handlers.for_drawing(state, image)
+        return state, gr.skip() if enlarged is None else enlarged
 
     def save_bank(self, state, target_image, reference_image, bank_name):
         state, names, files, message = handlers.save_bank(

@@ -56,6 +56,13 @@ class ModelSlot:
     def available(self) -> bool:
         return self.predictor is not None
 
+    @property
+    def trained_on(self) -> str | None:
+        """What the model's run trained on, from its checkpoint's recorded config (e.g.
+        "synthetic shapes (36 base categories) and BCCD blood cells"); None when unrecorded."""
+        run = getattr(self.predictor, "run_config", None)
+        return None if run is None else describe_training_data(run.data)
+
 
 @dataclass(frozen=True)
 class Models:
@@ -114,6 +121,27 @@ class Models:
     def problems(self) -> list[str]:
         """One line per empty slot, each saying how to fix it."""
         return [f"{s.title}: {s.error}" for s in self.slots if not s.available]
+
+
+def describe_training_data(data) -> str:
+    """A run's training data (its :class:`~workbench.config.DataConfig`) in words: each part of
+    ``data.name`` ("shapes", a registered source such as "bccd", or a COCO json path)."""
+    from workbench.data.sources import get_source
+    from workbench.data.synthetic import shape_categories
+
+    parts = []
+    for name in str(data.name).split("+"):
+        if name == "shapes":
+            split = data.shapes_train_categories
+            cats = [c for c in shape_categories() if split in ("all", c["split"])]
+            which = "categories" if split == "all" else f"{split} categories"
+            parts.append(f"synthetic shapes ({len(cats)} {which}, e.g. '{cats[0]['name']}')")
+            continue
+        try:
+            parts.append(get_source(name).description.split(":")[0])
+        except (KeyError, ValueError):
+            parts.append(f"'{name}'")
+    return " and ".join(parts)
 
 
 def _load_slot(key, folder: Path, default: bool, sizes: dict, device, k: int) -> ModelSlot:

@@ -1,13 +1,15 @@
 """What the app shows: the two models' detections with their agreement, per-class counts, and
 the per-query table, plot and top-K drawing. Plain Python and PIL / matplotlib (no gradio).
 
-Agreement: a detection of one model is "found by both" when the other model has a detection of
-the same class with IoU >= 0.5; pairs are matched one-to-one, best score first (COCO's greedy
-rule), so two SFT boxes on one object do not both count as agreeing with one GRQO box.
+Agreement: a shown detection (thresholded, duplicates merged) of one model is "found by both"
+when the other model shows one of the same class with IoU >= 0.5; pairs are matched one-to-one,
+best score first (COCO's greedy rule), so two SFT boxes on one object do not both count as
+agreeing with one GRQO box.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -22,10 +24,10 @@ from workbench.viz import color_for, draw_boxes
 
 AGREEMENT_IOU = 0.5
 BOTH, ONLY = "both", "only"
-COLORS = {BOTH: (30, 200, 90), "sft": (255, 140, 0), "grqo": (40, 120, 255)}
 LEGEND = (
-    "**Boxes:** green = found by both models (same class, IoU >= 0.5) · "
-    "orange = only SFT · blue = only GRQO"
+    "**Boxes** take their class's colour (the same as on the target image and in the table): "
+    "**solid** = found by both models (same class, IoU >= 0.5), **dashed** = only this model "
+    "found it."
 )
 
 
@@ -46,19 +48,6 @@ def agreement(a: Detections, b: Detections, iou: float = AGREEMENT_IOU) -> tuple
     return status_a, status_b
 
 
-def threshold(dets: Detections, score_threshold: float) -> Detections:
-    """The detections scoring at least ``score_threshold``."""
-    keep = dets.scores >= score_threshold
-    return Detections(
-        dets.boxes_xyxy[keep],
-        dets.scores[keep],
-        dets.prompt_index[keep],
-        tuple(n for n, k in zip(dets.names, keep.tolist(), strict=True) if k),
-        dets.image_size,
-        dets.query_index[keep],
-    )
-
-
 DISPLAY_MIN_SIDE = 512  # small images are enlarged for drawing, so captions stay legible
 
 
@@ -77,12 +66,14 @@ def draw_labelled(
     )
 
 
-def draw_comparison(image, dets: Detections, status: Sequence[str], model: str) -> Image.Image:
-    """One model's detections: green where the other model agrees, the model's colour (dashed)
-    where it alone found the object."""
+def draw_comparison(
+    image, dets: Detections, status: Sequence[str], colors: Sequence[tuple]
+) -> Image.Image:
+    """One model's detections, each in its class's colour (``colors``: one per prompt), solid
+    where the other model agrees and dashed where this model alone found the object."""
     captions = [f"{n} {s:.2f}" for n, s in zip(dets.names, dets.scores.tolist(), strict=True)]
-    colors = [COLORS[BOTH] if s == BOTH else COLORS[model] for s in status]
-    return draw_labelled(image, dets.boxes_xyxy, captions, colors, [s == ONLY for s in status])
+    box_colors = [colors[int(p)] for p in dets.prompt_index.tolist()]
+    return draw_labelled(image, dets.boxes_xyxy, captions, box_colors, [s == ONLY for s in status])
 
 
 def count_rows(
@@ -112,93 +103,108 @@ def count_rows(
 
 # --- the per-query panel ----------------------------------------------------------------------
 
-COLUMNS = (
-    "rank",
-    "query_index",
-    "class",
-    "score",
-    "objectness",
-    "select_score",
-    "box_xyxy",
-    "matched_gt",
-    "iou",
-    "cost",
-    "reward",
-    "advantage",
-    "muted",
-    "hungarian",
-    "kl",
+# rank == query_index: queries come ordered by selection logit, so the index is not shown
+COMPACT_COLUMNS = ("rank", "class", "score", "iou", "reward", "advantage", "kl", "muted")
+EXTRA_COLUMNS = ("objectness", "select_score", "box_xyxy", "matched_gt", "cost", "hungarian")
+
+
+def table_rows(
+    records: Sequence[QueryRecord], gt_names: Sequence[str] = (), every_column: bool = False
+) -> tuple[list, list]:
+    """``(headers, rows)`` of the query table: ``COMPACT_COLUMNS``, then ``EXTRA_COLUMNS`` with
+    ``every_column``, dropping columns that are empty for this image (reward-side columns without
+    ground truth, KL without a reference). Values stay numbers (:func:`cell_text` shows them)."""
+    columns = COMPACT_COLUMNS + (EXTRA_COLUMNS if every_column else ())
+    rows = [_row(r, gt_names) for r in records]
+    keep = [c for c in columns if any(row[c] not in (None, "") for row in rows)]
+    return keep, [[row[c] for c in keep] for row in rows]
+
+
+def _row(r: QueryRecord, gt_names: Sequence[str]) -> dict:
+    """One query's values by column; ``matched_gt`` names its lowest-cost ground-truth box only
+    when that box overlaps it (IoU > 0) and is of the query's class (its best prompt)."""
+    name = r.extra.get("name", "")
+    matched = ""
+    if r.matched_gt is not None and (r.iou or 0.0) > 0 and gt_names[r.matched_gt] == name:
+        matched = f"{r.matched_gt}: {name}"
+    return {
+        "rank": r.rank,
+        "class": name,
+        "score": r.score,
+        "iou": r.iou,
+        "reward": r.reward,
+        "advantage": r.advantage,
+        "kl": r.kl,
+        "muted": r.muted,
+        "objectness": r.objectness,
+        "select_score": r.select_score,
+        "box_xyxy": ", ".join(f"{v:.0f}" for v in r.box_xyxy),
+        "matched_gt": matched,
+        "cost": r.cost,
+        "hungarian": r.extra.get("hungarian"),
+    }
+
+
+def cell_text(column: str, value) -> str:
+    """How the table shows ``value`` of ``column``: IoU with 2 decimals, KL (>= 0, often tiny)
+    in scientific notation below 1e-3, other numbers with 3 decimals, never a negative zero;
+    booleans as yes / no, missing values blank."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, float):
+        return str(value)
+    if column == "kl" and 0 < abs(value) < 1e-3:
+        return f"{value:.2e}"
+    text = f"{value:.{2 if column == 'iou' else 3}f}"
+    return text.lstrip("-") if float(text) == 0 else text
+
+
+# The plot's marks: (legend label, which queries, scatter style), drawn in this order
+QUERY_MARKS = (
+    ("active query", lambda r: not r.muted, {"s": 18}),
+    ("muted query (no advantage)", lambda r: r.muted, {"s": 22, "marker": "x", "color": "0.55"}),
+    (
+        "Hungarian-matched to ground truth",
+        lambda r: bool(r.extra.get("hungarian")),
+        {"s": 80, "facecolors": "none", "edgecolors": "red"},
+    ),
 )
+X_LABEL = "selection logit of the query's encoder token\n(its objectness, which GRQO regularises)"
 
 
-def table_rows(records: Sequence[QueryRecord], gt_names: Sequence[str] = ()) -> tuple[list, list]:
-    """``(headers, rows)`` of the query table, dropping columns that are empty for this image
-    (reward-side columns without ground truth, KL without a reference)."""
-    rows = []
-    for r in records:
-        matched = "" if r.matched_gt is None else f"{r.matched_gt}: {gt_names[r.matched_gt]}"
-        values = {
-            "rank": r.rank,
-            "query_index": r.query_index,
-            "class": r.extra.get("name", ""),
-            "score": r.score,
-            "objectness": r.objectness,
-            "select_score": r.select_score,
-            "box_xyxy": ", ".join(f"{v:.0f}" for v in r.box_xyxy),
-            "matched_gt": matched,
-            "iou": r.iou,
-            "cost": r.cost,
-            "reward": r.reward,
-            "advantage": r.advantage,
-            "muted": r.muted,
-            "hungarian": r.extra.get("hungarian"),
-            "kl": r.kl,
-        }
-        rows.append(values)
-    keep = [c for c in COLUMNS if any(row[c] not in (None, "") for row in rows)]
-    return keep, [[_rounded(row[c]) for c in keep] for row in rows]
-
-
-def _rounded(value):
-    return round(value, 4) if isinstance(value, float) else value
-
-
-def query_plot(records: Sequence[QueryRecord], title: str) -> Image.Image:
-    """Selection score against reward and advantage (with ground truth) or against score and KL
-    (without); muted queries as grey crosses, Hungarian-assigned ones ringed in red."""
-    has_truth = any(r.reward is not None for r in records)
+def query_figure(records: Sequence[QueryRecord], title: str) -> Figure:
+    """Selection logit against reward and advantage (with ground truth) or against score and KL
+    (without); one legend below the panels names every mark drawn (``QUERY_MARKS``)."""
     has_kl = any(r.kl is not None for r in records)
     panels = (
         [("reward", "reward"), ("advantage", "advantage")]
-        if has_truth
+        if any(r.reward is not None for r in records)
         else [("score", "class score")] + ([("kl", "KL (k3) vs reference")] if has_kl else [])
     )
-    fig = Figure(figsize=(4.2 * len(panels), 3.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    x = [r.select_score for r in records]
-    groups = [  # (indices, marker style), drawn in this order on every panel
-        ([i for i, r in enumerate(records) if not r.muted], {"s": 18, "label": "active"}),
-        (
-            [i for i, r in enumerate(records) if r.muted],
-            {"s": 22, "marker": "x", "color": "0.55", "label": "muted"},
-        ),
-        (
-            [i for i, r in enumerate(records) if r.extra.get("hungarian")],
-            {"s": 80, "facecolors": "none", "edgecolors": "red", "label": "Hungarian match"},
-        ),
-    ]
     for k, (field, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        y = [getattr(r, field) if getattr(r, field) is not None else float("nan") for r in records]
-        for indices, style in groups:
-            if indices:  # an empty group would only add a legend entry
-                ax.scatter([x[i] for i in indices], [y[i] for i in indices], **style)
-        ax.set_xlabel("selection score (logit)")
+        for name, chosen, style in QUERY_MARKS:
+            shown = [r for r in records if chosen(r)]
+            if shown:  # an empty group would only add a legend entry
+                y = [getattr(r, field) for r in shown]
+                y = [float("nan") if v is None else v for v in y]
+                ax.scatter([r.select_score for r in shown], y, label=name, **style)
+        ax.set_xlabel(X_LABEL, fontsize=8)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if k == 0:
-            ax.legend(fontsize=7, loc="best")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def query_plot(records: Sequence[QueryRecord], title: str) -> Image.Image:
+    """:func:`query_figure` as an RGB image."""
+    fig = query_figure(records, title)
     fig.canvas.draw()
     return Image.frombuffer(
         "RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()
@@ -206,8 +212,9 @@ def query_plot(records: Sequence[QueryRecord], title: str) -> Image.Image:
 
 
 def draw_top_queries(image, records: Sequence[QueryRecord], top_k: int) -> Image.Image:
-    """The ``top_k`` best-scoring queries on the image, captioned ``q<index> <score>``; coloured
-    by advantage when known (green > 0, red < 0, grey muted), else by class."""
+    """The ``top_k`` best-scoring queries on the image, captioned ``#<rank> <class> <score>``
+    (rank as in the table); coloured by advantage when known (green > 0, red < 0, grey muted),
+    else by class."""
     best = sorted(records, key=lambda r: -r.score)[: max(0, top_k)]
     colors = []
     for r in best:
@@ -217,5 +224,5 @@ def draw_top_queries(image, records: Sequence[QueryRecord], top_k: int) -> Image
             colors.append((150, 150, 150))
         else:
             colors.append((30, 200, 90) if r.advantage > 0 else (230, 50, 50))
-    captions = [f"q{r.query_index} {r.score:.2f}" for r in best]
+    captions = [f"#{r.rank} {r.extra.get('name', '')} {r.score:.2f}" for r in best]
     return draw_labelled(image, [r.box_xyxy for r in best] or torch.zeros(0, 4), captions, colors)

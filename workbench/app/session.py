@@ -9,14 +9,16 @@ import atexit
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from workbench.inputs import InputError
+from workbench.postprocess import MERGE_IOU, shown_detections
 from workbench.prompt_bank import PromptBank
-from workbench.types import Detections
+from workbench.types import Detections, QueryRecord
+from workbench.viz import NEGATIVE_COLOR, palette_color
 
 _ROOT: list[Path] = []  # this process's folder of session folders, removed at exit
 _ROOT_LOCK = threading.Lock()
@@ -32,13 +34,25 @@ def _sessions_root() -> Path:
 
 class Session:
     """One user's state: a private temp folder (banks, exports; made on first use), saved banks
-    by name (one file per model: an embedding belongs to the weights that made it), and the last
-    comparison."""
+    by name (one file per model: an embedding belongs to the weights that made it), the last
+    comparison, and a colour per class name."""
 
     def __init__(self) -> None:
         self._folder: Path | None = None
         self.banks: dict[str, dict[str, Path]] = {}
         self.comparison: Comparison | None = None
+        self.queries: InspectedQueries | None = None  # the last inspected queries
+        self._colors: dict[str, tuple[int, int, int]] = {}
+
+    def color(self, name: str, negative: bool = False) -> tuple[int, int, int]:
+        """Class ``name``'s colour in this session, the same on prompt boxes, results and
+        tables: the next unused palette colour the first time a name is seen; grey for negative
+        classes."""
+        if negative:
+            return NEGATIVE_COLOR
+        if name not in self._colors:
+            self._colors[name] = palette_color(len(self._colors))
+        return self._colors[name]
 
     @property
     def folder(self) -> Path:
@@ -66,8 +80,12 @@ def close_session(session: Session | None) -> None:
 
 @dataclass
 class Comparison:
-    """The last comparison of a session: every detection above 0 (top-K), to re-threshold, and
-    the searched image as 8-bit RGB (a quarter of the float tensor's memory)."""
+    """The last comparison of a session: every raw detection (top-K, above 0), to re-threshold
+    and re-merge without running a model, the searched image as 8-bit RGB (a quarter of the float
+    tensor's memory), and how it went (seconds per model, best raw score per model).
+
+    ``merge_iou`` is the IoU above which shown boxes of one class merge; None shows every raw
+    box (see :func:`workbench.postprocess.shown_detections`)."""
 
     image: Image.Image
     file_name: str
@@ -77,3 +95,22 @@ class Comparison:
     detections: dict[str, Detections]
     sources: dict[str, str]
     score_threshold: float
+    merge_iou: float | None = MERGE_IOU
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def shown(self) -> dict[str, Detections]:
+        """Each model's detections as shown: thresholded, duplicates merged."""
+        return {
+            k: shown_detections(d, self.score_threshold, self.merge_iou)
+            for k, d in self.detections.items()
+        }
+
+
+@dataclass
+class InspectedQueries:
+    """The last inspected queries of a session, to show their table again (other columns)
+    without running the model: every query's record, and the class name of each ground-truth box
+    (``QueryRecord.matched_gt`` indexes them; empty without ground truth)."""
+
+    records: list[QueryRecord]
+    gt_names: list[str]
