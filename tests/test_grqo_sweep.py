@@ -41,6 +41,9 @@ def test_the_plan_has_every_arm_for_every_seed_and_starts_them_from_the_right_ru
     arms = 1 + len(sweep.ALPHAS) + len(sweep.PG_ALPHAS)  # SFT, GRQO alphas, policy gradient
     assert len(names) == len(set(names)) == len(sweep.SEEDS) * (1 + 2 * arms)
     assert names[: len(sweep.SEEDS)] == [f"shapes/base/seed{s}" for s in sweep.SEEDS]
+    stage_one = [n for n in names if n.split("/")[1] not in ("base", "sft")]
+    fine_tune = [n for n in stage_one if n.startswith("bccd_ft/")]
+    assert stage_one[: len(fine_tune)] == fine_tune  # the fine-tuning arms come first
     by_name = {r.name: r for r in runs}
     assert by_name["shapes/grqo_a100/seed1"].after == ["shapes/base/seed1"]
     assert by_name["bccd_ft/grqo_a0.01/seed2"].after == ["shapes/sft/seed2"]
