@@ -102,6 +102,11 @@ def test_huge_image_is_downscaled_with_its_boxes_and_a_notice(tmp_path):
     assert "downscaled it to 1000x250" in annotated.notices[0]
 
 
+def test_a_missing_image_file_is_named_with_the_fix(tmp_path):
+    with pytest.raises(InputError, match=r"gone\.png was not found .*upload the image again"):
+        read_annotated(payload(tmp_path / "gone.png"), "target", 2048)
+
+
 def test_a_file_that_is_not_an_image_is_refused_by_name(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not pixels")

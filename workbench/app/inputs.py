@@ -145,6 +145,8 @@ def load_image(path: str | Path, name: str, max_side: int) -> tuple[Image.Image,
             f"{name} is not an image the app can read ({type(err).__name__}); upload a JPEG, "
             "PNG, BMP, TIFF or WebP file"
         ) from err
+    except FileNotFoundError as err:
+        raise InputError(f"{name} was not found ({path}); upload the image again") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise InputError(
             f"{name} could not be decoded ({err}); the file is truncated or corrupt"
