@@ -19,7 +19,7 @@ from app import EXAMPLES_DIR
 from workbench.analysis import GroundTruth, query_table
 from workbench.app import export, handlers, render
 from workbench.app.examples import scan_examples
-from workbench.app.inputs import prompts_from, read_annotated, split_label
+from workbench.app.inputs import BOX_KEYS, prompts_from, read_annotated, split_label
 from workbench.app.models import Models, Settings
 from workbench.app.session import Session, close_session
 from workbench.data.coco import CocoDetection
@@ -249,7 +249,7 @@ def test_small_images_are_enlarged_for_drawing_and_read_back_exactly(models):
 
 
 def on_file_boxes(boxes):
-    return [{k: b[k] for k in (*handlers.BOX_KEYS, "label")} for b in boxes]
+    return [{k: b[k] for k in (*BOX_KEYS, "label")} for b in boxes]
 
 
 def _pixels_of(image, rgb) -> int:

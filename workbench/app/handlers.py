@@ -28,6 +28,7 @@ from workbench.analysis import (
 from workbench.app import render
 from workbench.app.examples import Example
 from workbench.app.inputs import (
+    BOX_KEYS,
     NEGATIVE_PREFIXES,
     REFERENCE,
     Request,
@@ -182,7 +183,7 @@ def comparison_view(session: Session, models: Models) -> ComparisonView:
     rows, row_colors = [rows[i] for i in index], [colors[i] for i in index]
     parts = []
     for k, d in dets.items():
-        raw = len(c.detections[k].select(c.detections[k].scores >= c.score_threshold))
+        raw = int((c.detections[k].scores >= c.score_threshold).sum())
         merged = f" ({raw} raw boxes before merging)" if c.merge_iou is not None else ""
         parts.append(f"**{models.get(k).title}**: {len(d)} objects{merged}")
     if len(dets) == 2:
@@ -394,9 +395,6 @@ def save_bank(models, session, target, reference, name, settings):
     classes = ", ".join(p.name for p in request.prompts)
     message = f"Saved prompt bank **{clean}** ({classes}) for {', '.join(k.upper() for k in files)}"
     return session, sorted(session.banks), [str(p) for p in files.values()], message
-
-
-BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
 
 def for_drawing(session: Session, payload) -> dict | None:

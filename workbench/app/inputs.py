@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 NEGATIVE_PREFIXES = ("-", "not ")
 DEFAULT_CLASS = "object"
 REFERENCE = "reference"  # Exemplar.image_id of boxes drawn on the reference image
+BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")  # an annotator box's corners, in file pixels
 DRAW_MIN_SIDE = 512  # images whose longer side is shorter are enlarged for drawing
 _DRAWING = re.compile(r"\.drawn-x(\d+)(?=\.png$)")  # marks an enlarged copy: name.drawn-x2.png
 
@@ -99,12 +100,15 @@ def drawing_copy(path: str | Path, folder: Path) -> tuple[str, int]:
     :data:`DRAW_MIN_SIDE`, a copy in ``folder`` enlarged ``factor`` times (nearest neighbour,
     EXIF rotation applied) named ``<stem>.drawn-x<factor>.png``; else ``(path, 1)``. An image
     that does not open is returned as is (reading it at detection says what is wrong)."""
-    try:
-        img, _, _ = load_image(path, Path(path).name, DRAW_MIN_SIDE)
-    except InputError:
+    if _DRAWING.search(Path(path).name):
         return str(path), 1
-    factor = -(-DRAW_MIN_SIDE // max(img.size))  # ceil
-    if factor < 2 or _DRAWING.search(Path(path).name):
+    try:
+        with Image.open(path) as header:  # the size only: large images are not decoded here
+            factor = -(-DRAW_MIN_SIDE // max(header.size))  # ceil
+        if factor < 2:
+            return str(path), 1
+        img, _, _ = load_image(path, Path(path).name, DRAW_MIN_SIDE)
+    except (InputError, OSError, ValueError):
         return str(path), 1
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / f"{Path(path).stem}.drawn-x{factor}.png"
@@ -220,7 +224,7 @@ def parse_boxes(raw_boxes, scale: float, role: str) -> tuple[DrawnBox, ...]:
         factor = _number(box, "scaleFactor", where) if "scaleFactor" in box else 1.0
         if factor <= 0:
             raise InputError(f"{where}: scaleFactor must be positive, got {factor}")
-        xyxy = [_number(box, k, where) / factor * scale for k in ("xmin", "ymin", "xmax", "ymax")]
+        xyxy = [_number(box, k, where) / factor * scale for k in BOX_KEYS]
         boxes.append(DrawnBox(str(box.get("label") or ""), tuple(xyxy)))
     return tuple(boxes)
 

@@ -180,6 +180,11 @@ def _query_table(headers, rows) -> Styler:
     return styler.apply(lambda row: [MUTED_ROW if row["muted"] else ""] * len(row), axis=1)
 
 
+def _names(text) -> list[str]:
+    """The class names of a comma-separated text box."""
+    return [n.strip() for n in str(text).split(",")]
+
+
 def _count_table(headers, rows, colors) -> Styler:
     """The per-class count table, each class name on its class colour."""
     frame = pd.DataFrame(rows, columns=headers)
@@ -222,7 +227,7 @@ class Events:
         # (inputs, outputs) of each event, in the order of its method's parameters and results
         view = [*ui.images.values(), ui.counts, ui.summary]
         # what a new target clears: every result of the previous one
-        results = [*view, ui.queries, ui.plot, ui.top_image, ui.query_summary, ui.status]
+        results = [*view, ui.queries, ui.plot, ui.top_image, ui.query_summary]
         request = [ui.target, ui.reference, ui.bank]
         inspect_in = [ui.session, ui.which, *request, ui.gt_file, ui.top_k, ui.every_column]
         inspect_out = [ui.session, ui.queries, ui.plot, ui.top_image, ui.query_summary, ui.status]
@@ -234,7 +239,7 @@ class Events:
             show_example=([ui.session, ui.classes], [ui.session, ui.target, *results]),
             new_target=(
                 [ui.session, ui.target],
-                [ui.session, ui.target, ui.gt_file, ui.example, *results],
+                [ui.session, ui.target, ui.gt_file, ui.example, *results, ui.status],
             ),
             new_reference=([ui.session, ui.reference], [ui.session, ui.reference]),
             offer_classes=([ui.session, ui.classes], [ui.session, ui.target, ui.reference]),
@@ -268,7 +273,7 @@ class Events:
             state.queries = None
         images = dict.fromkeys(ui.images.values())
         empty = {ui.counts: None, ui.summary: "", ui.queries: None, ui.plot: None}
-        return {**images, **empty, ui.top_image: None, ui.query_summary: "", ui.status: ""}
+        return {**images, **empty, ui.top_image: None, ui.query_summary: ""}
 
     def load_example(self, state, example_name):
         state, v = handlers.load_example(self.examples, example_name, state)
@@ -284,10 +289,8 @@ class Events:
     def show_example(self, state, class_names):
         """After an example is loaded: its classes offered as labels, old results cleared."""
         state = state if isinstance(state, Session) else Session()
-        labels = label_update(state, [n.strip() for n in str(class_names).split(",")])
-        cleared = self._cleared(state)
-        cleared.pop(self.ui.status)  # keeps load_example's line
-        return {self.ui.session: state, self.ui.target: labels, **cleared}
+        labels = label_update(state, _names(class_names))
+        return {self.ui.session: state, self.ui.target: labels, **self._cleared(state)}
 
     def new_target(self, state, image):
         """Another image: the example's ground truth no longer applies, old results go; a small
@@ -300,7 +303,7 @@ class Events:
 
     def offer_classes(self, state, text):
         state = state if isinstance(state, Session) else Session()
-        update = label_update(state, [n.strip() for n in str(text).split(",")])
+        update = label_update(state, _names(text))
         return {self.ui.session: state, self.ui.target: update, self.ui.reference: update}
 
     def compare(

@@ -82,7 +82,7 @@ def close_session(session: Session | None) -> None:
 class Comparison:
     """The last comparison of a session: every raw detection (top-K, above 0), to re-threshold
     and re-merge without running a model, the searched image as 8-bit RGB (a quarter of the float
-    tensor's memory), and how it went (seconds per model, best raw score per model).
+    tensor's memory), and the seconds each model took.
 
     ``merge_iou`` is the IoU above which shown boxes of one class merge; None shows every raw
     box (see :func:`workbench.postprocess.shown_detections`)."""
