@@ -1,6 +1,8 @@
 """The data commands of the README, run as a user runs them (real subprocesses, real files)."""
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from testing_constants import REPO
 
 from workbench import viz
 
@@ -122,3 +125,56 @@ def test_sources_lists_every_named_dataset():
     out = run("data", "sources").stdout
     for name in ("shapes", "bccd", "coco", "lvis", "odinw/<name>"):
         assert name in out
+
+
+@pytest.mark.slow
+def test_eval_says_what_it_evaluates_before_it_starts(tmp_path, bccd_voc):
+    checkpoint = REPO / "models" / "sft"  # trained on shapes+bccd; read only
+    data = json.loads((checkpoint / "checkpoint.json").read_text())["full_config"]["data"]
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        overrides = ["eval.max_images=1", "eval.protocols=[interactive]", "eval.exemplar_draws=1"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "eval", str(checkpoint), *overrides],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "WORKBENCH_BCCD": str(bccd_voc)},
+        )
+        first = proc.stdout.readline()
+        evaluating = proc.poll() is None  # the line came out while the evaluation was to come
+        rest, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr.read_text()[-3000:]
+    assert evaluating, "the line came out only when the process ended"
+    available = data["shapes_val_images"] + 87  # + BCCD's val split (see test_convert_voc_...)
+    assert first == (
+        f"evaluating {checkpoint} on {data['name']} split 'val': 1 of {available} images "
+        f"(eval.max_images=1), protocols interactive, at {data['min_size']}/{data['max_size']} px "
+        "(config: the checkpoint's own run config, with eval.max_images=1 "
+        "eval.protocols=[interactive] eval.exemplar_draws=1)\n"
+    )
+    assert data["name"] == "shapes+bccd"
+    lines = rest.splitlines()  # the evaluation's own report follows
+    assert lines[0] == f"split 'val': 1 of {available} images"
+    assert lines[1].startswith("interactive: AP ")
+
+
+def test_fiftyone_evaluate_and_launch_show_their_defaults_in_help():
+    from workbench.cli import build_parser
+
+    def subparsers(parser):
+        (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return action.choices
+
+    fiftyone = subparsers(build_parser())["fiftyone"]
+    for command in ("evaluate", "launch"):
+        parser = subparsers(fiftyone)[command]
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0:  # positionals, flags, --help
+                continue
+            assert "(default: " in action.help, (command, action.option_strings)
+            if action.default is not None:
+                assert f"(default: {action.default}" in text, (command, action.option_strings)
+    launch = " ".join(subparsers(fiftyone)["launch"].format_help().split())
+    assert "(default: 5151)" in launch and "(default: 127.0.0.1," in launch

@@ -96,7 +96,12 @@ def test_eval_command_evaluates_the_test_split(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert "split 'test': 3 of 3 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.index("split 'test': 3 of 3 images") > out.index(
+        f"evaluating {tmp_path / 'detector'} on shapes split 'test': 3 images, protocols "
+        "cross_image, interactive, at 64/64 px (config: the defaults (the checkpoint records "
+        "no config), with data.shapes_image_size=64"
+    )
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report) == {"cross_image", "interactive"}
     for result in report.values():
