@@ -10,10 +10,10 @@
     torchrun --nproc_per_node=2 -m workbench train configs/small_shapes_sft.yaml
     python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--split test] [--out r.json]
     python -m workbench predict runs/tiny_shapes_sft image.png --box 10,20,60,80:cell --out out/x
-    python -m workbench fiftyone export val.json --model sft=runs/sft --model grqo=runs/grqo \
-        --reference sft --all-queries
-    python -m workbench fiftyone evaluate workbench-val [--iou 0.5]
-    python -m workbench fiftyone launch workbench-val [--port 5151]
+    python -m workbench fiftyone export --source bccd --split val --model sft=models/sft \
+        --model grqo=models/grqo --reference sft [--name N | --overwrite]
+    python -m workbench fiftyone evaluate workbench-bccd-val [--iou 0.5] [--views-only]
+    python -m workbench fiftyone launch workbench-bccd-val [--port 5151]
 
 Nothing is lost: an output that exists is replaced only with ``--force`` (``train``: a folder
 holding a run only with ``--resume`` or ``--overwrite``), and never an input of the command.
@@ -25,7 +25,6 @@ and the fix, and exit with status 2; anything else is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -219,9 +218,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from workbench.predictor import Predictor
 
     out = check_output_file(args.out, force=args.force) if args.out else None
-    cfg = _evaluation_config(args)
+    cfg, origin = _evaluation_config(args)
     split = args.split or cfg.data.val_split
     evaluated, pool = open_evaluation_data(cfg, split)
+    # Said before the (minutes-long) evaluation starts, so a wrong data set or split shows now.
+    print(_evaluation_line(args.checkpoint, cfg, split, len(evaluated), origin), flush=True)
     predictor = Predictor.from_checkpoint(
         args.checkpoint, min_size=cfg.data.min_size, max_size=cfg.data.max_size
     )
@@ -244,12 +245,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _evaluation_config(args: argparse.Namespace):
     """``--config`` with the overrides; without it, the run config the checkpoint records (the
-    defaults, with a note, when it records none)."""
+    defaults, with a note, when it records none). Also returns where the config came from, in
+    words."""
     from workbench.config import load_config
     from workbench.model.build import read_run_config
 
+    with_overrides = f", with {' '.join(args.overrides)}" if args.overrides else ""
     if args.config:
-        return load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides), f"{args.config}{with_overrides}"
     run = read_run_config(args.checkpoint)
     if run is None:
         print(
@@ -257,7 +260,31 @@ def _evaluation_config(args: argparse.Namespace):
             "(pass --config to choose the data and protocols)",
             file=sys.stderr,
         )
-    return load_config(None, args.overrides, base=run)
+        origin = "the defaults (the checkpoint records no config)"
+    else:
+        origin = "the checkpoint's own run config"
+    return load_config(None, args.overrides, base=run), origin + with_overrides
+
+
+def _evaluation_line(checkpoint: str, cfg, split: str, available: int, origin: str) -> str:
+    """What ``eval`` is about to evaluate: the data set (``data.val_name`` when set, as
+    :func:`~workbench.experiment.open_evaluation_data` reads it), split, image count (the first
+    ``eval.max_images``, as :func:`~workbench.evaluation.evaluate` takes them), protocols,
+    sizes and where the config came from."""
+    data = cfg.data.val_name or cfg.data.name
+    if data == "coco_json":
+        data += f" {cfg.data.val_json if split == cfg.data.val_split else cfg.data.train_json}"
+    limit = cfg.eval.max_images
+    count = (
+        f"{available} images"
+        if limit is None or limit >= available
+        else f"{limit} of {available} images (eval.max_images={limit})"
+    )
+    return (
+        f"evaluating {checkpoint} on {data} split {split!r}: {count}, protocols "
+        f"{', '.join(cfg.eval.protocols)}, at {cfg.data.min_size}/{cfg.data.max_size} px "
+        f"(config: {origin})"
+    )
 
 
 def _parse_box(text: str) -> tuple[tuple[float, float, float, float], str]:
@@ -334,52 +361,80 @@ def _checkpoint_predictor(path: str, args: argparse.Namespace):
     return Predictor.from_checkpoint(path, min_size=args.min_size, max_size=args.max_size, **cap)
 
 
-def _fiftyone_source(args: argparse.Namespace):
-    """The dataset to export (a json, --source, or a config's data section), its cross-image
-    prompt pool, the evaluation settings, the sizes and its default FiftyOne name.
+def _fiftyone_source(args: argparse.Namespace, checkpoints: dict[str, str]):
+    """The dataset to export, its cross-image prompt pool, the evaluation settings, the sizes,
+    its default FiftyOne name and a sentence saying what it is.
 
-    With a config, the split, pool (``eval.pool_split``), K, seed, image count and sizes are
-    the ones ``workbench eval`` uses with that config, so the two report the same AP; the
-    flags override them. Without, exemplars come from the dataset itself and the sizes are the
-    model's own."""
+    With a config (``--config``/``--set``), or without any source, the run config the first
+    checkpoint records (as ``workbench eval`` without --config), the split, pool
+    (``eval.pool_split``), K, seed, image count and sizes are those ``workbench eval`` uses, so
+    the two report the same AP; the flags override them. With a json or ``--source``, exemplars
+    come from the dataset itself and the sizes are the model's own."""
     from workbench.config import EvalConfig, load_config
 
-    if args.config or args.set:
+    if args.config or args.set or not (args.json or args.source):
         from workbench.experiment import open_evaluation_data
+        from workbench.model.build import read_run_config
 
-        cfg = load_config(args.config, args.set)
+        first = next(iter(checkpoints.values()), None)
+        run = None if args.config or first is None else read_run_config(first)
+        if not (args.config or run):
+            raise InputError(
+                "name the data to export: a COCO json, --source NAME, or --config C "
+                "(the first --model's checkpoint records no run config to take it from)"
+            )
+        cfg = load_config(args.config, args.set, base=run)
         dataset, pool = open_evaluation_data(cfg, args.split)
         sizes = (cfg.data.min_size, cfg.data.max_size)
-        return dataset, pool, cfg.eval, sizes, f"workbench-{cfg.data.name}-{args.split}"
-    name = f"{args.source}-{args.split}" if args.source else Path(args.json or "").stem
+        origin = args.config or f"the run config of {first}"
+        about = f"{cfg.data.name} split {args.split!r} ({len(dataset)} images; from {origin})"
+        return dataset, pool, cfg.eval, sizes, f"workbench-{cfg.data.name}-{args.split}", about
+    if args.source:
+        name = f"{args.source}-{args.split}"
+        about = f"{args.source} split {args.split!r}"
+    else:
+        json_path = Path(args.json).absolute()
+        name = f"{json_path.parent.name}-{json_path.stem}"
+        about = str(json_path)
+    dataset = _open_dataset(args)
     default_name = f"workbench-{name}".replace("/", "-")
-    return _open_dataset(args), None, EvalConfig(), (None, None), default_name
+    about = f"{about} ({len(dataset)} images)"
+    return dataset, None, EvalConfig(), (None, None), default_name, about
 
 
 def cmd_fiftyone_export(args: argparse.Namespace) -> int:
     from workbench.integrations import fiftyone as wfo
+    from workbench.integrations.fiftyone_db import check_database
 
-    dataset, pool, evaluation, sizes, default_name = _fiftyone_source(args)
-    args.min_size, args.max_size = args.min_size or sizes[0], args.max_size or sizes[1]
-    max_images = evaluation.max_images if args.max_images is None else args.max_images
-    k = evaluation.exemplars_per_class if args.exemplars is None else args.exemplars
-    seed = evaluation.seed if args.seed is None else args.seed
+    check_database()  # before anything is read or written
+
     checkpoints = {}
     for text in args.model:
         name, _, path = text.partition("=")
         if not (name and path):
             raise InputError(f"--model {text!r} must be NAME=CHECKPOINT, e.g. sft=runs/sft")
         checkpoints[name] = path
+    dataset, pool, evaluation, sizes, default_name, about = _fiftyone_source(args, checkpoints)
+    args.min_size, args.max_size = args.min_size or sizes[0], args.max_size or sizes[1]
+    max_images = evaluation.max_images if args.max_images is None else args.max_images
+    k = evaluation.exemplars_per_class if args.exemplars is None else args.exemplars
+    seed = evaluation.seed if args.seed is None else args.seed
     predictors = {name: _checkpoint_predictor(path, args) for name, path in checkpoints.items()}
     references = {}
     if args.reference:
         ref = predictors.get(args.reference) or _checkpoint_predictor(args.reference, args)
         references = {name: ref for name, p in predictors.items() if p is not ref}
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    name = args.name or default_name
+    print(
+        f"exporting {count} images of {about} to FiftyOne dataset {name!r}, models "
+        f"{', '.join(predictors) or 'none'} at {args.min_size}/{args.max_size} px",
+        flush=True,
+    )
     ds = wfo.export(
         dataset,
         predictors,
-        name=args.name or default_name,
+        name=name,
         references=references,
         protocol=args.protocol,
         exemplars_per_class=k,
@@ -388,13 +443,16 @@ def cmd_fiftyone_export(args: argparse.Namespace) -> int:
         all_queries=args.all_queries,
         indices=range(count),
         score_threshold=args.threshold,
+        merge_iou=None if args.merge_iou >= 1 else args.merge_iou,
         max_detections=args.max_detections,
         image_dir=args.image_dir,
+        overwrite=args.overwrite,
         run_evaluation=not args.no_evaluate,
         baseline=args.baseline,
         candidate=args.candidate,
         confidence=args.confidence,
         iou=args.iou,
+        also_fiftyone_map=args.fiftyone_map,
         progress=True,
         model_info={n: {"checkpoint": str(Path(p).resolve())} for n, p in checkpoints.items()},
     )
@@ -404,7 +462,9 @@ def cmd_fiftyone_export(args: argparse.Namespace) -> int:
 
 def cmd_fiftyone_evaluate(args: argparse.Namespace) -> int:
     from workbench.integrations import fiftyone as wfo
+    from workbench.integrations.fiftyone_db import check_database
 
+    check_database()
     ds = wfo.load(args.name)
     wfo.analyse(
         ds,
@@ -414,6 +474,8 @@ def cmd_fiftyone_evaluate(args: argparse.Namespace) -> int:
         candidate=args.candidate,
         confidence=args.confidence,
         low_reward=args.low_reward,
+        views_only=args.views_only,
+        also_fiftyone_map=args.fiftyone_map,
         progress=True,
     )
     print(json.dumps(wfo.summary(ds), indent=2))
@@ -421,13 +483,28 @@ def cmd_fiftyone_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fiftyone_launch(args: argparse.Namespace) -> int:
+    """Serve the App until Ctrl-C or SIGTERM (to this process alone, too); then its server's
+    processes are gone and the port is free before the exit, status 0."""
     from workbench.integrations import fiftyone as wfo
+    from workbench.integrations.fiftyone_db import check_database
+    from workbench.integrations.fiftyone_serve import serving_until_signal
 
-    session = wfo.launch(args.name, port=args.port, address=args.address)
-    print(f"FiftyOne App for {args.name!r}: {session.url}  (Ctrl-C stops it)", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
+    check_database()
+    with serving_until_signal():
+        session = wfo.launch(args.name, port=args.port, address=args.address)
+        for name, url in wfo.view_urls(session).items():
+            print(f"  saved view {name}: {url}")
+        print(f"FiftyOne App for {args.name!r}: {session.url}  (Ctrl-C stops it)", flush=True)
         session.wait(-1)
     return 0
+
+
+def wfo_defaults() -> dict[str, float]:
+    """What NAME_predictions shows by default (the app's threshold and merge IoU), read without
+    importing fiftyone."""
+    from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD
+
+    return {"threshold": SCORE_THRESHOLD, "merge_iou": MERGE_IOU}
 
 
 def _fiftyone_parser(groups) -> None:
@@ -438,12 +515,32 @@ def _fiftyone_parser(groups) -> None:
     sub = group.add_subparsers(dest="command", required=True)
 
     def analysis_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--iou", type=float, default=0.5, help="IoU of the tp/fp/fn tags")
-        p.add_argument("--confidence", type=float, default=0.5, help="score a 'high' one needs")
-        p.add_argument("--baseline", help="the model 'fixed/broken by' compares against (sft)")
-        p.add_argument("--candidate", help="the model compared with the baseline (grqo)")
+        p.add_argument(
+            "--iou", type=float, default=0.5, help="IoU of the tp/fp/fn tags (default: %(default)s)"
+        )
+        p.add_argument(
+            "--confidence",
+            type=float,
+            default=0.5,
+            help="score a 'high' one needs (default: %(default)s)",
+        )
+        p.add_argument(
+            "--baseline",
+            help="the model 'fixed/broken by' compares against "
+            "(default: sft, when sft and grqo are both exported)",
+        )
+        p.add_argument(
+            "--candidate",
+            help="the model compared with the baseline "
+            "(default: grqo, when sft and grqo are both exported)",
+        )
 
-    p = sub.add_parser("export", help="images, ground truth and checkpoints' predictions")
+    p = sub.add_parser(
+        "export",
+        help="images, ground truth and checkpoints' predictions, evaluated, with saved views",
+        description="Without a json, --source or --config, the data is the first --model "
+        "checkpoint's own run config (as `workbench eval`).",
+    )
     _dataset_args(p)
     p.add_argument("--config", help="a YAML config whose data section names the dataset")
     p.add_argument(
@@ -461,23 +558,60 @@ def _fiftyone_parser(groups) -> None:
         help="a checkpoint to export as NAME_predictions (repeatable)",
     )
     p.add_argument("--reference", help="model name or checkpoint the KL is computed against")
-    p.add_argument("--protocol", choices=("interactive", "cross_image"), default="interactive")
+    p.add_argument(
+        "--protocol",
+        choices=("interactive", "cross_image"),
+        default="interactive",
+        help="how images are prompted (default: %(default)s)",
+    )
     p.add_argument("--exemplars", type=int, help="exemplars per class (default: eval's, 1)")
     p.add_argument("--seed", type=int, help="seed of the prompt draw (default: eval's, 0)")
-    p.add_argument("--all-queries", action="store_true", help="also export NAME_queries")
+    p.add_argument(
+        "--all-queries",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also store every selected query as NAME_queries (default: on)",
+    )
     p.add_argument("--max-images", type=int, help="export the first N images only")
-    p.add_argument("--threshold", type=float, default=0.0, help="drop detections below it")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=wfo_defaults()["threshold"],
+        help="NAME_predictions (shown in the App) keeps detections scoring at least this, as "
+        "the app does (default: %(default)s); NAME_topk keeps the raw top-K",
+    )
+    p.add_argument(
+        "--merge-iou",
+        type=float,
+        default=wfo_defaults()["merge_iou"],
+        help="NAME_predictions merges same-class boxes overlapping more than this, as the app "
+        "does; 1 keeps them all (default: %(default)s)",
+    )
     p.add_argument(
         "--max-detections",
         type=int,
-        help="top-K per image (default: eval's, 300; "
-        "FiftyOne's evaluation slows with their square: 100 is ~9x faster)",
+        help="raw top-K per image, NAME_topk, on which mAP is computed "
+        "(default: the checkpoint's, as `workbench eval`: 300)",
     )
     p.add_argument("--min-size", type=int, help="resize (default: the run's data.min_size)")
     p.add_argument("--max-size", type=int, help="resize cap (default: the run's data.max_size)")
-    p.add_argument("--name", help="FiftyOne dataset name (default: from the source)")
+    p.add_argument(
+        "--name",
+        help="FiftyOne dataset name (default: workbench-<data>-<split>, or "
+        "workbench-<folder>-<json stem>)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset of that name that holds another source (refused without)",
+    )
     p.add_argument("--image-dir", help="where rendered images are written")
     p.add_argument("--no-evaluate", action="store_true", help="skip evaluation and views")
+    p.add_argument(
+        "--fiftyone-map",
+        action="store_true",
+        help="also compute FiftyOne's own mAP of NAME_topk (slow: ~2 s per image at 300 boxes)",
+    )
     analysis_args(p)
     p.set_defaults(run=cmd_fiftyone_export)
 
@@ -489,13 +623,27 @@ def _fiftyone_parser(groups) -> None:
         type=float,
         help="reward a 'low' one is at most (default: the lowest quartile)",
     )
+    p.add_argument(
+        "--views-only",
+        action="store_true",
+        help="re-save the views (e.g. with another --confidence) on the stored evaluations",
+    )
+    p.add_argument(
+        "--fiftyone-map",
+        action="store_true",
+        help="also compute FiftyOne's own mAP of NAME_topk (slow: ~2 s per image at 300 boxes)",
+    )
     analysis_args(p)
     p.set_defaults(run=cmd_fiftyone_evaluate)
 
     p = sub.add_parser("launch", help="the FiftyOne App on 127.0.0.1; prints the URL and waits")
     p.add_argument("name", help="the FiftyOne dataset")
-    p.add_argument("--port", type=int, default=5151)
-    p.add_argument("--address", default="127.0.0.1", help="bind address (local only by default)")
+    p.add_argument("--port", type=int, default=5151, help="port of the App (default: %(default)s)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="bind address (default: %(default)s, this machine only)",
+    )
     p.set_defaults(run=cmd_fiftyone_launch)
 
 
