@@ -831,12 +831,12 @@ def test_the_app_shows_deduplicated_detections_above_the_display_threshold(fo, t
                 predictors[model].max_detections, len(sample[raw].detections)
             )
     # the App starts with ground truth, exemplars and the shown predictions, each its own colour
-    hidden = ds.app_config.active_fields
-    assert hidden.exclude and set(hidden.paths) == {
-        "sft_topk",
-        "grqo_topk",
-        "sft_queries",
-        "grqo_queries",
+    active = ds.app_config.active_fields
+    assert not active.exclude and set(active.paths) == {
+        "ground_truth",
+        "exemplars",
+        "sft_predictions",
+        "grqo_predictions",
     }
     colors = wfo.field_colors(ds)
     shown_colors = [

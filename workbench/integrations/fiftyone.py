@@ -378,8 +378,8 @@ def _app_config(ds) -> None:
         for f, field in ds.get_field_schema().items()
         if isinstance(field, fo.EmbeddedDocumentField) and field.document_type is fo.Detections
     ]
-    hidden = [f for f in label_fields if f.endswith(("_topk", "_queries"))]
-    ds.app_config.active_fields = fo.ActiveFields(exclude=True, paths=hidden)
+    shown = [f for f in label_fields if not f.endswith(("_topk", "_queries"))]
+    ds.app_config.active_fields = fo.ActiveFields(paths=shown)  # nothing else on thumbnails
     suffix = "_predictions"
     models = sorted(f.removesuffix(suffix) for f in label_fields if f.endswith(suffix))
     spare = iter(MORE_COLORS * (1 + len(models) // len(MORE_COLORS)))

@@ -77,8 +77,8 @@ SHOWN_ATTRIBUTES: dict[str, tuple[str, str | None, str]] = {
     "duplicates": (
         "IntField",
         None,
-        "raw same-class detections above the threshold overlapping this one by IoU > 0.7, "
-        "merged into it",
+        "raw same-class detections above the threshold overlapping this one by IoU > 0.7 "
+        "(merged into it, unless merging is off or at a higher IoU)",
     ),
     "duplicate_iou": ("FloatField", None, "the highest IoU among those duplicates"),
     "near_missed": (
