@@ -17,7 +17,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from testing_constants import CHROMIUM_FLAGS  # noqa: E402
+from testing_constants import chromium_context  # noqa: E402
 
 OUT = REPO / "docs"
 EXAMPLE = "bccd/BloodImage_00021.jpg"
@@ -82,13 +81,7 @@ def main() -> int:
     proc = start_app(port)
     try:
         with sync_playwright() as p:
-            context = p.chromium.launch_persistent_context(
-                tempfile.mkdtemp(),
-                executable_path="/usr/bin/chromium",
-                headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 1000},
-            )
+            context = chromium_context(p, 1280)
             page = context.new_page()
             page.set_default_timeout(120_000)
             page.goto(f"http://127.0.0.1:{port}/", wait_until="load")

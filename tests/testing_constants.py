@@ -27,3 +27,16 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+
+
+def chromium_context(playwright, width: int, height: int = 1000):
+    """A headless Debian Chromium context of its own profile, ``width`` x ``height`` pixels."""
+    import tempfile
+
+    return playwright.chromium.launch_persistent_context(
+        tempfile.mkdtemp(),
+        executable_path="/usr/bin/chromium",
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": width, "height": height},
+    )
