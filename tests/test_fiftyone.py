@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from testing_constants import CHROMIUM_FLAGS
+from testing_constants import chromium_context, start_fiftyone_launch, wait_for_app_line
 
 from workbench.analysis import GroundTruth, query_table
 from workbench.coco_eval import coco_results, coco_stats, ground_truth_coco, match_counts
@@ -672,42 +669,17 @@ def test_cli_launch_serves_the_app_on_localhost_with_our_fields(exported, tmp_pa
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench",
-            "fiftyone",
-            "launch",
-            EXPORT["name"],
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: the App server goes down with it
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    proc, lines = start_fiftyone_launch(EXPORT["name"], port)  # the App server goes with it
     try:
-        seen, line = [], ""
-        while "FiftyOne App" not in line:
-            line = lines.get(timeout=120)  # import, then the App server start
-            seen.append(line)
+        seen = wait_for_app_line(lines, timeout=120)
+        line = seen[-1]
         assert f"http://127.0.0.1:{port}" in line, "".join(seen)
         view_line = f"saved view sft_missed_gt: http://127.0.0.1:{port}/datasets/shapes-export"
         assert any(view_line in x for x in seen), "".join(seen)
         if Path("/proc/net/tcp").is_file():
             assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
         with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                tempfile.mkdtemp(),
-                executable_path=chromium,
-                headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1400, "height": 1000},
-            )
+            ctx = chromium_context(p, 1400, executable=chromium)
             try:
                 page = ctx.new_page()
                 page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
@@ -994,13 +966,7 @@ def test_a_saved_view_opens_in_the_app_with_its_culprit_shown(trained, tmp_path,
     session = wfo.launch(ds, port=port)
     try:
         with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                tempfile.mkdtemp(),
-                executable_path=chromium,
-                headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1400, "height": 1000},
-            )
+            ctx = chromium_context(p, 1400, executable=chromium)
             try:
                 page = ctx.new_page()
                 url = f"http://127.0.0.1:{port}/datasets/{ds.slug}?view={slug}"

@@ -57,6 +57,22 @@ def elsewhere(folder: Path, **extra: str) -> dict[str, str]:
     return env | {"FIFTYONE_DATABASE_DIR": str(folder)} | extra
 
 
+def error_line(command: str, name: str, env: dict) -> str:
+    """The one ``error: ...`` line of ``python -m workbench fiftyone COMMAND NAME`` in ``env``,
+    which must exit with status 2 (a user error, no traceback)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "fiftyone", command, name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    return line
+
+
 def test_the_sessions_own_database_passes(fo):
     session_dir = Path(os.environ["FIFTYONE_DATABASE_DIR"]).resolve()
     assert running_dbpath(fo) == session_dir  # the mongod really keeps its data there
@@ -79,16 +95,7 @@ def test_another_folder_with_a_database_running_is_refused_naming_both(fo, tmp_p
     assert Path(used).resolve() == session_dir
     assert not (fresh / "mongod.lock").exists()  # no mongod was ever started for it
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "workbench", "fiftyone", "evaluate", "some-name"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    line = error_line("evaluate", "some-name", env)
     assert re.search(rf"database in {re.escape(str(session_dir))} \(another FiftyOne", line), line
     assert f"not FIFTYONE_DATABASE_DIR={fresh}:" in line
     assert f"set FIFTYONE_DATABASE_DIR={session_dir} to work in that one" in line
@@ -98,15 +105,7 @@ def test_another_folder_with_a_database_running_is_refused_naming_both(fo, tmp_p
 def test_an_inherited_database_port_is_named_in_the_refusal(fo, tmp_path):
     fresh = (tmp_path / "fresh_db").resolve()
     port = os.environ["FIFTYONE_PRIVATE_DATABASE_PORT"]  # set by fo's first query
-    proc = subprocess.run(
-        [sys.executable, "-m", "workbench", "fiftyone", "launch", "some-name"],
-        env=elsewhere(fresh, FIFTYONE_PRIVATE_DATABASE_PORT=port),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    line = error_line("launch", "some-name", elsewhere(fresh, FIFTYONE_PRIVATE_DATABASE_PORT=port))
     assert (
         f"database in {running_dbpath(fo)} (the one FIFTYONE_PRIVATE_DATABASE_PORT={port}" in line
     )
@@ -121,13 +120,5 @@ def test_a_users_own_mongodb_is_not_checked(fo, tmp_path):
     no such dataset in it)."""
     port = os.environ["FIFTYONE_PRIVATE_DATABASE_PORT"]
     env = elsewhere(tmp_path / "unused", FIFTYONE_DATABASE_URI=f"mongodb://127.0.0.1:{port}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "workbench", "fiftyone", "evaluate", "no-such-dataset"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    line = error_line("evaluate", "no-such-dataset", env)
     assert "no FiftyOne dataset 'no-such-dataset'" in line, line

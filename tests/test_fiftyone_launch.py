@@ -12,17 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
 
 import psutil
 import pytest
+from testing_constants import start_fiftyone_launch, wait_for_app_line
 
 pytestmark = [pytest.mark.fiftyone, pytest.mark.slow]
 
@@ -87,30 +85,11 @@ def running(process: psutil.Process) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_launch_pid_stops_the_app_server(dataset_name, free_port, sig):
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench",
-            "fiftyone",
-            "launch",
-            dataset_name,
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: the signal goes to the PID alone
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    proc, lines = start_fiftyone_launch(dataset_name, port)  # the signal goes to the PID alone
     children: list[psutil.Process] = []
     try:
-        seen, line = [], ""
-        while "FiftyOne App" not in line:
-            line = lines.get(timeout=180)  # import, then the App server start
-            seen.append(line)
+        seen = wait_for_app_line(lines, timeout=180)
+        line = seen[-1]
         assert f"http://127.0.0.1:{port}/" in line, "".join(seen)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/fiftyone", timeout=30) as answer:
             assert answer.status == 200 and "version" in json.loads(answer.read())

@@ -29,14 +29,47 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def chromium_context(playwright, width: int, height: int = 1000):
-    """A headless Debian Chromium context of its own profile, ``width`` x ``height`` pixels."""
+def chromium_context(
+    playwright, width: int, height: int = 1000, executable: str = "/usr/bin/chromium"
+):
+    """A headless Chromium context (Debian's by default) of its own profile, ``width`` x
+    ``height`` pixels."""
     import tempfile
 
     return playwright.chromium.launch_persistent_context(
         tempfile.mkdtemp(),
-        executable_path="/usr/bin/chromium",
+        executable_path=executable,
         headless=True,
         args=CHROMIUM_FLAGS,
         viewport={"width": width, "height": height},
     )
+
+
+def start_fiftyone_launch(dataset_name: str, port: int):
+    """``python -m workbench fiftyone launch NAME --port PORT`` in its own session (a signal to
+    its PID reaches it alone), and a queue its output lines arrive in: ``(proc, lines)``."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    command = [sys.executable, "-m", "workbench", "fiftyone", "launch", dataset_name]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def wait_for_app_line(lines, timeout: float) -> list[str]:
+    """The launch's output up to its "FiftyOne App ..." line (the last one), each line waited
+    for at most ``timeout`` seconds (import, then the App server start)."""
+    seen = [""]
+    while "FiftyOne App" not in seen[-1]:
+        seen.append(lines.get(timeout=timeout))
+    return seen[1:]

@@ -499,15 +499,9 @@ def cmd_fiftyone_launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def wfo_defaults() -> dict[str, float]:
-    """What NAME_predictions shows by default (the app's threshold and merge IoU), read without
-    importing fiftyone."""
-    from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD
-
-    return {"threshold": SCORE_THRESHOLD, "merge_iou": MERGE_IOU}
-
-
 def _fiftyone_parser(groups) -> None:
+    from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD  # what the app shows
+
     group = groups.add_parser(
         "fiftyone",
         help="FiftyOne: predictions with per-query rewards, COCO evaluation, error views, the App",
@@ -576,14 +570,14 @@ def _fiftyone_parser(groups) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=wfo_defaults()["threshold"],
+        default=SCORE_THRESHOLD,
         help="NAME_predictions (shown in the App) keeps detections scoring at least this, as "
         "the app does (default: %(default)s); NAME_topk keeps the raw top-K",
     )
     p.add_argument(
         "--merge-iou",
         type=float,
-        default=wfo_defaults()["merge_iou"],
+        default=MERGE_IOU,
         help="NAME_predictions merges same-class boxes overlapping more than this, as the app "
         "does; 1 keeps them all (default: %(default)s)",
     )

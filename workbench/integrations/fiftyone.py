@@ -253,6 +253,7 @@ def build_dataset(
         ds.set_values(GT_FIELD, truth, key_field="image_id")
         ds.set_values("filepath", paths, key_field="image_id")
     _drop_stale_evaluations(ds, GT_FIELD)
+    drop_stale_views(ds)
     declare(ds, GT_FIELD, GT_ATTRIBUTES)
     ds.info.setdefault("workbench", {})["categories"] = [
         {"id": c.id, "name": c.name, "split": c.split} for c in dataset.categories
@@ -263,13 +264,12 @@ def build_dataset(
 
 
 def _drop_stale_evaluations(ds, field: str) -> None:
-    """Evaluations of a rewritten field point at label ids that no longer exist; the views
-    that read them go too."""
+    """Evaluations of a rewritten field point at label ids that no longer exist (the caller
+    then drops the views that read them: :func:`drop_stale_views`)."""
     for key in ds.list_evaluations():
         config = ds.get_evaluation_info(key).config
         if field in (config.pred_field, config.gt_field):
             ds.delete_evaluation(key)
-    drop_stale_views(ds)
 
 
 def _truth_xyxy(target: Target) -> torch.Tensor:
