@@ -158,6 +158,7 @@ def train(
     overwrite: bool = False,
     allow_changes: bool = False,
     num_workers: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate after every ``train.eval_every_epochs`` epochs, write ``summary.json``.
 
@@ -200,6 +201,7 @@ def train(
         resume=resume,
         allow_changes=allow_changes,
         num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+        progress=progress,
     )
     save_config(cfg, run_dir / "config.yaml")
     summary = trainer.fit()

@@ -93,6 +93,7 @@ class Trainer:
             in the settings :data:`workbench.run_folder.MAY_CHANGE_ON_RESUME`), applying it.
         num_workers: DataLoader workers (the data is the same for any number).
         find_unused_parameters: passed to DDP; only for models with unused parameters.
+        progress: draw the tqdm progress bar (off in notebooks, whose stderr it would fill).
     """
 
     def __init__(
@@ -111,8 +112,10 @@ class Trainer:
         num_workers: int = 0,
         find_unused_parameters: bool = False,
         allow_changes: bool = False,
+        progress: bool = True,
     ) -> None:
         self.cfg, self.objective, self.eval_fn = cfg, objective, eval_fn
+        self.progress = progress
         self.param_groups_fn = param_groups_fn or default_param_groups
         self.allow_changes = allow_changes
         _require_boxes(train_dataset)
@@ -323,7 +326,7 @@ class Trainer:
         self.bar = tqdm(
             total=self.total_steps,
             initial=self.global_step,
-            disable=not rank0,
+            disable=not (rank0 and self.progress),
             desc="train",
             dynamic_ncols=True,
         )
