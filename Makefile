@@ -2,6 +2,7 @@
 #   make app    set up if needed, then run the Gradio app
 #   make test   set up if needed, then lint and run the whole test suite
 #   make bench  set up if needed, then the quick benchmark subset (benchmarks/run_quick.py)
+#   make docs   set up if needed, then execute the notebooks and write docs/notebooks/*.html
 # Set-up is idempotent: when .venv is current it costs a few file checks.
 
 SHELL := /bin/bash
@@ -20,12 +21,13 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=Fal
 PYTEST_ARGS ?=
 APP_ARGS ?=
 
-.PHONY: help setup chromium app test bench lint format clean
+.PHONY: help setup chromium app test bench docs lint format clean
 
 help:
 	@echo "make app    set up (if needed) and run the Gradio app (APP_ARGS=\"--sft CKPT --grqo CKPT\")"
 	@echo "make test   set up (if needed), lint and run the whole test suite"
 	@echo "make bench  set up (if needed) and run the quick benchmarks (benchmarks/results/quick)"
+	@echo "make docs   set up (if needed), execute the notebooks (quick) into docs/notebooks/*.html"
 	@echo "make setup  only create/refresh .venv and install Chromium for browser tests"
 
 setup: $(STAMP) chromium
@@ -67,6 +69,11 @@ test: setup
 # Under 15 minutes on two idle cores; the full set is listed in benchmarks/run_quick.py.
 bench: setup
 	$(TEST_ENV) $(BIN)/python benchmarks/run_quick.py
+
+# About 15 minutes on two cores; NOTEBOOKS="02 04" renders only those.
+NOTEBOOKS ?=
+docs: setup
+	$(TEST_ENV) $(BIN)/python docs/notebooks.py $(NOTEBOOKS)
 
 lint:
 	$(BIN)/ruff check .
