@@ -121,9 +121,9 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    """COCO AP and query metrics under the visual-prompt protocols (DINO-R1 §8), run on the
-    validation split after each epoch and by ``python -m workbench eval`` (``--split test`` for
-    the held-out test split).
+    """COCO AP and query metrics under the visual-prompt protocols
+    (docs/method.md#evaluation-protocols), run on the validation split after each epoch and by
+    ``python -m workbench eval`` (``--split test`` for the held-out test split).
 
     *interactive*: prompts from the searched image; *cross_image*: K exemplars per class from
     the ``pool_split`` images, averaged into one class embedding.
@@ -214,7 +214,8 @@ class LossConfig:
     aux_loss: bool = True
     enc_loss: bool = True
     dn_loss: bool = True
-    # Text-visual contrastive alignment (DINO-R1 §4): weight 100 in the paper's configs; 0 = off.
+    # Text-visual contrastive alignment (docs/method.md#training-prompts): weight 100 in the paper's
+    # configs; 0 = off.
     align_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -247,7 +248,7 @@ class LossConfig:
 
 @dataclass
 class GRQOConfig:
-    """Group Relative Query Optimization (DINO-R1 §5-7); defaults are the released code's.
+    """Group Relative Query Optimization (docs/method.md); defaults are the released code's.
 
     Loss = SFT losses + sum over decoder layers of mean(-alpha * A + beta * KL), where A is the
     reward of each query (``reward``) standardised over the image's queries, with the

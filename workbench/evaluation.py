@@ -1,4 +1,5 @@
-"""COCO AP and query metrics under the visual-prompt protocols (dino-r1.md §8), per-image records.
+"""COCO AP and query metrics under the visual-prompt protocols
+(docs/method.md#evaluation-protocols), per-image records.
 
 Protocols (the prompts come from :func:`workbench.data.prompts.protocol_prompts`, which FiftyOne
 and the notebooks call too):

@@ -289,7 +289,8 @@ def _dn_positives(
 def text_visual_alignment_loss(
     visual: Tensor, visual_labels: Tensor, text_by_label: Tensor, logit_scale: Tensor
 ) -> Tensor:
-    """DINO-R1's text-visual contrastive loss (§4), symmetric InfoNCE over the batch's classes.
+    """DINO-R1's text-visual contrastive loss (method.md#training-prompts), symmetric InfoNCE over
+    the batch's classes.
 
     Args:
         visual: ``[E, d]`` prompt-encoder embeddings of every instance in the batch.

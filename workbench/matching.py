@@ -1,6 +1,7 @@
 """Hungarian matching of decoder queries to ground-truth boxes (DETR's matcher, DINO's costs).
 
-The pairwise cost between query ``i`` and ground-truth box ``j`` is (DINO-R1 §5.1, mmdet's
+The pairwise cost between query ``i`` and ground-truth box ``j`` is
+(docs/method.md#grqo-reward-advantage-and-mute, mmdet's
 ``HungarianAssigner`` with the Grounding-DINO costs)::
 
     C(i, j) = cost_class * C_cls(i, j) + cost_bbox * ||b_i - b_j||_1 + cost_giou * (-GIoU(b_i, b_j))

@@ -1,8 +1,8 @@
 """From raw model outputs to what users see: DINO-R1 post-processing and box conversion.
 
-Post-processing (dino-r1.md §8): sigmoid scores ``[Q, U]``, the top K (300) over all
-(query, prompt) pairs, no NMS. Negative prompts take part in the forward (query selection and
-the decoder see them) and in the top-K, then are removed: their own pairs are dropped, and so is
+Post-processing (docs/method.md#evaluation-protocols): sigmoid scores ``[Q, U]``, the top K (300)
+over all (query, prompt) pairs, no NMS. Negative prompts take part in the forward (query selection
+and the decoder see them) and in the top-K, then are removed: their own pairs are dropped, and so is
 every pair of a query whose highest score is on a negative prompt ("claimed": that object is the
 kind the user said they do not want). A result therefore holds at most K boxes.
 

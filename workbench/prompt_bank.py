@@ -2,7 +2,8 @@
 
 A bank holds, for each prompt (class), the mean of its exemplar boxes' embeddings, as the visual
 prompt encoder computed them on the exemplars' own images (DINO-R1's "generic visual prompt",
-dino-r1.md §8). Applying a bank needs neither the exemplar images nor their boxes.
+docs/method.md#evaluation-protocols). Applying a bank needs neither the exemplar images nor their
+boxes.
 
 File format: one ``.safetensors`` file. Tensor ``embeddings`` ``[U, d]`` float32; header metadata
 (strings) ``format = "workbench-prompt-bank/1"``, ``name``, ``model_fingerprint``, and ``prompts``,

@@ -7,9 +7,9 @@ Rewards are plain named functions (TRL's habit). Every entry of :data:`REWARDS` 
 
 for one image (one decoder layer), with normalised cxcywh boxes and target labels that are prompt
 indices in ``[0, U)``. The result keeps the autograd graph: GRQO has no log-probability factor, so
-its gradient flows through the reward itself (dino-r1.md §5.4). An image without ground truth gets
-NaN for every query, which means "no reward for an image without ground truth";
-:func:`group_advantages` turns such a group into zeros, so the objective can skip it.
+its gradient flows through the reward itself (docs/method.md#where-grqos-gradient-comes-from). An
+image without ground truth gets NaN for every query, which means "no reward for an image without
+ground truth"; :func:`group_advantages` turns such a group into zeros, so the objective can skip it.
 
 ``vision_r1`` takes its STEP thresholds as a keyword; an objective that follows a schedule binds
 them per step: ``functools.partial(vision_r1_query_reward, thresholds=schedule.thresholds(step,
@@ -164,7 +164,8 @@ def matching_cost_reward(
     target_boxes_cxcywh: Tensor,
     cfg: LossConfig,
 ) -> Tensor:
-    """DINO-R1's reward (§5.1): ``r_i = -min_j C(i, j)`` with C the Hungarian matching cost.
+    """DINO-R1's reward (method.md#grqo-reward-advantage-and-mute): ``r_i = -min_j C(i, j)`` with C
+    the Hungarian matching cost.
 
     C is :func:`workbench.matching.pairwise_cost` (focal class cost over all prompts, L1 and
     -GIoU, weighted by ``cfg``), computed for every query, not only the matched ones. Returns
@@ -280,8 +281,9 @@ def group_advantages(
         rewards: ``[G]`` or ``[B, G]`` (any leading shape): one group per row, e.g. the queries
             of one image and decoder layer (GRQO) or the completions of one prompt (GRPO).
         mute: the last ``mute`` entries of every group get advantage 0 *after* normalisation
-            (DINO-R1 mutes the 300 lowest-ranked of 900 queries, dino-r1.md §5.2). Without
-            muting, a standardised group sums to 0 and ``-mean(A)`` has no gradient (§5.4).
+            (DINO-R1 mutes the 300 lowest-ranked of 900 queries,
+            method.md#grqo-reward-advantage-and-mute). Without muting, a standardised group sums to
+            0 and ``-mean(A)`` has no gradient (method.md#where-grqos-gradient-comes-from).
         eps: added to the std (DINO-R1: 2e-9; TRL: 1e-4).
         unbiased: Bessel-corrected std (``torch.std``'s default, as both DINO-R1 and TRL).
 

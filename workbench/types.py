@@ -130,9 +130,9 @@ class VisualPrompt:
 class PromptSet:
     """Prompts in model coordinates: exemplar boxes on a list of prompt images, grouped in classes.
 
-    Training (DINO-R1 §3.1) uses one exemplar per class present in the batch, taken from the
-    batch's own images, so ``image_index`` indexes the batch; evaluation may use K exemplars per
-    class from reference images, whose embeddings the model averages per class.
+    Training (docs/method.md#training-prompts) uses one exemplar per class present in the batch,
+    taken from the batch's own images, so ``image_index`` indexes the batch; evaluation may use K
+    exemplars per class from reference images, whose embeddings the model averages per class.
 
     Attributes:
         boxes_cxcywh: ``[E, 4]`` float32 exemplar boxes, normalised to their source image.

@@ -1,10 +1,11 @@
 """Visual prompts: which exemplar boxes stand for which class, in training and in evaluation.
 
-Training (DINO-R1 §3.1, ``generate_visual_prompts`` in the released code): in each batch, for every
-category present, one instance is drawn uniformly among all its instances in the batch; the U
-chosen boxes form one prompt list shared by every image of the batch. An image's ground truth gets
-one-hot targets over those U prompts, and prompts of categories absent from an image act as
-negatives for it. So the number of prompts is the number of distinct categories in the batch.
+Training (docs/method.md#training-prompts, ``generate_visual_prompts`` in the released code): in
+each batch, for every category present, one instance is drawn uniformly among all its instances in
+the batch; the U chosen boxes form one prompt list shared by every image of the batch. An image's
+ground truth gets one-hot targets over those U prompts, and prompts of categories absent from an
+image act as negatives for it. So the number of prompts is the number of distinct categories in the
+batch.
 
 Evaluation has two protocols (:data:`PROTOCOLS`), and :func:`protocol_prompts` is the one rule
 that turns them into prompts, for ``workbench eval``, FiftyOne and the notebooks alike:
@@ -12,9 +13,9 @@ that turns them into prompts, for ``workbench eval``, FiftyOne and the notebooks
 - *interactive*: the prompt boxes come from the searched image itself (K instances per class
   present), as when a user draws a box on the picture;
 - *cross-image* (generic): K exemplars per class from other images, whose embeddings the model
-  averages into one class embedding (DINO-R1 §8), as with a saved prompt bank. The exemplars
-  come from a separate prompt pool when one is given, else from the evaluated dataset minus the
-  searched image.
+  averages into one class embedding (docs/method.md#evaluation-protocols), as with a saved prompt
+  bank. The exemplars come from a separate prompt pool when one is given, else from the evaluated
+  dataset minus the searched image.
 
 Every sampler takes a seed or a ``numpy.random.Generator``, so a run can be replayed exactly.
 """
@@ -39,7 +40,8 @@ PROTOCOLS = ("interactive", "cross_image")
 def sample_training_prompts(
     targets: Sequence[Target], rng: np.random.Generator, names: Sequence[str] | None = None
 ) -> PromptSet:
-    """One random instance per category present in the batch, shared by all images (§3.1).
+    """One random instance per category present in the batch, shared by all images
+    (method.md#training-prompts).
 
     Args:
         targets: the batch's targets, labels being dataset labels.
@@ -144,7 +146,7 @@ def cross_image_prompts(
     seed: int = 0,
     exclude_image_ids: Sequence[int] = (),
 ) -> list[VisualPrompt]:
-    """Generic prompts: K exemplars per class from other images (DINO-R1 §8).
+    """Generic prompts: K exemplars per class from other images (method.md#evaluation-protocols).
 
     Exemplars of one class come from distinct images while there are enough; images in
     ``exclude_image_ids`` (the searched image, typically) are never used. A class with no usable

@@ -8,7 +8,7 @@ Sizes (``build_detector(size)``):
   2 encoder + 3 decoder layers, 100 queries; about 0.2 s per 256 px training image on two CPU
   cores.
 - ``T`` / ``B`` / ``L``: Swin-T / Swin-B / Swin-L, d=256, 900 queries, 6 + 6 layers, CDN with 100
-  denoising queries: the paper's models (dino-r1.md §2.1).
+  denoising queries: the paper's models (Grounding DINO's).
 
 A saved detector is a checkpoint directory (workbench.checkpoint): ``checkpoint.json`` holding
 the DetectorConfig, the resolved run config when one is known, and ``model.safetensors``;

@@ -38,7 +38,7 @@ class DetectorConfig:
     backbone: str = "hf"
     backbone_config: dict[str, Any] | None = None
     backbone_pretrained: bool = True
-    # Visual prompt encoder (dino-r1.md §2.2: 8 heads, 4 points, FFN 2048, no dropout).
+    # Visual prompt encoder (the release: 8 heads, 4 points, FFN 2048, no dropout).
     prompt_heads: int = 8
     prompt_points: int = 4
     prompt_ffn_dim: int = 2048

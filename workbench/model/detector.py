@@ -1,4 +1,4 @@
-"""Grounding DINO with visual prompts in place of text tokens (DINO-R1 §2).
+"""Grounding DINO with visual prompts in place of text tokens (docs/method.md#the-paper).
 
 backbone -> neck (1x1 conv + GroupNorm per level) = the "vanilla" multi-scale features
   -> visual prompt encoder: one embedding per exemplar box, averaged per prompt

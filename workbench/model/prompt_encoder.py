@@ -1,4 +1,5 @@
-"""The visual prompt encoder of DINO-R1 (its ``VisualPromptEncoder``; dino-r1.md §2.2).
+"""The visual prompt encoder of DINO-R1 (its ``VisualPromptEncoder``;
+docs/method.md#visual-prompt-encoder).
 
 One layer shaped like a Deformable-DETR decoder layer, in a different order:
 

@@ -1,4 +1,4 @@
-"""The frozen text encoder of the text-visual alignment loss (DINO-R1 §4).
+"""The frozen text encoder of the text-visual alignment loss (docs/method.md#training-prompts).
 
 A category name is encoded as the mean of its token embeddings from a BERT-uncased encoder,
 projected to ``d_model``. Both the encoder and the projection run without gradient (the released

@@ -1,4 +1,4 @@
-"""GRQO: Group Relative Query Optimization (DINO-R1 §5-7), faithful to the release by default.
+"""GRQO: Group Relative Query Optimization (docs/method.md), faithful to the release by default.
 
 Loss = SFT losses + sum over decoder layers l of  mean_{b,i}( -alpha * A[l,b,i] + beta * KL[b,i] ):
 
@@ -8,8 +8,8 @@ Loss = SFT losses + sum over decoder layers l of  mean_{b,i}( -alpha * A[l,b,i] 
 - the group is all matching queries of one image in one layer; A = (r - mean) / (std + eps) with
   the unbiased std; the lowest-ranked ``mute`` queries (queries come in selection order) get
   A = 0. Without muting a standardised group sums to zero and -alpha * mean(A) has no gradient
-  (§5.4): muting is what makes the term push the top-ranked queries' quality up and the bottom
-  ones' down;
+  (method.md#where-grqos-gradient-comes-from): muting is what makes the term push the top-ranked
+  queries' quality up and the bottom ones' down;
 - KL[b,i] = k3(p_ref / p) = p_ref/p - log(p_ref/p) - 1 on the sigmoid selection scores (the
   "objectness") of the current model's selected tokens, against a reference model's scores at
   the same tokens, computed without gradient; the same KL enters every layer's term.

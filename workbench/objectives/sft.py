@@ -3,7 +3,8 @@
 The loss is DINO's: focal 1 / L1 5 / GIoU 2 on the last decoder layer, every earlier layer, the
 selected encoder proposals and the denoising queries, weighted in ``losses.weighted_loss``. With
 ``loss.align_weight > 0`` DINO-R1's contrastive alignment between every instance's prompt
-embedding and its class name's frozen text embedding is added (§4; weight 100 in the paper).
+embedding and its class name's frozen text embedding is added (docs/method.md#training-prompts;
+weight 100 in the paper).
 """
 
 from __future__ import annotations
