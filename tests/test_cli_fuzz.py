@@ -252,6 +252,20 @@ def other_commands(draw, root: Path) -> list[str]:
                     "7",
                 ],
                 ["data", "convert-voc", str(root / "novoc"), "--out", str(root / "coco")],
+                ["data", "convert-yolo", str(root / "noyolo"), "--out", str(root / "coco")],
+                ["data", "convert-yolo", str(root), "--out", str(root / "coco")],  # no names
+                [
+                    "data",
+                    "split",
+                    str(root / "a.json"),
+                    "--out",
+                    str(root),
+                    "--val",
+                    draw(st.sampled_from(["1", "-0.1", "nan", "0.9", "most"])),
+                    "--test",
+                    "0.5",
+                ],
+                ["data", "split", str(root / "a.json"), "--out", str(root)],  # 1 image: too few
                 ["data", "stats", str(root / "missing.json")],
                 ["data", "fetch", draw(UNKNOWN)],
                 [draw(UNKNOWN | st.sampled_from(["data", "train", "eval", "predict", "fiftyone"]))],

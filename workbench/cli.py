@@ -2,6 +2,8 @@
 
     python -m workbench data make-shapes --out DIR --images 200 --seed 0
     python -m workbench data convert-voc ../shared/data/bccd/BCCD --out DIR
+    python -m workbench data convert-yolo path/to/yolo_dataset --out DIR   # or its data.yaml
+    python -m workbench data split DIR/annotations.json --out DIR --val 0.2 --test 0.2 --seed 0
     python -m workbench data stats DIR/annotations.json
     python -m workbench data show DIR/annotations.json --count 8 --out grid.png
     python -m workbench data fetch coco          # users with a network
@@ -36,6 +38,7 @@ from workbench.checkpoint import CheckpointError
 from workbench.config import ConfigError
 from workbench.cpu import use_available_cpus
 from workbench.data.dataset import DatasetError, DetectionDataset
+from workbench.data.split import SplitError
 from workbench.inputs import InputError
 from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD, shown_detections
 from workbench.safe_paths import (
@@ -54,6 +57,7 @@ USER_ERRORS = (
     CheckpointError,
     InputError,
     OutputError,
+    SplitError,
     NonFiniteLossError,
     FileNotFoundError,
 )
@@ -128,14 +132,51 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_conversion(written) -> None:
+    """One line per written json with its counts, then the dataset's categories."""
+    summary = written.summary
+    for split, path in written.items():
+        size = summary["splits"][split]
+        print(f"{split}: {path} ({size['images']} images, {size['annotations']} boxes)")
+    print(f"{len(summary['categories'])} categories: {summary['categories']}")
+    if summary.get("images_without_label_file"):
+        print(
+            f"{summary['images_without_label_file']} images have no label file: kept with no "
+            "boxes (the YOLO convention)"
+        )
+
+
 def cmd_convert_voc(args: argparse.Namespace) -> int:
     from workbench.data.voc import convert_voc
 
     written = convert_voc(
         args.voc_root, args.out, link_images=args.link_images, progress=True, overwrite=args.force
     )
+    _print_conversion(written)
+    return 0
+
+
+def cmd_convert_yolo(args: argparse.Namespace) -> int:
+    from workbench.data.yolo import convert_yolo
+
+    written = convert_yolo(
+        args.yolo_root, args.out, link_images=args.link_images, progress=True, overwrite=args.force
+    )
+    _print_conversion(written)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from workbench.data.split import split_coco
+
+    written = split_coco(
+        args.json, args.out, val=args.val, test=args.test, seed=args.seed, overwrite=args.force
+    )
     for split, path in written.items():
-        print(f"{split}: {path}")
+        size = written.summary[split]
+        missing = size["categories_without_boxes"]
+        note = f"; no box of {', '.join(missing)}" if missing else ""
+        print(f"{split}: {path} ({size['images']} images, {size['annotations']} boxes{note})")
     return 0
 
 
@@ -671,12 +712,45 @@ def build_parser() -> argparse.ArgumentParser:
     _force_arg(p, "replace an existing annotations.json and images of the same names")
     p.set_defaults(run=cmd_make_shapes)
 
-    p = sub.add_parser("convert-voc", help="VOC XML folder -> COCO json per split")
+    p = sub.add_parser(
+        "convert-voc",
+        help="VOC / LabelImg XML folder -> COCO json per split",
+        description="Layouts (any case): Annotations/ or annotations/ or labels/ with .xml files "
+        "beside JPEGImages/ or images/; or .xml files beside their images. ImageSets/Main/*.txt "
+        "gives the splits.",
+    )
     p.add_argument("voc_root")
     p.add_argument("--out", required=True)
     p.add_argument("--link-images", action="store_true", help="symlink images instead of copying")
     _force_arg(p, "replace existing json files and other images of the same names in --out")
     p.set_defaults(run=cmd_convert_voc)
+
+    p = sub.add_parser(
+        "convert-yolo",
+        help="YOLO txt labels (ultralytics, Roboflow, LabelImg) -> COCO json per split",
+        description="Class names from data.yaml (or the yaml passed as yolo_root) or classes.txt; "
+        "images from the yaml's train/val/test, else images/ (images/train/ etc. are splits), "
+        "else the folder itself; each label in labels/ mirroring images/, or beside its image.",
+    )
+    p.add_argument("yolo_root", help="the dataset's folder, or its data.yaml")
+    p.add_argument("--out", required=True)
+    p.add_argument("--link-images", action="store_true", help="symlink images instead of copying")
+    _force_arg(p, "replace existing json files and other images of the same names in --out")
+    p.set_defaults(run=cmd_convert_yolo)
+
+    p = sub.add_parser(
+        "split",
+        help="split a COCO json into seeded train/val/test jsons",
+        description="Every image in exactly one split, stratified by each image's rarest "
+        "category; the same seed gives the same files. A split of fraction 0 is not written.",
+    )
+    p.add_argument("json", help="a COCO json file (e.g. DIR/annotations.json)")
+    p.add_argument("--out", required=True, help="folder for train.json, val.json, test.json")
+    p.add_argument("--val", type=float, default=0.2, help="fraction in [0, 1) (default: 0.2)")
+    p.add_argument("--test", type=float, default=0.2, help="fraction in [0, 1) (default: 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    _force_arg(p, "replace existing train/val/test json files in --out (never the input)")
+    p.set_defaults(run=cmd_split)
 
     p = sub.add_parser("stats", help="counts, repairs and unreadable images of a dataset")
     _dataset_args(p)

@@ -66,13 +66,17 @@ class Instance:
 class LoadReport:
     """What loading repaired or dropped; ``python -m workbench data stats`` prints it.
 
-    ``counts`` keys, from the COCO loader (C) and the VOC converter (V):
+    ``counts`` keys, from the COCO loader (C), the VOC converter (V) and the YOLO one (Y):
 
-    - ``clipped_boxes`` (C, V): partly outside the image, clipped.
-    - ``dropped_outside`` (C, V): entirely outside the image.
-    - ``dropped_invalid`` (C, V): no 4 finite numbers, a bad ``iscrowd``, or no VOC ``<name>``.
-    - ``dropped_degenerate`` (C): zero or negative size, or under ``min_box_size`` once clipped.
-    - ``dropped_unknown_category`` (C): ``category_id`` not in ``categories``.
+    - ``clipped_boxes`` (C, V, Y): partly outside the image, clipped.
+    - ``dropped_outside`` (C, V, Y): entirely outside the image.
+    - ``dropped_invalid`` (C, V, Y): no 4 finite numbers, a bad ``iscrowd``, no VOC ``<name>``,
+      or a YOLO line of the wrong number of fields.
+    - ``dropped_degenerate`` (C, Y): zero or negative size, or under ``min_box_size`` once
+      clipped.
+    - ``dropped_unknown_category`` (C, Y): ``category_id`` not in ``categories``, a YOLO class
+      id not in its names.
+    - ``dropped_duplicate`` (Y): a YOLO label line repeated in its file.
     - ``dropped_missing_image`` (C): ``image_id`` not in ``images``.
     - ``dropped_inverted`` (V): ``xmax < xmin`` or ``ymax < ymin``.
     - ``size_mismatch`` (C): decoded image size differs from the json's; boxes scaled.

@@ -1,4 +1,15 @@
-"""Pascal VOC (``Annotations/*.xml`` + ``JPEGImages/``) to COCO json, read by CocoDetection.
+"""Pascal VOC XML (Pascal VOC, LabelImg, most exporters) to COCO json, read by CocoDetection.
+
+Layouts, detected in this order (folder names in any case, nothing to rename):
+
+- an annotation folder, ``Annotations/`` or ``annotations/`` or ``labels/``, holding the .xml
+  files, beside an image folder, ``JPEGImages/`` or ``images/`` (Pascal VOC; LabelImg's
+  "change save dir"; most exports);
+- .xml files directly in the folder, beside their images (LabelImg's default save).
+
+An XML's image is its ``<filename>`` (name part only) in the image folder, else the XML's stem
+with one of ``.jpg .jpeg .png .bmp .tif .tiff .webp`` (any case). ``ImageSets/Main/*.txt``
+(one id a line), when present, gives the splits; without it only ``annotations.json`` is written.
 
 Box convention: VOC stores 1-based, inclusive pixel indices; COCO boxes are continuous
 coordinates where pixel ``i`` covers ``[i, i + 1)``. As detectron2 does, a VOC box becomes
@@ -10,63 +21,94 @@ Repairs, counted in the returned ``report`` and summed up in one :class:`Dataset
 or non-numeric coordinates), ``size_from_image`` (``<size>`` missing or not positive: the image
 header is used), ``size_corrected`` (``<size>`` disagrees with the image header, which wins
 because the boxes must fit the pixels a model will see), and ``split_ids_without_annotation``.
-Unrepairable inputs (malformed XML, a missing or unreadable image) raise a DatasetError.
+Unrepairable inputs (malformed XML, a missing or unreadable image, two XML files describing one
+image) raise a DatasetError.
 ``difficult`` and ``truncated`` are kept as extra annotation keys (not as ``iscrowd``: VOC
 evaluation ignores difficult boxes, but training on them is detectron2's default too).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import warnings
 import xml.etree.ElementTree as ET
-from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
-from workbench.data.dataset import DatasetError, DatasetWarning, LoadReport
+from workbench.data.coco_writer import Conversion, write_conversion
+from workbench.data.dataset import DatasetError, LoadReport
 from workbench.data.images import image_size
-from workbench.safe_paths import refuse_existing, write_atomic
+from workbench.data.user_folders import FolderFiles, child_folder, files_below, files_with_suffix
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+XML_FOLDERS = ("annotations", "labels")  # any case; VOC's Annotations/ is the first
+IMAGE_FOLDERS = ("jpegimages", "images")
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
 _BOX_CONVENTION = (
     "VOC 1-based inclusive pixel indices to COCO continuous pixels as detectron2 does: "
     "x0 = xmin - 1, y0 = ymin - 1, x1 = xmax, y1 = ymax"
 )
+_LAYOUTS = (
+    "Annotations/, annotations/ or labels/ holding .xml files beside JPEGImages/ or images/ "
+    "(any case), or .xml files beside their images"
+)
+
+VocConversion = Conversion  # what convert_voc returns: {json stem: path}, .summary, .report
 
 
-class VocConversion(dict):
-    """``{json stem: path}`` of the written files (``"annotations"`` and one key per split).
-
-    Attributes:
-        summary: ``num_images``, ``num_annotations``, per-category box counts, per-split image and
-            box counts, and the repair counts.
-        report: the repairs, with the first messages naming the XML file and object.
-    """
-
-    def __init__(self, files: dict[str, Path], summary: dict, report: LoadReport) -> None:
-        super().__init__(files)
-        self.summary = summary
-        self.report = report
-
-
-def _find_image(xml_path: Path, root: ET.Element, image_dir: Path) -> Path:
-    """The image an XML describes: its ``<filename>``, else the XML's stem with an image suffix."""
-    # Only the name part: a <filename> must never point outside JPEGImages/.
-    name = Path((root.findtext("filename") or "").strip()).name
-    candidates = [image_dir / name] if name else []
-    candidates += [image_dir / (xml_path.stem + s) for s in _IMAGE_SUFFIXES]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise DatasetError(
-        f"{xml_path}: its image {candidates[0]} does not exist; put the image in {image_dir} or "
-        "delete the annotation file"
+def _no_layout(root: Path) -> DatasetError:
+    """What was looked for in ``root``, and where the files may be instead."""
+    hint = "pass the folder that holds them" if root.is_dir() else "no such folder: check the path"
+    nested = sorted({p.parent for p in files_below(root, ".xml")})
+    top = FolderFiles(root)
+    labels = child_folder(root, ("labels",))
+    txt_labels = labels is not None and bool(
+        files_with_suffix(labels, (".txt",)) or files_below(labels, ".txt")
     )
+    if nested:
+        shown = ", ".join(str(p) for p in nested[:3])
+        hint = f".xml files are in {shown}: pass the folder above their annotations/ folder, or "
+        hint += "the folder holding both the .xml files and the images"
+    elif files_with_suffix(root, (".yaml", ".yml")) or top.find("classes.txt") or txt_labels:
+        hint = "these look like YOLO .txt labels: use `python -m workbench data convert-yolo`"
+    return DatasetError(
+        f"{root} holds no .xml files; voc_root must be the folder with {_LAYOUTS} (e.g. "
+        f"VOCdevkit/VOC2012); {hint}"
+    )
+
+
+def find_xml_layout(root: Path) -> tuple[list[Path], Path, str]:
+    """``(xml files, image folder, annotation folder's name for messages)`` of ``root``.
+
+    Raises a DatasetError naming ``root``, the layouts looked for and the fix."""
+    xml_dir = child_folder(root, XML_FOLDERS)
+    xml_files = files_with_suffix(xml_dir, (".xml",)) if xml_dir is not None else []
+    if xml_files:
+        image_dir = child_folder(root, IMAGE_FOLDERS)
+        if image_dir is None:
+            raise DatasetError(
+                f"{xml_dir} holds {len(xml_files)} .xml files but {root} has no JPEGImages/ or "
+                f"images/ folder (any case) beside it; put the images in {root / 'images'}"
+            )
+        return xml_files, image_dir, f"{xml_dir.name}/"
+    xml_files = files_with_suffix(root, (".xml",))
+    if not xml_files:
+        raise _no_layout(root)
+    return xml_files, root, ""
+
+
+def _find_image(xml_path: Path, root: ET.Element, images: FolderFiles) -> Path:
+    """The image an XML describes: its ``<filename>``, else the XML's stem with an image suffix."""
+    # Only the name part: a <filename> must never point outside the image folder.
+    name = Path((root.findtext("filename") or "").strip()).name
+    found = (images.find(name) if name else None) or images.find_image(xml_path.stem)
+    if found is None:
+        expected = images.folder / (name or xml_path.stem + ".jpg")
+        raise DatasetError(
+            f"{xml_path}: its image {expected} does not exist; put the image in {images.folder} "
+            f"(as {name or xml_path.stem + '.jpg'}, or {xml_path.stem} with any image suffix) or "
+            "delete the annotation file"
+        )
+    return found
 
 
 def _image_hw(
@@ -141,7 +183,7 @@ def _parse_object(
     }
 
 
-def _parse_xml(xml_path: Path, image_dir: Path, report: LoadReport) -> dict:
+def _parse_xml(xml_path: Path, images: FolderFiles, report: LoadReport) -> dict:
     """One annotation file as ``{stem, image_path, height, width, objects}``."""
     try:
         root = ET.parse(xml_path).getroot()
@@ -150,7 +192,7 @@ def _parse_xml(xml_path: Path, image_dir: Path, report: LoadReport) -> dict:
         raise DatasetError(f"{xml_path}: malformed XML ({err}); fix the file or delete it") from err
     if root.tag != "annotation":
         raise DatasetError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
-    image_path = _find_image(xml_path, root, image_dir)
+    image_path = _find_image(xml_path, root, images)
     size_hw = _image_hw(xml_path, root, image_path, report)
     objects = [
         _parse_object(f"{xml_path.name}, object {k}", obj, size_hw, report)
@@ -165,13 +207,15 @@ def _parse_xml(xml_path: Path, image_dir: Path, report: LoadReport) -> dict:
     }
 
 
-def _read_image_sets(main_dir: Path, known: set[str], report: LoadReport) -> dict[str, list[str]]:
+def _read_image_sets(
+    main_dir: Path | None, known: set[str], xml_folder: str, report: LoadReport
+) -> dict[str, set[str]]:
     """``{split: sorted image ids}`` from ``ImageSets/Main/*.txt`` files that list one id a line.
 
     Per-class files (``aeroplane_train.txt``: ``<id> <-1|0|1>`` lines) are skipped.
     """
-    splits: dict[str, list[str]] = {}
-    for txt in sorted(main_dir.glob("*.txt")) if main_dir.is_dir() else []:
+    splits: dict[str, set[str]] = {}
+    for txt in files_with_suffix(main_dir, (".txt",)) if main_dir is not None else []:
         rows = [
             line.split() for line in txt.read_text(encoding="utf-8", errors="replace").splitlines()
         ]
@@ -182,94 +226,50 @@ def _read_image_sets(main_dir: Path, known: set[str], report: LoadReport) -> dic
         for missing in sorted(ids - known):
             report.add(
                 "split_ids_without_annotation",
-                f"{txt.name}: image id {missing} has no Annotations/{missing}.xml; left out",
+                f"{txt.name}: image id {missing} has no {xml_folder}{missing}.xml; left out",
             )
-        splits[txt.stem] = sorted(ids & known)
+        splits[txt.stem] = ids & known
     return splits
 
 
-def _coco_records(records: list[dict]) -> tuple[list, list, list]:
-    """images, annotations and categories (ids 1..C in sorted name order), ids in stem order."""
+def _refuse_shared_images(records: list[dict], xml_files: list[Path]) -> None:
+    """Two XML files naming one image (a copied XML whose ``<filename>`` was never updated):
+    which boxes belong to it is unknowable."""
+    first: dict[Path, Path] = {}
+    for record, xml_path in zip(records, xml_files, strict=True):
+        other = first.setdefault(record["image_path"], xml_path)
+        if other != xml_path:
+            raise DatasetError(
+                f"{other} and {xml_path} both describe the image {record['image_path']}; fix "
+                "the <filename> of the one written for another image, or delete it"
+            )
+
+
+def _writer_records(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Records for :func:`write_conversion` and categories (ids 1..C in sorted name order)."""
     names = sorted({o["name"] for r in records for o in r["objects"]})
     category_id = {name: i + 1 for i, name in enumerate(names)}
-    images, annotations = [], []
-    for image_id, record in enumerate(records, start=1):
-        images.append(
-            {
-                "id": image_id,
-                "file_name": f"images/{record['image_path'].name}",
-                "width": record["width"],
-                "height": record["height"],
-                "voc_id": record["stem"],
-            }
-        )
-        for obj in record["objects"]:
-            annotations.append(
+    out = [
+        {
+            "key": r["stem"],
+            "image_path": r["image_path"],
+            "height": r["height"],
+            "width": r["width"],
+            "image_keys": {"voc_id": r["stem"]},
+            "annotations": [
                 {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": category_id[obj["name"]],
-                    "bbox": obj["bbox"],
-                    "area": obj["bbox"][2] * obj["bbox"][3],
-                    "iscrowd": 0,
-                    "difficult": obj["difficult"],
-                    "truncated": obj["truncated"],
+                    "category_id": category_id[o["name"]],
+                    "bbox": o["bbox"],
+                    "difficult": o["difficult"],
+                    "truncated": o["truncated"],
                 }
-            )
-    categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
-    return images, annotations, categories
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write atomically (a reader sees the old file or the new one), with the user's umask."""
-    write_atomic(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
-
-
-def _already_placed(src: Path, dst: Path, link: bool) -> bool:
-    """``dst`` is already the copy (same size and mtime) or the link :func:`_place_image` makes."""
-    if link:
-        return dst.is_symlink() and dst.readlink() == src.resolve()
-    if dst.is_file() and not dst.is_symlink():
-        s, d = src.stat(), dst.stat()
-        return (s.st_size, int(s.st_mtime)) == (d.st_size, int(d.st_mtime))
-    return False
-
-
-def _place_image(src: Path, dst: Path, link: bool) -> None:
-    """Copy (or symlink) ``src`` to ``dst``; an identical existing copy or link is left alone."""
-    if _already_placed(src, dst, link):
-        return
-    dst.unlink(missing_ok=True)
-    if link:
-        dst.symlink_to(src.resolve())
-    else:
-        shutil.copy2(src, dst)
-
-
-def _write_splits(
-    out_dir: Path,
-    splits: dict[str, list[str]],
-    info: dict,
-    images: list[dict],
-    annotations: list[dict],
-    categories: list[dict],
-) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Write ``annotations.json`` and one json per split; return the paths and their sizes."""
-    files, sizes = {}, {}
-    for split, stems in [("annotations", None), *splits.items()]:
-        wanted = None if stems is None else set(stems)
-        keep = {im["id"] for im in images if wanted is None or im["voc_id"] in wanted}
-        subset = {
-            "info": {**info, "split": "all" if stems is None else split},
-            "licenses": [],
-            "images": [im for im in images if im["id"] in keep],
-            "annotations": [a for a in annotations if a["image_id"] in keep],
-            "categories": categories,
+                for o in r["objects"]
+            ],
         }
-        files[split] = out_dir / f"{split}.json"
-        _write_json(files[split], subset)
-        sizes[split] = {"images": len(keep), "annotations": len(subset["annotations"])}
-    return files, sizes
+        for r in records
+    ]
+    categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
+    return out, categories
 
 
 def convert_voc(
@@ -280,12 +280,14 @@ def convert_voc(
     progress: bool = False,
     overwrite: bool = False,
 ) -> VocConversion:
-    """Convert a VOC folder to ``out_dir/annotations.json`` (all images) + ``out_dir/{split}.json``.
+    """Convert a VOC-XML folder to ``out_dir/annotations.json`` (all images) and
+    ``out_dir/{split}.json`` per ``ImageSets/Main`` split (layouts: the module docstring).
 
-    Images go to ``out_dir/images/`` (copied, or symlinked with ``link_images``) and ``file_name``
-    is ``images/<name>``, so ``CocoDetection(out_dir / "train.json")`` finds them. Image ids are
-    1..N in sorted XML order, annotation ids 1..M, category ids 1..C in sorted name order; the
-    same ids are used in every split file. Output is deterministic for a given input.
+    Images go to ``out_dir/images/`` under their own names (copied, or symlinked with
+    ``link_images``) and ``file_name`` is ``images/<name>``, so ``CocoDetection(out_dir /
+    "train.json")`` finds them. Image ids are 1..N in sorted XML order, annotation ids 1..M,
+    category ids 1..C in sorted name order; the same ids are used in every split file. Output is
+    deterministic for a given input.
 
     Existing json files of those names, or other files where images go, are refused (an
     :class:`~workbench.safe_paths.OutputError`, before anything is written) unless
@@ -295,53 +297,32 @@ def convert_voc(
         ``{json stem: path}``, with ``.summary`` (counts) and ``.report`` (repairs).
     """
     voc_root, out_dir = Path(voc_root), Path(out_dir)
-    xml_files = sorted((voc_root / "Annotations").glob("*.xml"))
-    if not xml_files:
-        raise DatasetError(
-            f"{voc_root / 'Annotations'} holds no .xml files; voc_root must be the folder with "
-            "Annotations/ and JPEGImages/ (e.g. VOCdevkit/VOC2012)"
-        )
+    xml_files, image_dir, xml_folder = find_xml_layout(voc_root)
     report = LoadReport()
-    image_dir = voc_root / "JPEGImages"
+    images = FolderFiles(image_dir)
     records = [
-        _parse_xml(f, image_dir, report)
+        _parse_xml(f, images, report)
         for f in tqdm(xml_files, desc="VOC annotations", disable=not progress)
     ]
-    images, annotations, categories = _coco_records(records)
-    splits = _read_image_sets(voc_root / "ImageSets" / "Main", {r["stem"] for r in records}, report)
-    if not overwrite:
-        places = [(r["image_path"], out_dir / "images" / r["image_path"].name) for r in records]
-        refuse_existing(
-            [out_dir / f"{name}.json" for name in ("annotations", *splits)]
-            + [dst for src, dst in places if not _already_placed(src, dst, link_images)],
-            setting="--out",
-        )
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    for record in tqdm(records, desc="images", disable=not progress):
-        src = record["image_path"]
-        _place_image(src, out_dir / "images" / src.name, link_images)
+    _refuse_shared_images(records, xml_files)
+    image_sets = child_folder(voc_root, ("imagesets",))
+    main_dir = child_folder(image_sets, ("main",)) if image_sets is not None else None
+    splits = _read_image_sets(main_dir, {r["stem"] for r in records}, xml_folder, report)
+    writer_records, categories = _writer_records(records)
     info = {
         "description": f"Pascal VOC dataset {voc_root.name} converted to COCO",
         "source": str(voc_root.resolve()),
         "converter": "workbench.data.voc.convert_voc",
         "box_convention": _BOX_CONVENTION,
-        "repairs": dict(sorted(report.counts.items())),
     }
-    files, split_sizes = _write_splits(out_dir, splits, info, images, annotations, categories)
-    per_category = Counter(a["category_id"] for a in annotations)
-    summary = {
-        "num_images": len(images),
-        "num_annotations": len(annotations),
-        "categories": {c["name"]: per_category[c["id"]] for c in categories},
-        "splits": split_sizes,
-        "repairs": info["repairs"],
-    }
-    if report.counts:
-        first = "\n  ".join(report.messages[:3])
-        warnings.warn(
-            f"{voc_root}: repaired while converting {summary['repairs']}; first:\n  {first}\n"
-            "All are in the result's .report.",
-            DatasetWarning,
-            stacklevel=2,
-        )
-    return VocConversion(files, summary, report)
+    return write_conversion(
+        out_dir,
+        writer_records,
+        categories,
+        splits,
+        info,
+        report,
+        link_images=link_images,
+        overwrite=overwrite,
+        progress=progress,
+    )
