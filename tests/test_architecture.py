@@ -16,9 +16,9 @@ LAYERS = [
     {"vlm"},  # Vision-R1 rewards for box-writing VLMs and their TRL adapter: nothing imports it
     {"objectives"},
     {"trainer", "training_state", "optim", "run_folder"},
-    {"predictor", "inputs", "postprocess", "prompt_bank"},
-    {"evaluation", "coco_eval", "query_metrics"},
-    {"analysis"},
+    {"predictor", "inputs", "postprocess", "prompt_bank", "prompt_file"},
+    {"evaluation", "coco_eval", "query_metrics", "annotate"},
+    {"analysis", "grqo_probes"},
     {"viz", "plots"},
     {"integrations", "experiment", "cli", "__main__", "__init__"},
     {"app"},

@@ -11,7 +11,9 @@
     python -m workbench train configs/tiny_shapes_sft.yaml train.lr=1e-4 [--resume | --overwrite]
     torchrun --nproc_per_node=2 -m workbench train configs/small_shapes_sft.yaml
     python -m workbench eval runs/tiny_shapes_sft [eval.max_images=50] [--split test] [--out r.json]
+    python -m workbench eval --detections dets.json --gt annotations.json
     python -m workbench predict runs/tiny_shapes_sft image.png --box 10,20,60,80:cell --out out/x
+    python -m workbench predict runs/tiny_shapes_sft FOLDER --prompts prompts.json --out dets.json
     python -m workbench fiftyone export --source bccd --split val --model sft=models/sft \
         --model grqo=models/grqo --reference sft [--name N | --overwrite]
     python -m workbench fiftyone evaluate workbench-bccd-val [--iou 0.5] [--views-only]
@@ -31,6 +33,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -258,6 +261,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from workbench.experiment import open_evaluation_data, run_evaluation
     from workbench.predictor import Predictor
 
+    if args.detections or args.gt:
+        return _eval_detections_file(args)
+    if not args.checkpoint:
+        raise InputError("name a checkpoint to evaluate, or score a file: --detections D --gt GT")
     out = check_output_file(args.out, force=args.force) if args.out else None
     cfg, origin = _evaluation_config(args)
     split = args.split or cfg.data.val_split
@@ -280,6 +287,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if out is not None:
         write_atomic(out, json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+def _eval_detections_file(args: argparse.Namespace) -> int:
+    """``eval --detections DETS.json --gt GT.json``: COCO AP of a detections json (what
+    ``predict FOLDER`` writes) against ground truth of the same images, by file name."""
+    from workbench.coco_eval import coco_stats, ground_truth_coco, results_for_ground_truth
+    from workbench.data.coco import CocoDetection
+    from workbench.data.coco_json import load_coco_json
+
+    if not (args.detections and args.gt) or args.checkpoint or args.overrides or args.config:
+        raise InputError(
+            "--detections and --gt go together, without a checkpoint, overrides or --config: "
+            "eval --detections DETS.json --gt GT.json"
+        )
+    out = check_output_file(args.out, force=args.force) if args.out else None
+    gt = ground_truth_coco(CocoDetection(args.gt))
+    detections = load_coco_json(args.detections)
+    try:
+        results, unmatched = results_for_ground_truth(detections, gt)
+    except ValueError as err:
+        raise InputError(f"{args.detections}: {err}") from err
+    if detections["images"] and unmatched["images_not_in_gt"] == len(detections["images"]):
+        raise InputError(
+            f"no image of {args.detections} is in {args.gt} (matched by file_name); score "
+            "detections of the ground truth's images"
+        )
+    stats = coco_stats(gt, results).as_dict()
+    print(
+        f"{args.detections} against {args.gt}: {len(results)} detections on "
+        f"{len(gt['images'])} ground-truth images"
+    )
+    print("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+    notes = {k: v for k, v in unmatched.items() if v}
+    if notes:
+        print("not matched: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in notes.items()))
+    if out is not None:
+        write_atomic(out, json.dumps({"stats": stats, "unmatched": unmatched}, indent=2))
         print(f"wrote {out}")
     return 0
 
@@ -342,6 +388,7 @@ def _parse_box(text: str) -> tuple[tuple[float, float, float, float], str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from workbench import viz
+    from workbench.annotate import cap_per_class
     from workbench.data.images import read_image
     from workbench.predictor import Predictor
     from workbench.types import Exemplar, VisualPrompt
@@ -351,10 +398,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--max-size {args.max_size} is below --min-size {args.min_size}; "
             "the longer side cannot be capped below the shorter one"
         )
+    _check_prompt_flags(args)
+    if Path(args.image).is_dir():
+        return _predict_folder(args)
+    given = _read_prompt_flags(args)
     json_path, png_path = _predict_outputs(args)
     source = "reference" if args.reference else None
     by_name: dict[str, list[Exemplar]] = {}
-    for text in args.box:
+    for text in args.box or []:
         box, name = _parse_box(text)
         by_name.setdefault(name, []).append(Exemplar(box, source))
     prompts = [VisualPrompt(n, tuple(ex), prompt_id=i) for i, (n, ex) in enumerate(by_name.items())]
@@ -363,19 +414,150 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.checkpoint, min_size=args.min_size, max_size=args.max_size
     )
-    raw = predictor.predict(image, prompts, reference_images=refs)
-    detections = shown_detections(raw, args.threshold, args.merge_iou)
+    bank = _saved_prompts(args, given, predictor)
+    raw = predictor.predict(image, bank or prompts, reference_images=refs)
+    shown = shown_detections(raw, args.threshold, args.merge_iou)
+    detections = cap_per_class(shown, args.max_per_class)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     records = [{"image": str(args.image), **r} for r in detections.to_records()]
     write_atomic(json_path, json.dumps(records, indent=2))
     drawn = viz.draw_detections(image, detections)
-    if source is None:
+    if source is None and bank is None:
         drawn = viz.draw_prompts(drawn, prompts)
     _save_png(drawn, png_path)
     size = f"{predictor.min_size}/{predictor.max_size} px"
     above = int((raw.scores >= args.threshold).sum())
-    merged = f", {above - len(detections)} duplicates merged" if above > len(detections) else ""
+    merged = f", {above - len(shown)} duplicates merged" if above > len(shown) else ""
+    if len(shown) > len(detections):
+        merged += f", {len(shown) - len(detections)} over --max-per-class dropped"
     print(f"{len(detections)} detections at {size}{merged} -> {json_path}, {png_path}")
+    return 0
+
+
+def _check_prompt_flags(args: argparse.Namespace) -> None:
+    """Exactly one source of prompts; refused before anything is read."""
+    given = [
+        f for f, v in (("--box", args.box), ("--bank", args.bank), ("--prompts", args.prompts)) if v
+    ]
+    if not given:
+        raise InputError(
+            "no prompts: pass --box x0,y0,x1,y1[:name] (with --reference IMG for a folder), "
+            "--prompts PROMPTS.json or --bank BANK.safetensors"
+        )
+    if len(given) > 1:
+        raise InputError(f"{' and '.join(given)} both give prompts; pass one of them")
+    if args.reference and not args.box:
+        raise InputError("--reference is the image --box boxes lie on; pass --box with it")
+
+
+def _read_prompt_flags(args: argparse.Namespace):
+    """The bank of --bank, or the prompts and reference images of --prompts, read and checked
+    before the model is; None for --box."""
+    from workbench.data.images import read_image
+    from workbench.prompt_bank import PromptBank
+    from workbench.prompt_file import read_prompt_file
+
+    if args.bank:
+        try:
+            bank = PromptBank.load(args.bank)
+        except ValueError as err:
+            raise InputError(f"--bank: {err}") from err
+        if len(bank) == 0:
+            raise InputError(f"--bank {args.bank} holds no prompts; save a bank with prompts")
+        return bank
+    if args.prompts:
+        prompts, paths = read_prompt_file(args.prompts)
+        return prompts, {key: read_image(path) for key, path in paths.items()}
+    return None
+
+
+def _saved_prompts(args: argparse.Namespace, given, predictor):
+    """The PromptBank of what :func:`_read_prompt_flags` read (--prompts embedded once, on
+    their reference images); None for --box."""
+    from workbench.prompt_bank import PromptBank, model_fingerprint
+
+    if isinstance(given, PromptBank):
+        mine = model_fingerprint(predictor.model)
+        if given.model_fingerprint and given.model_fingerprint != mine:
+            print(
+                f"warning: --bank {args.bank} was embedded by other weights than "
+                f"{args.checkpoint}'s; its embeddings may not fit: re-embed the prompts with "
+                "this model (or use --prompts)",
+                file=sys.stderr,
+            )
+            # Said once, above; not again as a Python warning for every image.
+            warnings.filterwarnings("ignore", message="prompt bank .* other weights")
+        return given
+    if given is not None:
+        prompts, images = given
+        return predictor.embed_prompts(prompts, images, name=Path(args.prompts).stem)
+    return None
+
+
+def _predict_folder(args: argparse.Namespace) -> int:
+    """``predict CHECKPOINT FOLDER ... --out DETS.json``: see :mod:`workbench.annotate`."""
+    from workbench.annotate import annotate_folder, image_files
+    from workbench.data.images import read_image
+    from workbench.predictor import Predictor
+    from workbench.prompt_bank import model_fingerprint
+    from workbench.types import Exemplar, VisualPrompt
+
+    if args.box and not args.reference:
+        raise InputError(
+            f"--box on a folder needs --reference IMG, the image the boxes lie on ({args.image} "
+            "is a folder of different images); or pass --prompts / --bank"
+        )
+    if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a folder; name the json to write, e.g. dets.json")
+    inputs = [args.reference, args.checkpoint, args.bank, args.prompts]
+    out = check_output_file(args.out, force=args.force, inputs=[p for p in inputs if p])
+    image_files(args.image)  # refuse an empty folder before the model is read
+    given = _read_prompt_flags(args)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, min_size=args.min_size, max_size=args.max_size
+    )
+    bank = _saved_prompts(args, given, predictor)
+    if bank is None:
+        by_name: dict[str, list[Exemplar]] = {}
+        for text in args.box:
+            box, name = _parse_box(text)
+            by_name.setdefault(name, []).append(Exemplar(box, "reference"))
+        prompts = [
+            VisualPrompt(n, tuple(e), prompt_id=i) for i, (n, e) in enumerate(by_name.items())
+        ]
+        refs = {"reference": read_image(args.reference)}
+        bank = predictor.embed_prompts(prompts, refs, name=Path(args.reference).stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "model": model_fingerprint(predictor.model),
+        "min_size": predictor.min_size,
+        "max_size": predictor.max_size,
+    }
+    summary = annotate_folder(
+        predictor,
+        bank,
+        args.image,
+        out,
+        min_score=args.threshold,
+        merge_iou=args.merge_iou,
+        max_per_class=args.max_per_class,
+        batch_size=args.batch_size,
+        settings=settings,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    for name, reason in summary.skipped.items():
+        print(f"warning: skipped {name}: {reason}", file=sys.stderr)
+    before = (
+        f" ({summary.done_before} done by an earlier run, resumed)" if summary.done_before else ""
+    )
+    skipped = f", {len(summary.skipped)} unreadable skipped" if summary.skipped else ""
+    print(
+        f"{summary.done_now} of {summary.found} images predicted by this run{before}{skipped}: "
+        f"{summary.detections} detections of {len(bank)} class(es) at {predictor.min_size}/"
+        f"{predictor.max_size} px -> {summary.out}"
+    )
     return 0
 
 
@@ -386,7 +568,9 @@ def _predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     out = Path(args.out)
     if args.out.endswith(("/", os.sep)) or out.is_dir():
         out = out / Path(args.image).stem
-    inputs = [p for p in (args.image, args.reference, args.checkpoint) if p]
+    inputs = [
+        p for p in (args.image, args.reference, args.checkpoint, args.bank, args.prompts) if p
+    ]
     return tuple(  # type: ignore[return-value]
         check_output_file(out.with_suffix(suffix), force=args.force, inputs=inputs)
         for suffix in (".json", ".png")
@@ -803,8 +987,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_train)
 
-    p = groups.add_parser("eval", help="COCO AP of a checkpoint under the visual-prompt protocols")
-    p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved detector")
+    p = groups.add_parser(
+        "eval",
+        help="COCO AP of a checkpoint under the visual-prompt protocols, or of a detections json",
+    )
+    p.add_argument("checkpoint", nargs="?", help="a run folder, a checkpoint or a saved detector")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_images=50")
     p.add_argument("--config", help="YAML config (default: the checkpoint's own run config)")
     p.add_argument(
@@ -812,22 +999,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split to evaluate (default: data.val_split); 'test' is "
         "the held-out split that model selection never sees",
     )
+    p.add_argument(
+        "--detections",
+        help="instead of a checkpoint: score this COCO json of detections (with scores, as "
+        "`predict FOLDER` writes) against --gt, images matched by file_name, classes by name",
+    )
+    p.add_argument("--gt", help="the ground-truth COCO json for --detections")
     p.add_argument("--out", help="write the full results as JSON")
     _force_arg(p, "replace an existing --out file")
     p.set_defaults(run=cmd_eval)
 
-    p = groups.add_parser("predict", help="detect what example boxes show; writes JSON and a PNG")
+    p = groups.add_parser(
+        "predict",
+        help="detect what example boxes show in an image (JSON and a PNG) or a folder (COCO json)",
+        description="IMAGE: writes STEM.json and STEM.png. A FOLDER: every image under it "
+        "(recursively, sorted; unreadable ones skipped and named) -> one COCO json of "
+        "detections (--out DETS.json), resumable: progress is kept in DETS.json.partial.jsonl "
+        "and the same command picks up where a killed run stopped. Prompts are embedded once "
+        'and reused for every image. PROMPTS.json: [{"name": "cat", "exemplars": '
+        '[{"image": "ref.jpg", "box": [x0, y0, x1, y1]}, ...], "negative": false}, '
+        "...], image paths relative to the json.",
+    )
     p.add_argument("checkpoint")
-    p.add_argument("image")
+    p.add_argument("image", help="an image, or a folder of images")
     p.add_argument(
         "--box",
         action="append",
-        required=True,
-        help="x0,y0,x1,y1[:name] in pixels; repeat for more boxes or classes",
+        help="x0,y0,x1,y1[:name] in pixels; repeat for more boxes or classes (a folder needs "
+        "--reference)",
     )
     p.add_argument("--reference", help="the boxes lie on this image instead (cross-image)")
+    p.add_argument("--prompts", help="prompts from a json file (format above) instead of --box")
+    p.add_argument("--bank", help="a saved prompt bank (.safetensors) instead of --box")
     p.add_argument(
         "--threshold",
+        "--min-score",
         type=_fraction,
         default=SCORE_THRESHOLD,
         help="show detections scoring at least this (default: %(default)s)",
@@ -839,16 +1045,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="one box per object: of two same-class boxes overlapping above this IoU, the "
         "lower-scoring one is dropped; 1 keeps every raw box (default: %(default)s)",
     )
+    p.add_argument(
+        "--max-per-class", type=_count, help="keep the best N detections of each class per image"
+    )
     trained_at = "(default: the size the model was trained at, as its checkpoint records; else %s)"
     p.add_argument("--min-size", type=_count, help="shorter side " + trained_at % 800)
     p.add_argument("--max-size", type=_count, help="cap on the longer side " + trained_at % 1333)
     p.add_argument(
+        "--batch-size",
+        type=_count,
+        default=4,
+        help="a folder: images per backbone and decoder call (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (a folder)")
+    p.add_argument(
         "--out",
         required=True,
-        help="output stem: writes STEM.json and STEM.png; "
-        "a folder (ending in / or existing) gets IMAGE_STEM.json and .png",
+        help="an image: output stem, writes STEM.json and STEM.png; a folder (ending in / or "
+        "existing) gets IMAGE_STEM.json and .png. A folder of images: the COCO json to write",
     )
-    _force_arg(p, "replace existing output files (never the input image)")
+    _force_arg(
+        p,
+        "replace existing output files (never an input); a folder: also discard progress kept "
+        "by a run with other settings",
+    )
     p.set_defaults(run=cmd_predict)
     _fiftyone_parser(groups)
     return parser

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -253,3 +254,61 @@ def _match_one(anns: list[dict], dets: list[dict], thr: float) -> tuple[int, int
         else:
             fp += 1
     return tp, fp, ignored
+
+
+def results_for_ground_truth(detections: dict, gt: dict) -> tuple[list[dict], dict[str, int]]:
+    """A detections json (COCO, with ``score``; what ``workbench predict FOLDER`` writes) as
+    result dicts against ``gt``: images matched by ``file_name`` (exactly, else by the unique
+    ground-truth name ending in ``/`` + it, e.g. ``images/a.png`` for ``a.png``), categories by
+    name. Also returns counts of what could not be matched (detections' images and categories
+    missing from ``gt``, their detections, and ``gt`` images without a detections entry)."""
+    by_name = {img["file_name"]: img["id"] for img in gt["images"]}
+    by_tail: dict[str, list[int]] = defaultdict(list)
+    for name, image_id in by_name.items():
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            by_tail["/".join(parts[k:])].append(image_id)
+    image_of = {}
+    for img in detections["images"]:
+        name = img["file_name"]
+        tail = by_tail.get(name, [])
+        found = by_name.get(name, tail[0] if len(tail) == 1 else None)
+        if found is not None:
+            image_of[img["id"]] = found
+    category_by_name = {c["name"]: c["id"] for c in gt["categories"]}
+    category_of = {
+        c["id"]: category_by_name[c["name"]]
+        for c in detections["categories"]
+        if c["name"] in category_by_name
+    }
+    results, dropped = [], 0
+    for ann in detections["annotations"]:
+        image_id, cat = image_of.get(ann.get("image_id")), category_of.get(ann.get("category_id"))
+        bbox, score = ann.get("bbox"), ann.get("score", 1.0)
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in [*bbox, score])
+        ):
+            raise ValueError(
+                f"detection annotation {ann.get('id')} needs a bbox of four numbers [x, y, w, h] "
+                f"and a numeric score; got bbox {bbox!r}, score {score!r}"
+            )
+        if image_id is None or cat is None:
+            dropped += 1
+            continue
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": cat,
+                "bbox": [float(v) for v in ann["bbox"]],
+                "score": float(ann.get("score", 1.0)),
+            }
+        )
+    unmatched = {
+        "images_not_in_gt": len(detections["images"]) - len(image_of),
+        "categories_not_in_gt": len(detections["categories"]) - len(category_of),
+        "detections_dropped": dropped,
+        "gt_images_without_detections_entry": len(set(by_name.values()) - set(image_of.values())),
+    }
+    return results, unmatched
