@@ -61,6 +61,7 @@ def execute(path: Path, runs: Path, *, store_widget_state: bool = False):
 
 _DURATION = re.compile(r"\b\d+(\.\d+)?\s?(s|ms|min|seconds|minutes)\b")
 _ADDRESS = re.compile(r"\b0x[0-9a-f]+\b")
+_FIGURE = re.compile(r'<img [^>]*src="data:image/png;base64,')
 
 
 def printed(nb, runs: Path) -> list[str]:
@@ -99,6 +100,11 @@ def recorded_hash(page: Path) -> str | None:
     head = page.read_text(encoding="utf-8")[:300]
     match = re.search(SOURCE_MARK + r"([0-9a-f]{64})", head)
     return match.group(1) if match else None
+
+
+def figures_in_page(page: Path) -> int:
+    """How many PNG figures a rendered page shows as images (its style sheet embeds a PNG too)."""
+    return len(_FIGURE.findall(page.read_text(encoding="utf-8")))
 
 
 def build(paths: list[Path]) -> list[Path]:

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.viz import color_for, to_pil
+from workbench.viz import palette_color, to_pil
 
 
 def _np(x) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def _rgb(key: int) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in color_for(key))
+def _rgb_of(color: Sequence[int]) -> tuple[float, ...]:
+    """An RGB colour of 0-255 ints as matplotlib's 0-1 floats."""
+    return tuple(c / 255 for c in color[:3])
 
 
 def png_bytes(picture, dpi: int = 100) -> bytes:
@@ -94,6 +96,37 @@ def plot_metrics(
     return fig
 
 
+def run_with_live_metrics(
+    job: Callable[[], Any],
+    run_dir: str | Path,
+    panels: Mapping[str, Sequence[str]],
+    show: Callable[[Any], Any],
+    *,
+    every_s: float = 5.0,
+    **plot_kwargs,
+) -> Any:
+    """Run ``job`` (e.g. ``lambda: train(cfg, progress=False)``) in a background thread and pass
+    ``show`` a :func:`plot_metrics` figure of ``run_dir`` every ``every_s`` seconds while it runs
+    and once when it ends (each figure is closed after ``show``). In a notebook ``show`` is a
+    display handle's ``update``, so one output is redrawn in place.
+
+    Returns what ``job`` returned; re-raises what it raised, after drawing the last figure.
+    """
+    import concurrent.futures
+
+    import matplotlib.pyplot as plt
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(job)
+        finished = False
+        while not finished:  # wait() returns as soon as the job ends: no idle last sleep
+            finished = bool(concurrent.futures.wait([running], timeout=every_s).done)
+            fig = plot_metrics(run_dir, panels, **plot_kwargs)
+            show(fig)
+            plt.close(fig)
+    return running.result()
+
+
 # --- query selection -------------------------------------------------------------------------
 
 
@@ -124,17 +157,17 @@ def plot_query_selection(
     spatial_shapes: Sequence[tuple[int, int]],
     prompt_index: Tensor,
     names: Sequence[str] = (),
-    color_keys: Sequence[int] = (),
+    colors: Sequence[tuple[int, int, int]] = (),
     size: float = 3.4,
 ):
     """Visual-guided query selection on one image.
 
     Left: the image with every selected token at its cell centre, coloured by the prompt it
-    scores highest (``prompt_index [Q]``; prompt ``u`` drawn in ``viz.color_for(color_keys[u])``,
-    default ``u``), larger for coarser levels. Then one panel per level: the objectness
-    ``sigmoid(token_scores)`` of every token (``[T]`` max-over-prompts encoder logits,
-    ``VisualPromptDetector.selection_logits``) on one colour scale from 0 to the highest, the
-    selected tokens marked ``x``.
+    scores highest (``prompt_index [Q]``; prompt ``u`` drawn in ``colors[u]``, RGB 0-255,
+    default ``viz.palette_color(u)``), larger for coarser levels; the legend sits under the
+    image. Then one panel per level: the objectness ``sigmoid(token_scores)`` of every token
+    (``[T]`` max-over-prompts encoder logits, ``VisualPromptDetector.selection_logits``) on one
+    colour scale from 0 to the highest, shown by a shared colour bar; selected tokens marked ``x``.
     ``image``: the model's ``[3, H, W]`` input (or a PIL image of the same size).
     """
     import matplotlib.pyplot as plt
@@ -143,9 +176,12 @@ def plot_query_selection(
     level, xy = token_centres(select_index, spatial_shapes, (pil.height, pil.width))
     prompts = _np(prompt_index).astype(int)
     scores = 1 / (1 + np.exp(-_np(token_scores)))
-    keys = list(color_keys) or list(range(int(prompts.max(initial=0)) + 1))
+    colors = list(colors) or [palette_color(u) for u in range(int(prompts.max(initial=0)) + 1)]
     fig, axes = plt.subplots(
-        1, 1 + len(spatial_shapes), figsize=(size * (1 + len(spatial_shapes)), size)
+        1,
+        1 + len(spatial_shapes),
+        figsize=(size * (1 + len(spatial_shapes)) + 0.8, size + 0.4),
+        layout="constrained",
     )
     axes[0].imshow(pil)
     for u in np.unique(prompts):
@@ -155,26 +191,28 @@ def plot_query_selection(
             xy[at, 0],
             xy[at, 1],
             s=12 * 2.0 ** level[at],
-            color=_rgb(keys[u]),
+            color=_rgb_of(colors[u]),
             edgecolors="black",
             linewidths=0.5,
             label=label,
         )
     axes[0].set_title(f"{len(prompts)} selected tokens", fontsize=9)
-    axes[0].legend(fontsize=6, loc="lower right")
+    axes[0].legend(
+        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False
+    )
     start, selected = 0, _np(select_index).astype(int)
     for lv, (h, w) in enumerate(spatial_shapes):
         ax = axes[1 + lv]
-        ax.imshow(
+        heat = ax.imshow(
             scores[start : start + h * w].reshape(h, w), vmin=0, vmax=scores.max(), cmap="viridis"
         )
         rows, cols = np.divmod(selected[level == lv] - start, w)
-        ax.scatter(cols, rows, marker="x", color="red", s=14)
+        ax.scatter(cols, rows, marker="x", color="white", s=14, linewidths=1.2)
         ax.set_title(f"level {lv}: {h}x{w}, {int((level == lv).sum())} picked", fontsize=9)
         start += h * w
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    fig.colorbar(heat, ax=axes[1:], shrink=0.85, label="objectness sigmoid(selection logit)")
     return fig
 
 
@@ -198,13 +236,48 @@ def plot_embeddings_2d(
     for ax, (title, labels) in zip(axes[0], colourings.items(), strict=True):
         for k, value in enumerate(sorted(set(labels))):
             at = np.array([label == value for label in labels])
-            colour = value if is_color_like(value) else _rgb(k)
+            colour = value if is_color_like(value) else _rgb_of(palette_color(k))
             ax.scatter(xy[at, 0], xy[at, 1], s=14, color=colour, label=value)
         ax.set_title(f"coloured by {title}", fontsize=9)
         ax.set_xlabel(f"PC1 ({explained[0]:.0%})", fontsize=8)
         ax.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize=8)
-        ax.legend(fontsize=6, ncol=1 + len(set(labels)) // 9)
+        ax.legend(  # under the axes, so no point is hidden
+            fontsize=7,
+            ncol=min(3, len(set(labels))),
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            frameon=False,
+        )
     fig.tight_layout()
+    return fig
+
+
+def plot_layer_ious(
+    ious: Tensor,
+    stage_names: Sequence[str],
+    query_labels: Sequence[str],
+    colors: Sequence[tuple[int, int, int]] = (),
+    size: tuple[float, float] = (5.0, 3.2),
+):
+    """Iterative box refinement, measured: ``ious [S, K]`` is the IoU of K queries' boxes with
+    their objects at S stages (``stage_names``: proposals, then each decoder layer). One line per
+    query (``query_labels[k]``, drawn in ``colors[k]``, RGB 0-255, default
+    ``viz.palette_color(k)``; queries sharing a colour get different line styles), the mean over
+    queries as a thick black line; the legend sits right of the axes."""
+    import matplotlib.pyplot as plt
+
+    values = _np(ious).reshape(len(stage_names), len(query_labels))
+    colors = list(colors) or [palette_color(k) for k in range(len(query_labels))]
+    styles, uses = ("-", "--", ":", "-."), {}
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
+    for k, (label, colour) in enumerate(zip(query_labels, colors, strict=True)):
+        n = uses[tuple(colour)] = uses.get(tuple(colour), -1) + 1  # earlier lines of this colour
+        style = styles[n % len(styles)]
+        ax.plot(values[:, k], style, marker="o", ms=4, color=_rgb_of(colour), label=label)
+    ax.plot(values.mean(1), "-", color="black", lw=2.5, marker="s", label="mean")
+    ax.set_xticks(range(len(stage_names)), stage_names, fontsize=8)
+    ax.set_ylabel("IoU with its object")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
@@ -282,4 +355,98 @@ def plot_rewards(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+# --- legends and FiftyOne samples ------------------------------------------------------------
+
+
+def legend_outside(
+    fig,
+    entries: Mapping[str, Sequence[int] | str],
+    *,
+    linewidths: Mapping[str, float] | None = None,
+    title: str | None = None,
+):
+    """A legend to the right of the figure's axes, one line per entry in its colour (``(r, g, b)``
+    of 0-255 ints, or a matplotlib colour such as ``"#ff851b"``), ``linewidths[name]`` wide
+    (default 2). Returns the legend."""
+    from matplotlib.lines import Line2D
+
+    widths = linewidths or {}
+    handles = [
+        Line2D([], [], color=c if isinstance(c, str) else _rgb_of(c), lw=widths.get(name, 2))
+        for name, c in entries.items()
+    ]
+    return fig.legend(
+        handles,
+        list(entries),
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.95),
+        fontsize=8,
+        frameon=False,
+    )
+
+
+def fiftyone_boxes_xyxy(detections: Sequence, width: float, height: float) -> list[list[float]]:
+    """Pixel ``[x0, y0, x1, y1]`` of FiftyOne detections, whose ``bounding_box`` is
+    ``[x, y, w, h]`` relative to the image (top-left corner, fractions of width and height)."""
+    return [
+        [x * width, y * height, (x + w) * width, (y + h) * height]
+        for x, y, w, h in (d.bounding_box for d in detections)
+    ]
+
+
+def merged_into(raw: Sequence, keepers: Sequence, *, iou_above: float, min_score: float) -> list:
+    """The ``raw`` detections scoring at least ``min_score`` that overlap a same-label keeper at
+    IoU above ``iou_above`` without being the keeper itself (IoU 1): the raw boxes a duplicate
+    merge folded into the ``keepers``. Detections are FiftyOne-like objects with ``bounding_box``
+    (relative xywh), ``label`` and ``confidence``; the raw order is kept."""
+    from workbench.boxes import box_iou
+
+    raw = [d for d in raw if d.confidence >= min_score]
+    if not raw or not keepers:
+        return []
+    iou = box_iou(
+        torch.tensor(fiftyone_boxes_xyxy(keepers, 1, 1)),
+        torch.tensor(fiftyone_boxes_xyxy(raw, 1, 1)),
+    )
+    same = torch.tensor([[k.label == r.label for r in raw] for k in keepers])
+    hit = ((iou > iou_above) & (iou < 1 - 1e-9) & same).any(0).tolist()
+    return [d for d, h in zip(raw, hit, strict=True) if h]
+
+
+def plot_fiftyone_sample(
+    image,
+    layers: Mapping[str, Sequence],
+    colors: Mapping[str, str],
+    *,
+    emphasis: str,
+    title: str = "",
+    size: float = 8,
+):
+    """An image (a path, PIL image or tensor) with FiftyOne detections drawn field by field, in
+    the order of ``layers`` (field -> detections), each in its App colour (``colors``: field ->
+    hex): the ``emphasis`` field thick and captioned with label and score, the others thin and
+    uncaptioned. A legend outside the image names the fields."""
+    from PIL import Image, ImageColor
+
+    from workbench.viz import draw_boxes, plot_images
+
+    picture = Image.open(image) if isinstance(image, str | Path) else image
+    picture = to_pil(picture)
+    for field, dets in layers.items():
+        main = field == emphasis
+        picture = draw_boxes(
+            picture,
+            fiftyone_boxes_xyxy(dets, picture.width, picture.height),
+            [d.label for d in dets] if main else (),
+            scores=[d.confidence for d in dets] if main else None,
+            colors=[ImageColor.getrgb(colors[field])] * len(dets),
+            width=3 if main else 1,
+        )
+    fig = plot_images([picture], [title], columns=1, size=size)
+    widths = {field: 3 if field == emphasis else 1 for field in layers}
+    legend_outside(fig, {field: colors[field] for field in layers}, linewidths=widths)
     return fig

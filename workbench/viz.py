@@ -6,7 +6,7 @@ All boxes here are absolute xyxy pixels of the image drawn on.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -143,9 +143,13 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, color, width: int) -> None
 
 
 def draw_target(
-    image: Tensor | Image.Image, target: Target, categories: Sequence[Category] = ()
+    image: Tensor | Image.Image,
+    target: Target,
+    categories: Sequence[Category] = (),
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
 ) -> Image.Image:
-    """Ground truth drawn on the image it belongs to (the target's ``size``); crowd boxes dashed."""
+    """Ground truth drawn on the image it belongs to (the target's ``size``); crowd boxes dashed.
+    A box of label ``k`` is drawn in ``colors[k]`` if given, else in ``color_for(k)``."""
     pil = to_pil(image)
     boxes = target.boxes_xyxy((pil.height, pil.width))
     names = {c.label: c.name for c in categories}
@@ -155,24 +159,29 @@ def draw_target(
     out = pil
     for dashed in (False, True):  # crowd regions dashed
         rows = [i for i, c in enumerate(crowd) if c == dashed]
+        row_colors = [(colors or {}).get(keys[i], color_for(keys[i])) for i in rows]
         out = draw_boxes(
-            out, boxes[rows], [labels[i] for i in rows], [keys[i] for i in rows], dashed=dashed
+            out, boxes[rows], [labels[i] for i in rows], dashed=dashed, colors=row_colors
         )
     return out
 
 
 def draw_prompts(
-    image: Tensor | Image.Image, prompts: Sequence[VisualPrompt], image_id: int | str | None = None
+    image: Tensor | Image.Image,
+    prompts: Sequence[VisualPrompt],
+    image_id: int | str | None = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> Image.Image:
-    """The exemplar boxes of ``prompts`` that lie on this image (``image_id``), thick and dashed."""
-    boxes, labels, keys = [], [], []
-    for p in prompts:
+    """The exemplar boxes of ``prompts`` that lie on this image (``image_id``), thick and dashed;
+    prompt ``u`` in ``colors[u]`` if given, else in ``color_for(prompt_id)``."""
+    boxes, labels, box_colors = [], [], []
+    for u, p in enumerate(prompts):
         for ex in p.exemplars:
             if ex.image_id == image_id:
                 boxes.append(ex.box_xyxy)
                 labels.append(f"prompt: {p.name}")
-                keys.append(p.prompt_id)
-    return draw_boxes(image, boxes, labels, keys, width=3, dashed=True)
+                box_colors.append(colors[u] if colors is not None else color_for(p.prompt_id))
+    return draw_boxes(image, boxes, labels, width=3, dashed=True, colors=box_colors)
 
 
 def draw_prompt_set(
@@ -211,13 +220,21 @@ def plot_images(images: Sequence, titles: Sequence[str] = (), columns: int = 4, 
     return fig
 
 
-def draw_detections(image: Tensor | Image.Image, detections: Detections) -> Image.Image:
+def draw_detections(
+    image: Tensor | Image.Image,
+    detections: Detections,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> Image.Image:
+    """Detections captioned with name and score; prompt ``u`` in ``colors[u]`` if given, else in
+    ``color_for(u)``."""
+    prompts = detections.prompt_index.tolist()
     return draw_boxes(
         image,
         detections.boxes_xyxy,
         list(detections.names),
-        detections.prompt_index.tolist(),
+        prompts,
         scores=detections.scores.tolist(),
+        colors=[colors[u] for u in prompts] if colors is not None else None,
     )
 
 
