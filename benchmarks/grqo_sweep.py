@@ -420,7 +420,8 @@ def report() -> Path:
         rows.append(
             {
                 "run": run.name,
-                "overrides": run.overrides,
+                # Repository-relative, so the committed report names no machine's folders.
+                "overrides": [o.replace(f"{REPO}/", "") for o in run.overrides],
                 "trained": run.trained,
                 "evaluated": evaluation is not None,
                 "failed": run.failed,

@@ -91,6 +91,7 @@ def render_html(nb, source: Path) -> str:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nb)
+    body = body.replace(f"{ROOT}/", "")  # warnings name library files: no machine's folders
     mark = f"<!-- {SOURCE_MARK}{source_hash(source)} {source.name} -->\n"
     return mark + body
 

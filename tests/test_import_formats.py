@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from testing_constants import cli_in_process as cli
 
-from workbench.cli import main
 from workbench.data.coco import CocoDetection
 from workbench.data.dataset import DatasetError, DatasetWarning
 from workbench.data.split import SplitError, split_coco
@@ -31,17 +31,6 @@ def _image(path: Path, size_wh=(64, 32)) -> Path:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """``python -m workbench ARGS`` in this process: (status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as done:
-        status = done.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 # --- VOC XML: LabelImg layouts --------------------------------------------------------------------

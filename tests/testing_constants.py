@@ -73,3 +73,16 @@ def wait_for_app_line(lines, timeout: float) -> list[str]:
     while "FiftyOne App" not in seen[-1]:
         seen.append(lines.get(timeout=timeout))
     return seen[1:]
+
+
+def cli_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``python -m workbench ARGS`` in this process: (status, stdout, stderr)."""
+    from workbench.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as done:
+        status = done.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
