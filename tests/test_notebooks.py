@@ -24,8 +24,6 @@ _spec.loader.exec_module(docs)
 
 NOTEBOOKS = docs.NOTEBOOKS
 WIDGETS = {"02", "03", "04", "05"}  # notebooks that must contain an interactive widget
-# Notebooks whose rerun has been confirmed identical; 04 and 05 run once until theirs is.
-RERUN = {"01", "02", "03"}
 HEADER = ("**Goal**", "**You will learn**", "**Prerequisites**", "**Runtime**")
 
 
@@ -87,8 +85,6 @@ def test_notebook_runs_twice_with_the_same_printed_numbers(path, tmp_path):
     if page.is_file():  # the committed page shows as many figures as the notebook draws
         figures = docs.figures_in_page(page)
         assert figures == outputs(first, "image/png"), f"{page.name}: rebuild with `make docs`"
-    if path.stem[:2] not in RERUN:
-        return
     second = docs.execute(path, second_runs)
     a, b = docs.printed(first, first_runs), docs.printed(second, second_runs)
     assert len(a) >= 3, "the notebook printed almost nothing to compare"
