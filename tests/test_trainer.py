@@ -177,6 +177,20 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, ho
     assert [r.get("eval/weight_sum") for r in cut] == [r.get("eval/weight_sum") for r in uncut]
 
 
+def test_a_time_limit_stops_after_the_step_that_passes_it_with_a_checkpoint(tmp_path):
+    # A limit of a microsecond has passed by the end of the first step: one step, then saved.
+    summary = trainer(tmp_path / "limited", config(max_minutes=1e-8)).fit()
+    assert summary["global_step"] == 1 and summary["stopped_by_time_limit"]
+    assert summary["checkpoint"] is not None and Path(summary["checkpoint"]).name.endswith("1")
+    # The run resumes from there, under a new invocation's limit (none: to the planned end).
+    resumed = trainer(tmp_path / "limited", config(), resume=True)
+    summary = resumed.fit()
+    assert summary["global_step"] == resumed.total_steps > 1
+    assert not summary["stopped_by_time_limit"]
+    with pytest.raises(ConfigError, match="train.max_minutes"):
+        config(max_minutes=0)
+
+
 def test_resuming_with_another_global_batch_is_refused(tmp_path):
     trainer(tmp_path, config(max_steps=3)).fit()
     other = trainer(tmp_path, config(batch_size=2, grad_accum=1), resume=True)

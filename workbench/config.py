@@ -336,6 +336,9 @@ class TrainConfig:
     objective: Literal["sft", "grqo"] = "sft"
     epochs: int = 1
     max_steps: int | None = None  # stop early after this many optimizer steps
+    # Stop (with a checkpoint) after the step that passes this many minutes of training in one
+    # invocation; the time budget of ``python -m workbench adapt``. None: no time limit.
+    max_minutes: float | None = None
     batch_size: int = 4
     grad_accum: int = 1
     lr: float = 1e-4
@@ -351,7 +354,9 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 10
-    checkpoint_every: int = 100  # optimizer steps; a checkpoint is also written at every epoch end
+    # Optimizer steps between checkpoints; an epoch end that evaluates, or comes checkpoint_every
+    # steps after the last checkpoint, also writes one (0: every epoch end, no other).
+    checkpoint_every: int = 100
     keep_checkpoints: int = 2  # the newest N; 0: keep every checkpoint
     eval_every_epochs: int = 1
     max_nonfinite_streak: int = 5
@@ -373,6 +378,12 @@ class TrainConfig:
             "train.max_steps",
             "must be >= 1, or null to run every epoch",
             self.max_steps,
+        )
+        _require(
+            self.max_minutes is None or (_finite(self.max_minutes) and self.max_minutes > 0),
+            "train.max_minutes",
+            "must be a number of minutes > 0, or null for no time limit",
+            self.max_minutes,
         )
         for name in ("backbone_lr_mult", "weight_decay", "clip_grad_norm"):
             value = getattr(self, name)

@@ -27,6 +27,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "ten
 MAY_CHANGE_ON_RESUME = frozenset(
     {
         "train.max_steps",
+        "train.max_minutes",
         "train.epochs",
         "train.log_every",
         "train.checkpoint_every",

@@ -155,7 +155,8 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train for ``epochs`` (or up to ``max_steps``); returns a summary of the run."""
+        """Train for ``epochs`` (or up to ``max_steps``, or until ``max_minutes`` have passed);
+        returns a summary of the run."""
         resumed = False
         if self.resume_from:
             resumed = self.resume(None if self.resume_from is True else self.resume_from)
@@ -163,6 +164,9 @@ class Trainer:
             truncate_jsonl(self.run_dir / "metrics.jsonl", 0)  # a start cut before step 1
         self.module.train()
         self._open_logs()
+        minutes = self.cfg.max_minutes
+        self.deadline = math.inf if minutes is None else time.monotonic() + 60 * minutes
+        self.out_of_time = False
         try:
             while self.global_step < self.total_steps:
                 self._run_epoch()
@@ -181,6 +185,7 @@ class Trainer:
             "nonfinite_steps": self.nonfinite_total,
             "checkpoint": self.last_checkpoint,
             "eval": self.last_eval,
+            "stopped_by_time_limit": self.out_of_time,
         }
 
     def _end_group(self) -> None:
@@ -205,8 +210,11 @@ class Trainer:
                 break
         if self.step_in_epoch == self.steps_per_epoch:
             self.epoch, self.step_in_epoch = epoch + 1, 0
-            self._evaluate(epoch)
-            self._save()
+            every = self.cfg.checkpoint_every
+            # Saved when it evaluated, or checkpoint_every steps have passed (0: every epoch
+            # end), so epochs of a step or two (a few images) do not write a checkpoint each.
+            if self._evaluate(epoch) or every <= 0 or self.global_step - self.saved_step >= every:
+                self._save()
 
     def _train_step(self, micro_batches: list) -> None:
         step, started, accum = self.global_step, time.perf_counter(), len(micro_batches)
@@ -230,6 +238,19 @@ class Trainer:
         every, epoch_end = self.cfg.checkpoint_every, self.step_in_epoch == self.steps_per_epoch
         if every > 0 and self.global_step % every == 0 and not epoch_end:  # epoch end saves too
             self._save()
+        if self.global_step < self.total_steps and self._past_deadline():
+            self.total_steps, self.out_of_time = self.global_step, True  # fit() saves and stops
+
+    def _past_deadline(self) -> bool:
+        """``train.max_minutes`` has passed; every rank follows rank 0's clock."""
+        if self.deadline == math.inf:
+            return False
+        late = time.monotonic() > self.deadline
+        if self.dist.world_size > 1:
+            flag = torch.tensor([float(late)], device=self.device)
+            dist.broadcast(flag, 0)
+            late = bool(flag.item())
+        return late
 
     def _micro_step(self, batch, info: StepInfo) -> tuple[float, dict]:
         """Forward and backward of global micro-batch ``info.micro_batch`` (the same index
@@ -297,10 +318,11 @@ class Trainer:
             )
         return not bad, norm
 
-    def _evaluate(self, epoch: int) -> None:
+    def _evaluate(self, epoch: int) -> bool:
+        """Evaluate at the end of ``epoch`` when ``eval_every_epochs`` says so; True if it did."""
         every = self.cfg.eval_every_epochs
         if self.eval_fn is None or every <= 0 or (epoch + 1) % every:
-            return
+            return False
         if self.dist.rank == 0:
             self.module.eval()
             self.last_eval = {k: float(v) for k, v in self.eval_fn(self.module, epoch).items()}
@@ -309,6 +331,7 @@ class Trainer:
             self._write({"step": self.global_step - 1, "epoch": epoch, **evals})
         if self.dist.world_size > 1:
             dist.barrier()
+        return True
 
     # --- logs ----------------------------------------------------------------------------------
 
