@@ -195,3 +195,40 @@ def test_learning_reports_grqo_minus_sft_per_seed_with_its_spread():
     assert summary["grqo_minus_sft"]["per_seed"] == pytest.approx([0.1, 0.0, 0.2])
     assert summary["grqo_minus_sft"]["mean"] == pytest.approx(0.1)
     assert summary["grqo_minus_sft"]["std"] == pytest.approx(0.1)
+
+
+def _adapt_record(ap50: float, steps: int) -> dict:
+    scores = {p: {"AP": ap50 / 2, "AP50": ap50} for p in ("interactive", "cross_image")}
+    zero = {p: {"AP": 0.0, "AP50": 0.0} for p in ("interactive", "cross_image")}
+    return {
+        "plan": {"train_images": 205, "seconds_per_step": 3.0},
+        "train": {"steps": steps, "stopped_by_time_limit": True, "seconds": 540.0},
+        "before": zero,
+        "after": scores,
+        "forgetting": {"before": scores, "after": zero},
+    }
+
+
+def test_adapt_report_averages_seeds_and_skips_unfinished_arms(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    import adapt
+
+    monkeypatch.setattr(adapt, "ROOT", tmp_path / "runs")
+    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
+    for seed, ap50 in ((0, 0.5), (1, 0.7)):
+        out = adapt.folder("all_m10_sft", seed)
+        out.mkdir(parents=True)
+        (out / "adapt.json").write_text(json.dumps(_adapt_record(ap50, 170 + seed)))
+    unfinished = adapt.folder("10_m5_grqo", 0)
+    unfinished.mkdir(parents=True)
+    (unfinished / "adapt.json").write_text(json.dumps({"plan": {}}))  # killed before "after"
+    path = adapt.report()
+    data = json.loads(path.read_text())
+    assert list(data["arms"]) == ["all_m10_sft"]
+    summary = data["arms"]["all_m10_sft"]["summary"]
+    assert summary["after/interactive/AP50"]["mean"] == pytest.approx(0.6)
+    assert summary["after/interactive/AP50"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert summary["base_domain_before/interactive/AP"]["mean"] == pytest.approx(0.3)
+    assert (tmp_path / "results" / "adapt.png").stat().st_size > 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.startswith("| all | 10 | sft | 2 | 170 | 0.000 ± 0.000 → 0.600 ± 0.141 |")

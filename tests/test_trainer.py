@@ -187,7 +187,7 @@ def test_a_time_limit_stops_after_the_step_that_passes_it_with_a_checkpoint(tmp_
     summary = resumed.fit()
     assert summary["global_step"] == resumed.total_steps > 1
     assert not summary["stopped_by_time_limit"]
-    with pytest.raises(ConfigError, match="train.max_minutes"):
+    with pytest.raises(ConfigError, match=r"train\.max_minutes"):
         config(max_minutes=0)
 
 

@@ -257,6 +257,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from workbench.adapt import adapt
+
+    out = args.out or str(Path("runs") / "adapt" / f"{_stem(args.data)}-{args.objective}")
+    adapt(
+        args.data,
+        args.base,
+        out,
+        objective=args.objective,
+        minutes=args.minutes,
+        images=args.images,
+        seed=args.seed,
+        forgetting=args.forgetting,
+        forgetting_images=args.forgetting_images,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _stem(data: str) -> str:
+    """A folder name for DATA: ``bccd``, ``animals`` (a folder), ``labels`` (a json)."""
+    path = Path(data.rstrip("/"))
+    return (path.stem if path.suffix == ".json" else path.name).replace("/", "-") or "data"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from workbench.experiment import open_evaluation_data, run_evaluation
     from workbench.predictor import Predictor
@@ -986,6 +1013,56 @@ def build_parser() -> argparse.ArgumentParser:
         "train.out_dir to OUT_DIR.old-N (nothing is deleted); start anew",
     )
     p.set_defaults(run=cmd_train)
+
+    p = groups.add_parser(
+        "adapt",
+        help="fine-tune a detector on your own labelled images within a budget of minutes",
+        description="DATA: a COCO json (split 80/20), a VOC (LabelImg) or YOLO folder "
+        "(converted; its own train/val splits when it has both) or a named dataset (bccd). "
+        "Prints the plan (resolution, batch, schedule, steps that fit the budget at a measured "
+        "step time), scores the base and the adapted model on the held-out images (COCO AP, "
+        "interactive and cross-image prompts) and writes a run folder with adapt.json that "
+        "eval, predict, the app and fiftyone export read.",
+    )
+    p.add_argument("data", help="a COCO json, a VOC or YOLO folder, or a named dataset")
+    p.add_argument(
+        "--from",
+        dest="base",
+        default="models/sft",
+        help="the detector to start from (default: %(default)s)",
+    )
+    p.add_argument("--objective", choices=["sft", "grqo"], default="sft")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="the budget for measuring and training, in minutes; evaluation comes on top "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--images", type=_count, help="train on a seeded sample of this many images")
+    p.add_argument("--seed", type=int, default=0, help="data split, sample and training seed")
+    p.add_argument(
+        "--forgetting",
+        action="store_true",
+        help="also score both models on the base model's own validation data",
+    )
+    p.add_argument(
+        "--forgetting-images",
+        type=_count,
+        default=100,
+        help="images of the base's data to score (default: %(default)s)",
+    )
+    p.add_argument("--out", help="the run folder (default: runs/adapt/DATA-OBJECTIVE)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the adapt run in --out where it stopped"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move what --out holds to OUT.old-N (nothing is deleted) and start anew",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_adapt)
 
     p = groups.add_parser(
         "eval",

@@ -1,0 +1,243 @@
+"""How much does ``adapt`` teach a detector in minutes on a CPU? A resumable grid.
+
+    python benchmarks/adapt.py run [--only K_MINUTES_OBJECTIVE ...] [--seeds 0 1 2]
+    python benchmarks/adapt.py status
+    python benchmarks/adapt.py report      # benchmarks/results/adapt.json + adapt.png
+
+The base has never seen the domain: the shapes-only SFT model of ``benchmarks/grqo_sweep.py``
+(``runs/grqo_sweep/shapes/sft/seed<k>``, one per seed; that sweep trains it first) adapted to
+BCCD blood cells with ``python -m workbench adapt bccd --from BASE --forgetting``:
+k in {10, 50, all} training images, budgets of 5, 10 and 20 minutes, SFT and GRQO, seeds 0-2.
+Each arm is scored on BCCD's held-out val split before and after (interactive and cross-image
+prompts), and on 100 shapes validation images after (forgetting).
+
+Arms run one at a time: the budget is wall-clock minutes on the whole machine, so nothing else
+may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the sweep with
+``pkill -STOP -f grqo_sweep.py`` and resume it with ``-CONT``). An arm's folder is
+``runs/adapt_bench/bccd/k<K>_m<M>_<objective>/seed<S>``; a finished arm (its ``adapt.json`` has
+``after`` and ``forgetting``) is skipped, an unfinished one is moved aside and run again, since a
+resumed budget would not be the budget. Arms go in priority order: k = all at 10 minutes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, results_dir, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "runs" / "adapt_bench" / "bccd"
+BASES = REPO / "runs" / "grqo_sweep" / "shapes" / "sft"
+BCCD_FOLDER = REPO.parent / "shared" / "data" / "bccd" / "BCCD"  # unless WORKBENCH_BCCD says
+KS = ("all", "50", "10")
+MINUTES = (10, 5, 20)
+OBJECTIVES = ("sft", "grqo")
+SEEDS = (0, 1, 2)
+
+
+def arm_names() -> list[str]:
+    """``all_m10_sft`` ...: the budget of 10 minutes first, then 5 and 20; k = all first."""
+    return [f"{k}_m{m}_{o}" for m in MINUTES for k in KS for o in OBJECTIVES]
+
+
+def folder(arm: str, seed: int) -> Path:
+    k = arm.split("_", 1)[0]
+    return ROOT / f"k{k}_{arm.split('_', 1)[1]}" / f"seed{seed}"
+
+
+def finished(path: Path) -> dict | None:
+    record = path / "adapt.json"
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text())
+    return data if "after" in data and "forgetting" in data else None
+
+
+def sweep_is_running() -> bool:
+    """A worker of the GRQO sweep is alive and not stopped (``kill -STOP`` pauses one)."""
+    for lock in (REPO / "runs" / "grqo_sweep").glob("*/*/seed*/sweep.lock"):
+        try:
+            pid = json.loads(lock.read_text())["pid"]
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # gone, or a lock being written
+        if state not in ("T", "t", "Z"):
+            return True
+    return False
+
+
+def run(only: list[str] | None, seeds: list[int]) -> None:
+    for seed in seeds:
+        base = BASES / f"seed{seed}"
+        if not (base / "checkpoints").is_dir():
+            sys.exit(f"{base} is missing: python benchmarks/grqo_sweep.py run trains it first")
+    env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
+    for seed in seeds:
+        for arm in arm_names():
+            if only and arm not in only:
+                continue
+            out = folder(arm, seed)
+            if finished(out):
+                continue
+            if sweep_is_running():
+                sys.exit("the GRQO sweep is running; stop it first (budgets are wall-clock)")
+            k, minutes, objective = arm.split("_")
+            command = [
+                sys.executable, "-m", "workbench", "adapt", "bccd",
+                "--from", str(BASES / f"seed{seed}"),
+                "--objective", objective, "--minutes", minutes[1:], "--seed", str(seed),
+                "--forgetting", "--out", str(out), "--no-progress",
+                *([] if k == "all" else ["--images", k]),
+                *(["--overwrite"] if out.exists() else []),
+            ]  # fmt: skip
+            print(f"== {arm} seed {seed}", flush=True)
+            done = subprocess.run(command, env=env, cwd=REPO)
+            if done.returncode:
+                sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
+
+
+def status() -> None:
+    for seed in SEEDS:
+        for arm in arm_names():
+            out = folder(arm, seed)
+            state = "done" if finished(out) else ("started" if out.exists() else "waiting")
+            print(f"{state:8} {arm} seed{seed}")
+
+
+def _row(record: dict) -> dict:
+    plan, trained = record["plan"], record["train"]
+    flat = {
+        "train_images": plan["train_images"],
+        "steps": trained["steps"],
+        "seconds_per_step": plan["seconds_per_step"],
+        "stopped_by_time_limit": trained["stopped_by_time_limit"],
+        "train_minutes": trained["seconds"] / 60,
+    }
+    for when in ("before", "after"):
+        for protocol, scores in record[when].items():
+            for key in ("AP", "AP50"):
+                flat[f"{when}/{protocol}/{key}"] = scores[key]
+    for when in ("before", "after"):
+        for protocol, scores in record["forgetting"][when].items():
+            flat[f"base_domain_{when}/{protocol}/AP"] = scores["AP"]
+    return flat
+
+
+def _summary(rows: list[dict]) -> dict:
+    keys = [k for k, v in rows[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    out = {"seeds": len(rows)}
+    for key in keys:
+        values = [r[key] for r in rows]
+        out[key] = {
+            "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None,
+        }
+    return out
+
+
+def report() -> Path:
+    arms = {}
+    for arm in arm_names():
+        rows = {
+            seed: _row(record)
+            for seed in SEEDS
+            if (record := finished(folder(arm, seed))) is not None
+        }
+        if rows:
+            arms[arm] = {"per_seed": rows, "summary": _summary(list(rows.values()))}
+    if not arms:
+        sys.exit("no finished arm yet: python benchmarks/adapt.py run")
+    path = write_result(
+        "adapt",
+        {
+            "setup": "shapes-only SFT base -> BCCD, python -m workbench adapt bccd --forgetting",
+            "arm_machine": machine(),
+            "arms": arms,
+        },
+    )
+    _figure(arms, results_dir() / "adapt.png")
+    print(table(arms))
+    return path
+
+
+def table(arms: dict) -> str:
+    """The README's table: AP50 on BCCD val before -> after, and shapes AP after."""
+    lines = [
+        "| k | minutes | objective | seeds | steps | BCCD AP50 interactive before → after | "
+        "cross-image | shapes AP after (before) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, data in arms.items():
+        k, minutes, objective = arm.split("_")
+        s = data["summary"]
+        m = functools.partial(_mean_sd, s)
+        lines.append(
+            f"| {k} | {minutes[1:]} | {objective} | {s['seeds']} | {s['steps']['mean']:.0f} | "
+            f"{m('before/interactive/AP50')} → {m('after/interactive/AP50')} | "
+            f"{m('before/cross_image/AP50')} → {m('after/cross_image/AP50')} | "
+            f"{m('base_domain_after/interactive/AP')} ({m('base_domain_before/interactive/AP')}) |"
+        )
+    return "\n".join(lines)
+
+
+def _mean_sd(summary: dict, key: str) -> str:
+    sd = summary[key]["sd"]
+    return f"{summary[key]['mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+def _figure(arms: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, protocol in zip(axes, ("interactive", "cross_image"), strict=True):
+        for k in KS:
+            for objective, style in (("sft", "-o"), ("grqo", "--s")):
+                points = sorted(
+                    (int(arm.split("_")[1][1:]), data["summary"][f"after/{protocol}/AP50"])
+                    for arm, data in arms.items()
+                    if arm.startswith(f"{k}_") and arm.endswith(objective)
+                )
+                if points:
+                    xs = [p[0] for p in points]
+                    ys = [p[1]["mean"] for p in points]
+                    errs = [p[1]["sd"] or 0 for p in points]
+                    ax.errorbar(xs, ys, yerr=errs, fmt=style, capsize=3, label=f"k={k} {objective}")
+        ax.set(title=f"BCCD val, {protocol} prompts", xlabel="budget (minutes, 2 CPU cores)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AP50 after adapt")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--only", nargs="*", help=f"arms, e.g. all_m10_sft (of {arm_names()})")
+    p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    sub.add_parser("status")
+    sub.add_parser("report")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.only, args.seeds)
+    elif args.command == "status":
+        status()
+    else:
+        print(report())
+
+
+if __name__ == "__main__":
+    main()

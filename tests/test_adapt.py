@@ -1,0 +1,180 @@
+"""``adapt``: a user's labelled folder -> a plan that fits the budget -> a fine-tuned run folder
+scored before and after on held-out images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from testing_constants import cli_in_process as cli
+
+from workbench.adapt import (
+    MIN_BOX_PX,
+    adapt_config,
+    base_config,
+    make_plan,
+    prepare_data,
+    resolution,
+)
+from workbench.data.coco import CocoDetection
+from workbench.inputs import InputError
+from workbench.predictor import Predictor
+
+REPO = Path(__file__).resolve().parents[1]
+SFT = REPO / "models" / "sft"
+
+
+def labelimg_folder(bccd_voc: Path, root: Path, count: int) -> Path:
+    """The first ``count`` BCCD images as LabelImg leaves them: ``images/`` + ``annotations/``."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for xml in sorted((bccd_voc / "Annotations").glob("*.xml"))[:count]:
+        shutil.copy(bccd_voc / "JPEGImages" / f"{xml.stem}.jpg", root / "images")
+        shutil.copy(xml, root / "annotations")
+    return root
+
+
+def test_a_labelimg_folder_becomes_a_seeded_80_20_split_and_a_sample(tmp_path, bccd_voc):
+    folder = labelimg_folder(bccd_voc, tmp_path / "cells", 20)
+    found = prepare_data(str(folder), tmp_path / "a" / "data", seed=3)
+    train, held = CocoDetection(found.train_json), CocoDetection(found.val_json)
+    assert (len(train), len(held)) == (16, 4)
+    names = {train.image_info(i)["file_name"] for i in range(len(train))}
+    assert not names & {held.image_info(i)["file_name"] for i in range(len(held))}
+    again = prepare_data(str(folder), tmp_path / "b" / "data", seed=3)
+    assert (
+        json.loads(again.val_json.read_text())["images"]
+        == json.loads(found.val_json.read_text())["images"]
+    )
+    sample = prepare_data(str(folder), tmp_path / "c" / "data", images=5, seed=3)
+    sampled = CocoDetection(sample.train_json, sample.train_images)
+    assert len(sampled) == 5 and len(CocoDetection(sample.val_json)) == 4
+    assert {sampled.image_info(i)["file_name"] for i in range(5)} <= names
+    with pytest.raises(InputError, match="--images 17: the training split has 16 images"):
+        prepare_data(str(folder), tmp_path / "d" / "data", images=17)
+    with pytest.raises(InputError, match=r"'no-such-set' is no file or folder.*COCO json"):
+        prepare_data("no-such-set", tmp_path / "e" / "data")
+
+
+def test_small_objects_raise_the_resolution_until_the_median_box_is_16_px(tmp_path, bccd_voc):
+    found = prepare_data(str(labelimg_folder(bccd_voc, tmp_path / "cells", 10)), tmp_path / "d")
+    train = CocoDetection(found.train_json)
+    base = base_config(str(SFT))
+    min_size, max_size, box = resolution(base, train)
+    assert (min_size, max_size) == (base.data.min_size, base.data.max_size) and box > MIN_BOX_PX
+    # The same photos with every box shrunk to a tenth around its centre.
+    data = json.loads(found.train_json.read_text())
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [x + 0.45 * w, y + 0.45 * h, w / 10, h / 10]
+    small = tmp_path / "d" / "small.json"
+    small.write_text(json.dumps(data))
+    min_size, max_size, box = resolution(base, CocoDetection(small, found.train_images))
+    assert min_size > base.data.min_size and min_size % 32 == 0 and min_size <= 512
+    assert box >= MIN_BOX_PX or min_size == 512
+    assert max_size / min_size == pytest.approx(base.data.max_size / base.data.min_size, 0.01)
+
+
+def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fifth(
+    tmp_path, bccd_voc
+):
+    found = prepare_data(str(labelimg_folder(bccd_voc, tmp_path / "cells", 20)), tmp_path / "d")
+    cfg = adapt_config(
+        str(SFT),
+        found,
+        tmp_path / "run",
+        objective="grqo",
+        seed=0,
+        train_images=16,
+        min_size=256,
+        max_size=342,
+    )
+    assert cfg.train.batch_size == 8 and cfg.grqo.reference_policy == "frozen"
+    plan, planned = make_plan(
+        cfg,
+        minutes=10,
+        held_out=4,
+        categories=["RBC"],
+        box_px=40.0,
+        train_images=16,
+        seconds_per_step=3.0,
+        setup_seconds=60.0,
+    )
+    # 540 s left, 95 % of it at 3 s a step; 2 steps an epoch; the drop at 80 % of the steps.
+    assert plan.steps == int(0.95 * 540 / 3.0) == planned.train.max_steps
+    assert planned.train.max_minutes == pytest.approx(9.0)
+    assert plan.epochs == -(-plan.steps // 2) and plan.lr_drop_epochs == [round(0.8 * 171 / 2)]
+    assert planned.train.warmup_steps == plan.steps // 10
+    text = "\n".join(plan.lines("models/sft"))
+    assert "171 steps" in text and "KL reference is the base model" in text
+    with pytest.raises(InputError, match="--minutes 1 leaves 0 s after 70 s"):
+        make_plan(
+            cfg,
+            minutes=1,
+            held_out=4,
+            categories=["RBC"],
+            box_px=40.0,
+            train_images=16,
+            seconds_per_step=3.0,
+            setup_seconds=70.0,
+        )
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, bccd_voc):
+    """One real adapt run of models/sft on 20 BCCD photos in a LabelImg folder, 2 minutes."""
+    root = tmp_path_factory.mktemp("adapt")
+    folder = labelimg_folder(bccd_voc, root / "cells", 20)
+    return folder, root / "run"
+
+
+@pytest.mark.slow
+def test_adapt_trains_within_its_budget_and_scores_before_and_after(adapted, capsys):
+    folder, out = adapted
+    status, printed, err = cli(
+        capsys, "adapt", folder, "--from", SFT, "--minutes", "2", "--out", out, "--no-progress"
+    )
+    assert status == 0, err
+    assert "plan (sft, 2 min on this machine" in printed and "measured" in printed
+    record = json.loads((out / "adapt.json").read_text())
+    plan, trained = record["plan"], record["train"]
+    assert (plan["train_images"], plan["held_out_images"]) == (16, 4)
+    assert 1 <= trained["steps"] <= plan["steps"]
+    # Either every planned step ran or the time limit stopped it: never more than planned.
+    assert trained["stopped_by_time_limit"] or trained["steps"] == plan["steps"]
+    for when in ("before", "after"):
+        assert set(record[when]) == {"interactive", "cross_image"}
+        for scores in record[when].values():
+            assert 0 <= scores["AP"] <= scores["AP50"] <= 1 and scores["images"] == 4
+    # The run folder is an ordinary one: the predictor loads it at the planned sizes.
+    predictor = Predictor.from_checkpoint(out)
+    assert predictor.min_size == plan["min_size"]
+    # Its weights moved away from the base's.
+    base = Predictor.from_checkpoint(SFT)
+    moved = [
+        (a - b.to(a.dtype)).abs().max().item()
+        for (name, a), b in zip(
+            predictor.model.state_dict().items(), base.model.state_dict().values(), strict=True
+        )
+        if a.is_floating_point() and "prompt" in name
+    ]
+    assert max(moved) > 0
+
+
+@pytest.mark.slow
+def test_an_adapt_folder_is_never_overwritten_and_resume_checks_the_base(adapted, capsys, tmp_path):
+    folder, out = adapted
+    before = sorted(p.name for p in out.iterdir())
+    status, _, err = cli(capsys, "adapt", folder, "--from", SFT, "--out", out)
+    assert status == 2 and "is not empty; --resume continues" in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    status, _, err = cli(
+        capsys, "adapt", folder, "--from", REPO / "models" / "grqo", "--out", out, "--resume"
+    )
+    assert status == 2 and "pass --from" in err
+    status, _, err = cli(
+        capsys, "adapt", folder, "--from", SFT, "--out", tmp_path / "x", "--resume"
+    )
+    assert status == 2 and "holds no adapt run" in err

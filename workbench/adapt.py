@@ -1,0 +1,584 @@
+"""Teaching a trained detector new objects within a time budget: ``python -m workbench adapt``.
+
+DATA -> ``OUT/data/`` (a training and a held-out json) -> a plan chosen from the data and a
+measured step, printed before anything trains -> COCO AP of the base model on the held-out split
+-> a fine-tune (SFT or GRQO) that stops when its minutes are spent (``train.max_minutes``) -> COCO
+AP of the adapted model -> with ``forgetting``, AP of both on the base model's own validation data
+-> ``OUT/adapt.json``.
+
+DATA is one of
+- a named dataset of :mod:`workbench.data.sources` (``bccd``): its train split trains, its val
+  split is held out;
+- a COCO json (``file_name`` relative to the json): split 80/20, seeded, by
+  :func:`~workbench.data.split.split_coco`;
+- a folder in a VOC (LabelImg) or YOLO layout: converted with images linked, not copied
+  (:func:`~workbench.data.voc.convert_voc`, :func:`~workbench.data.yolo.convert_yolo`); its own
+  train and val splits when it has both, else split 80/20.
+``images=K`` trains on a seeded sample of K training images; the held-out split stays whole.
+
+The plan (:class:`Plan`), printed with the reason for each choice:
+- resolution: the base model's training sizes, raised (to at most 512 px on the shorter side)
+  when the median box's shorter side would be under 16 px at them;
+- batch 8 (fewer for a smaller set); lr 1e-4 with the backbone at 0.1x, a warm-up over a tenth of
+  the steps, x0.1 for the last fifth: the fine-tune recipe of the ``bccd_ft`` arms of
+  ``benchmarks/grqo_sweep.py``, with its horizontal flips (0.5) and crops (0.3);
+- steps: what fits the budget at the step time of 3 steps of the real model on the real data,
+  measured first; ``train.max_minutes`` stops training at the budget whatever happens.
+
+OUT is an ordinary run folder (``config.yaml``, ``checkpoints/``, ``metrics.jsonl``) that ``eval``,
+``predict``, the app (``python app.py --sft OUT``), the notebooks and ``fiftyone export
+--model`` read, plus ``data/`` and ``adapt.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from workbench.config import Config, load_config, to_dict
+from workbench.data.coco import CocoDetection
+from workbench.data.coco_json import load_coco_json
+from workbench.data.dataset import DatasetError, DetectionDataset
+from workbench.inputs import InputError
+from workbench.run_folder import run_files
+from workbench.safe_paths import move_aside, write_atomic
+
+HELD_OUT = 0.2  # the held-out share of a json or folder without its own splits
+MIN_BOX_PX = 16  # the median box's shorter side, in model input pixels, below which we upsize
+MAX_MIN_SIZE = 512
+PROBE_STEPS = 3
+LR = 1e-4
+PROTOCOLS = ("interactive", "cross_image")
+
+
+@dataclass(frozen=True)
+class AdaptData:
+    """The jsons and image folders an adapt run trains and evaluates on."""
+
+    description: str
+    train_json: Path
+    train_images: Path
+    val_json: Path
+    val_images: Path
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``adapt`` will do, chosen from the data, the base model and a measured step."""
+
+    objective: str
+    minutes: float
+    train_images: int
+    held_out_images: int
+    categories: list[str]
+    min_size: int
+    max_size: int
+    median_box_px: float  # the median box's shorter side at min_size / max_size
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    lr_drop_epochs: list[int]
+    steps: int
+    epochs: int
+    seconds_per_step: float
+    setup_seconds: float  # the measuring steps and model loading, taken from the budget
+    train_minutes: float  # the hard limit on training itself (train.max_minutes)
+    hflip_prob: float
+    crop_prob: float
+
+    def lines(self, base: str) -> list[str]:
+        drop = f", x0.1 from epoch {self.lr_drop_epochs[0]}" if self.lr_drop_epochs else ", no drop"
+        return [
+            f"plan ({self.objective}, {self.minutes:g} min on this machine, from {base}):",
+            f"  data: {self.train_images} training images, {self.held_out_images} held out; "
+            f"{len(self.categories)} classes: {', '.join(self.categories)}",
+            f"  resolution {self.min_size}/{self.max_size} px: the median box is "
+            f"{self.median_box_px:.0f} px on its shorter side there (raised when under "
+            f"{MIN_BOX_PX} px)",
+            f"  batch {self.batch_size}, lr {self.lr:g} (backbone x0.1), warm-up "
+            f"{self.warmup_steps} steps{drop}",
+            f"  augmentation: horizontal flips {self.hflip_prob:g}, crops {self.crop_prob:g}",
+            *(
+                ["  GRQO: its KL reference is the base model, frozen"]
+                if self.objective == "grqo"
+                else []
+            ),
+            f"  measured {self.seconds_per_step:.2f} s per step ({PROBE_STEPS} steps, "
+            f"{self.setup_seconds:.0f} s with loading) -> {self.steps} steps "
+            f"({self.epochs} epochs) in the {self.train_minutes:.1f} min left; training stops "
+            "at the budget in any case",
+        ]
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def prepare_data(data: str, folder: Path, *, images: int | None = None, seed: int = 0) -> AdaptData:
+    """Training and held-out jsons for DATA (see the module docstring) under ``folder``."""
+    from workbench.data.split import split_coco
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(data)
+    if path.is_dir():
+        written = _convert_folder(path, folder / "converted")
+        if {"train", "val"} <= written.keys():
+            train, val = Path(written["train"]), Path(written["val"])
+            description = f"{data} (its own train and val splits)"
+        else:
+            parts = split_coco(
+                written["annotations"], folder, val=HELD_OUT, test=0.0, seed=seed, overwrite=True
+            )
+            train, val = Path(parts["train"]), Path(parts["val"])
+            description = f"{data} (split {1 - HELD_OUT:.0%}/{HELD_OUT:.0%}, seed {seed})"
+        found = AdaptData(description, train, train.parent, val, val.parent)
+    elif path.is_file():
+        parts = split_coco(path, folder, val=HELD_OUT, test=0.0, seed=seed, overwrite=True)
+        train, val = Path(parts["train"]), Path(parts["val"])
+        description = f"{data} (split {1 - HELD_OUT:.0%}/{HELD_OUT:.0%}, seed {seed})"
+        found = AdaptData(description, train, folder, val, folder)
+    else:
+        found = _named(data)
+    if images is not None:
+        found = _sample(found, folder, images, seed)
+    return found
+
+
+def _named(name: str) -> AdaptData:
+    from workbench.data.sources import get_source, locate
+
+    try:
+        get_source(name)
+    except DatasetError as err:
+        raise InputError(
+            f"adapt: {name!r} is no file or folder, and {err}; give a COCO json, a VOC or "
+            "YOLO folder, or a named dataset"
+        ) from err
+    train, val = locate(name, "train"), locate(name, "val")
+    return AdaptData(
+        f"{name} (its train split; its val split held out)",
+        train.json_path,
+        train.image_root,
+        val.json_path,
+        val.image_root,
+    )
+
+
+def _convert_folder(path: Path, out: Path) -> dict[str, Any]:
+    """A VOC folder (any XML below it) or else a YOLO one, converted into ``out``."""
+    from workbench.data.user_folders import files_below
+    from workbench.data.voc import convert_voc
+    from workbench.data.yolo import convert_yolo
+
+    convert = convert_voc if files_below(path, ".xml", depth=3) else convert_yolo
+    return dict(convert(path, out, link_images=True, overwrite=True))
+
+
+def _sample(found: AdaptData, folder: Path, images: int, seed: int) -> AdaptData:
+    """The first ``images`` of a seeded shuffle of the training json's images."""
+    data = load_coco_json(found.train_json)
+    if images > len(data["images"]):
+        raise InputError(
+            f"--images {images}: the training split has {len(data['images'])} images; ask for "
+            "at most that many"
+        )
+    order = sorted(data["images"], key=lambda im: str(im["id"]))
+    random.Random(seed).shuffle(order)
+    keep = {im["id"] for im in order[:images]}
+    subset = {
+        **data,
+        "images": [im for im in data["images"] if im["id"] in keep],
+        "annotations": [a for a in data["annotations"] if a.get("image_id") in keep],
+    }
+    path = write_atomic(folder / f"train_{images}_images.json", json.dumps(subset))
+    return replace(
+        found,
+        description=f"{found.description}; {images} training images (seed {seed})",
+        train_json=path,
+    )
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+def base_config(base: str) -> Config:
+    """The base model's run config (its sizes, losses, GRQO settings), or the defaults."""
+    from workbench.model.build import read_run_config
+
+    return read_run_config(base) or load_config()
+
+
+def median_box_px(train: DetectionDataset, min_size: int, max_size: int) -> float:
+    """The median box's shorter side after the image is resized to ``min_size``/``max_size``."""
+    sides = []
+    for item in train.instances():
+        if item.iscrowd:
+            continue
+        info = train.image_info(item.image_index)
+        h, w = info["height"], info["width"]
+        scale = min(min_size / min(h, w), max_size / max(h, w))
+        x0, y0, x1, y1 = item.box_xyxy
+        sides.append(min(x1 - x0, y1 - y0) * scale)
+    if not sides:
+        raise DatasetError("the training split has no boxes: annotate some objects first")
+    return statistics.median(sides)
+
+
+def adapt_config(
+    base: str,
+    data: AdaptData,
+    out: Path,
+    *,
+    objective: str,
+    seed: int,
+    train_images: int,
+    min_size: int,
+    max_size: int,
+) -> Config:
+    """The base's run config, pointed at the user's data with the fine-tune recipe."""
+    cfg = base_config(base)
+    batch = min(8, train_images)
+    return replace(
+        cfg,
+        data=replace(
+            cfg.data,
+            name="coco_json",
+            val_name=None,
+            train_json=str(data.train_json),
+            train_images=str(data.train_images),
+            val_json=str(data.val_json),
+            val_images=str(data.val_images),
+            train_split="train",
+            val_split="val",
+            min_size=min_size,
+            max_size=max_size,
+            train_scales=(),
+            hflip_prob=0.5,
+            crop_prob=0.3,
+            num_workers=0,
+        ),
+        eval=replace(cfg.eval, protocols=PROTOCOLS, pool_split="train", max_images=None),
+        model=replace(cfg.model, init_from=str(base)),
+        # GRQO's KL pulls towards the base itself, not a per-epoch copy (an epoch of a few
+        # images is a step or two, which would make the reference the model of a step ago).
+        grqo=replace(cfg.grqo, reference_policy="frozen"),
+        train=replace(
+            cfg.train,
+            objective=objective,
+            batch_size=batch,
+            grad_accum=1,
+            lr=LR,
+            backbone_lr_mult=0.1,
+            warmup_factor=0.1,
+            lr_drop_factor=0.1,
+            seed=seed,
+            out_dir=str(out),
+            eval_every_epochs=0,
+            keep_checkpoints=1,
+            amp="off",
+        ),
+    )
+
+
+def resolution(base_cfg: Config, train: DetectionDataset) -> tuple[int, int, float]:
+    """The base's training sizes, scaled up (multiples of 32, at most 512) until the median box
+    is ``MIN_BOX_PX`` on its shorter side."""
+    min_size, max_size = base_cfg.data.min_size, base_cfg.data.max_size
+    box = median_box_px(train, min_size, max_size)
+    if box < MIN_BOX_PX and min_size < MAX_MIN_SIZE:
+        wanted = min(MAX_MIN_SIZE, 32 * math.ceil(min_size * MIN_BOX_PX / box / 32))
+        max_size = round(max_size * wanted / min_size)
+        min_size = wanted
+        box = median_box_px(train, min_size, max_size)
+    return min_size, max_size, box
+
+
+def measure_step(cfg: Config) -> tuple[float, float]:
+    """Seconds per optimizer step (the median of steps after the first) and seconds in all, of
+    ``PROBE_STEPS`` steps of ``cfg`` in a temporary folder."""
+    from workbench.experiment import train
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="workbench-adapt-probe-") as tmp:
+        probe = replace(
+            cfg,
+            train=replace(
+                cfg.train,
+                out_dir=tmp,
+                epochs=PROBE_STEPS,
+                max_steps=PROBE_STEPS,
+                max_minutes=None,
+                log_every=1,
+                checkpoint_every=0,
+                warmup_steps=0,
+                lr_drop_epochs=(),
+            ),
+        )
+        train(probe, progress=False)
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").open()]
+    times = [r["step_time"] for r in rows if "step_time" in r and r["step"] >= 1]
+    return statistics.median(times), time.monotonic() - started
+
+
+def make_plan(
+    cfg: Config,
+    *,
+    minutes: float,
+    held_out: int,
+    categories: list[str],
+    box_px: float,
+    train_images: int,
+    seconds_per_step: float,
+    setup_seconds: float,
+) -> tuple[Plan, Config]:
+    """The steps that fit what is left of ``minutes`` after setup, and the schedule over them."""
+    from workbench.data.loader import steps_per_epoch
+
+    left = minutes * 60 - setup_seconds
+    if left < 2 * seconds_per_step:
+        raise InputError(
+            f"--minutes {minutes:g} leaves {max(left, 0):.0f} s after {setup_seconds:.0f} s of "
+            f"loading and measuring, under two steps of {seconds_per_step:.1f} s: give more "
+            "minutes"
+        )
+    steps = max(2, int(0.95 * left / seconds_per_step))  # 5 %: checkpoints, the last save
+    per_epoch = steps_per_epoch(train_images, cfg.train.batch_size)
+    epochs = math.ceil(steps / per_epoch)
+    drop = round(0.8 * steps / per_epoch)
+    drops = (drop,) if 1 <= drop < epochs else ()
+    warmup = max(1, steps // 10)
+    cfg = replace(
+        cfg,
+        train=replace(
+            cfg.train,
+            max_steps=steps,
+            epochs=epochs,
+            warmup_steps=warmup,
+            lr_drop_epochs=drops,
+            max_minutes=left / 60,
+            log_every=max(1, min(10, steps // 20)),
+            checkpoint_every=max(10, steps // 5),
+        ),
+    )
+    plan = Plan(
+        objective=cfg.train.objective,
+        minutes=minutes,
+        train_images=train_images,
+        held_out_images=held_out,
+        categories=categories,
+        min_size=cfg.data.min_size,
+        max_size=cfg.data.max_size,
+        median_box_px=box_px,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        warmup_steps=warmup,
+        lr_drop_epochs=list(drops),
+        steps=steps,
+        epochs=epochs,
+        seconds_per_step=seconds_per_step,
+        setup_seconds=setup_seconds,
+        train_minutes=left / 60,
+        hflip_prob=cfg.data.hflip_prob,
+        crop_prob=cfg.data.crop_prob,
+    )
+    return plan, cfg
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def ap_of(checkpoint: str | Path, cfg: Config, split: str | None = None) -> dict[str, dict]:
+    """``{protocol: {"AP": .., "AP50": ..}}`` of a checkpoint on ``cfg``'s evaluation data, at
+    ``cfg``'s sizes."""
+    from workbench.experiment import open_evaluation_data, run_evaluation
+    from workbench.predictor import Predictor
+
+    evaluated, pool = open_evaluation_data(cfg, split)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, min_size=cfg.data.min_size, max_size=cfg.data.max_size
+    )
+    results = run_evaluation(predictor, cfg, evaluated, pool)
+    return {p: {"AP": r.AP, "AP50": r.AP50, "images": r.num_images} for p, r in results.items()}
+
+
+def _ap_line(label: str, scores: dict[str, dict]) -> str:
+    parts = [f"{p}: AP {s['AP']:.3f} AP50 {s['AP50']:.3f}" for p, s in scores.items()]
+    return f"  {label}: " + "  |  ".join(parts)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def adapt(
+    data: str,
+    base: str,
+    out: str | Path,
+    *,
+    objective: str = "sft",
+    minutes: float = 10.0,
+    images: int | None = None,
+    seed: int = 0,
+    forgetting: bool = False,
+    forgetting_images: int = 100,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    say=print,
+) -> dict[str, Any]:
+    """Adapt ``base`` to ``data`` in ``minutes``; returns (and writes to ``OUT/adapt.json``) the
+    plan, AP before and after, and with ``forgetting`` AP on the base's own validation data."""
+    from workbench.experiment import train
+
+    if not minutes > 0 or not math.isfinite(minutes):
+        raise InputError(f"--minutes {minutes}: give a number of minutes > 0")
+    if images is not None and images < 1:
+        raise InputError(f"--images {images}: give a number of training images >= 1")
+    if objective not in ("sft", "grqo"):
+        raise InputError(f"--objective {objective!r}: choose sft or grqo")
+    out = Path(out)
+    record_path = out / "adapt.json"
+    if resume:
+        return _resume(out, base, forgetting, forgetting_images, progress, say)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(
+                f"--out {out} is not empty; --resume continues an adapt run there, --overwrite "
+                f"moves it to {out.name}.old-N (nothing is deleted), or choose another --out"
+            )
+        say(f"moved what was in {out} to {move_aside(out)}")
+    base_cfg = base_config(base)
+    found = prepare_data(data, out / "data", images=images, seed=seed)
+    train_set = CocoDetection(found.train_json, found.train_images)
+    held_out = CocoDetection(found.val_json, found.val_images)
+    min_size, max_size, box_px = resolution(base_cfg, train_set)
+    cfg = adapt_config(
+        base,
+        found,
+        out,
+        objective=objective,
+        seed=seed,
+        train_images=len(train_set),
+        min_size=min_size,
+        max_size=max_size,
+    )
+    say(f"adapting {base} to {found.description}; measuring {PROBE_STEPS} steps ...")
+    seconds_per_step, setup = measure_step(cfg)
+    categories = [c.name for c in sorted(train_set.categories, key=lambda c: c.label)]
+    plan, cfg = make_plan(
+        cfg,
+        minutes=minutes,
+        held_out=len(held_out),
+        categories=categories,
+        box_px=box_px,
+        train_images=len(train_set),
+        seconds_per_step=seconds_per_step,
+        setup_seconds=setup,
+    )
+    for line in plan.lines(base):
+        say(line)
+    record: dict[str, Any] = {
+        "data": found.description,
+        "base": str(base),
+        "plan": asdict(plan),
+        "config": to_dict(cfg),
+    }
+    write_atomic(record_path, json.dumps(record, indent=2))
+    started = time.monotonic()
+    record["before"] = ap_of(base, cfg)
+    say(_ap_line("before (the base, held-out split)", record["before"]))
+    record["eval_seconds"] = time.monotonic() - started
+    write_atomic(record_path, json.dumps(record, indent=2))
+    return _train_and_score(out, cfg, record, forgetting, forgetting_images, progress, say, train)
+
+
+def _resume(out: Path, base: str, forgetting, forgetting_images, progress, say) -> dict:
+    from workbench.experiment import train
+
+    record_path = out / "adapt.json"
+    if not record_path.is_file() or not run_files(out):
+        raise InputError(
+            f"--resume: {out} holds no adapt run to continue (no adapt.json and run); drop "
+            "--resume to start one"
+        )
+    record = json.loads(record_path.read_text())
+    if record["base"] != str(base):
+        raise InputError(
+            f"--resume: {out} adapts {record['base']}, not {base}; pass --from {record['base']}"
+        )
+    cfg = load_config(None, (), base=_config_from(record["config"]))
+    say(f"resuming the adapt run in {out} ({record['data']})")
+    if "before" not in record:
+        record["before"] = ap_of(base, cfg)
+        say(_ap_line("before (the base, held-out split)", record["before"]))
+    return _train_and_score(
+        out, cfg, record, forgetting, forgetting_images, progress, say, train, True
+    )
+
+
+def _config_from(tree: dict) -> Config:
+    from workbench.config import config_from_record
+
+    cfg = config_from_record(tree)
+    assert cfg is not None  # adapt.json always records a full config
+    return cfg
+
+
+def _train_and_score(
+    out: Path,
+    cfg: Config,
+    record: dict,
+    forgetting: bool,
+    forgetting_images: int,
+    progress: bool,
+    say,
+    train,
+    resume: bool = False,
+) -> dict[str, Any]:
+    record_path = out / "adapt.json"
+    started = time.monotonic()
+    summary = train(cfg, resume=resume, progress=progress)
+    record["train"] = {
+        "steps": summary["global_step"],
+        "planned_steps": cfg.train.max_steps,
+        "stopped_by_time_limit": summary["stopped_by_time_limit"],
+        "seconds": time.monotonic() - started,
+        "checkpoint": summary["checkpoint"],
+    }
+    ended = "at the time limit" if summary["stopped_by_time_limit"] else "as planned"
+    say(
+        f"trained {summary['global_step']} of {cfg.train.max_steps} steps in "
+        f"{record['train']['seconds'] / 60:.1f} min ({ended})"
+    )
+    started = time.monotonic()
+    record["after"] = ap_of(out, cfg)
+    say(_ap_line("after (the adapted model, held-out split)", record["after"]))
+    record["eval_seconds"] = record.get("eval_seconds", 0.0) + time.monotonic() - started
+    if forgetting:
+        record["forgetting"] = _forgetting(record["base"], out, forgetting_images, say)
+    write_atomic(record_path, json.dumps(record, indent=2))
+    say(f"wrote {record_path}; the adapted model is the run folder {out}")
+    return record
+
+
+def _forgetting(base: str, adapted: Path, images: int, say) -> dict[str, Any]:
+    """AP of the base and the adapted model on the first ``images`` of the base's validation
+    data, at the base's sizes: how much of its own domain the fine-tune kept."""
+    from workbench.model.build import read_run_config
+
+    cfg = read_run_config(base)
+    if cfg is None:
+        say("  forgetting: the base records no run config, so no data of its own to score")
+        return {"skipped": "the base records no run config"}
+    cfg = replace(cfg, eval=replace(cfg.eval, max_images=images))
+    result = {"data": cfg.data.val_name or cfg.data.name, "images": images}
+    result["before"] = ap_of(base, cfg)
+    result["after"] = ap_of(adapted, cfg)
+    say(_ap_line(f"base domain ({result['data']}), the base", result["before"]))
+    say(_ap_line(f"base domain ({result['data']}), adapted", result["after"]))
+    return result
