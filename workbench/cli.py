@@ -751,6 +751,41 @@ def cmd_fiftyone_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fiftyone_review(args: argparse.Namespace) -> int:
+    from workbench.integrations.fiftyone_db import check_database
+    from workbench.integrations.fiftyone_review import FIELD, TAGS, review_dataset
+
+    check_database()
+    name = args.name or f"workbench-review-{Path(args.detections).stem}"
+    images = args.images or str(Path(args.detections).parent)
+    ds = review_dataset(args.detections, images, name, overwrite=args.overwrite)
+    boxes = ds.count(f"{FIELD}.detections")
+    tagged = ds.count_label_tags(FIELD)
+    print(f"FiftyOne dataset {name!r}: {len(ds)} images, {boxes} boxes in field {FIELD!r}")
+    if tagged:
+        print(f"  tags so far: {dict(tagged)}; reviewed images: {len(ds.match_tags('reviewed'))}")
+    print("tag in the App (select boxes or images, then the tag icon):")
+    for tag, meaning in TAGS.items():
+        print(f"  {tag:10} {meaning}")
+    print(f"open it:   python -m workbench fiftyone launch {name}")
+    print(f"then:      python -m workbench fiftyone export-labels {name} --out corrected.json")
+    return 0
+
+
+def cmd_fiftyone_export_labels(args: argparse.Namespace) -> int:
+    from workbench.integrations.fiftyone_db import check_database
+    from workbench.integrations.fiftyone_review import export_labels
+
+    check_database()
+    out = check_output_file(args.out, force=args.force)
+    counts = export_labels(
+        args.name, out, reviewed_only=args.reviewed_only, min_score=args.min_score
+    )
+    print(f"wrote {out}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+    print(f"train on it: python -m workbench adapt {out} --from models/sft")
+    return 0
+
+
 def _fiftyone_parser(groups) -> None:
     from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD  # what the app shows
 
@@ -881,6 +916,38 @@ def _fiftyone_parser(groups) -> None:
     )
     analysis_args(p)
     p.set_defaults(run=cmd_fiftyone_evaluate)
+
+    p = sub.add_parser(
+        "review",
+        help="load a folder's detections (predict FOLDER's json) to correct with tags",
+        description="The boxes of DETS.json go into field 'labels'; in the App, tag a wrong box "
+        "'reject', a box of another class 'is:NAME', and checked images 'reviewed'; then "
+        "export-labels. Loading the same json again keeps every tag.",
+    )
+    p.add_argument("detections", help="a COCO json of detections (predict FOLDER --out)")
+    p.add_argument("--images", help="the image folder (default: the json's folder)")
+    p.add_argument("--name", help="dataset name (default: workbench-review-<json stem>)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset of that name holding other detections (its tags are lost)",
+    )
+    p.set_defaults(run=cmd_fiftyone_review)
+
+    p = sub.add_parser(
+        "export-labels", help="the reviewed labels of a review dataset as a COCO json"
+    )
+    p.add_argument("name", help="the FiftyOne dataset made by `fiftyone review`")
+    p.add_argument("--out", required=True, help="the COCO json to write")
+    p.add_argument("--reviewed-only", action="store_true", help="only images tagged 'reviewed'")
+    p.add_argument(
+        "--min-score",
+        type=_fraction,
+        default=0.0,
+        help="drop untagged boxes scoring under this (default: keep all)",
+    )
+    _force_arg(p, "replace an existing --out file")
+    p.set_defaults(run=cmd_fiftyone_export_labels)
 
     p = sub.add_parser("launch", help="the FiftyOne App on 127.0.0.1; prints the URL and waits")
     p.add_argument("name", help="the FiftyOne dataset")
