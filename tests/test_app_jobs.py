@@ -1,0 +1,88 @@
+"""The app's background fine-tune: boxes drawn on several images -> a COCO training set -> one
+``adapt`` process at a time, with its phase, progress and cancel."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.app.jobs import AdaptJobs, TrainingSet
+from workbench.data.coco import CocoDetection
+from workbench.inputs import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+BOXES = {  # from BCCD's own annotations of these images
+    "BloodImage_00000.jpg": [((260, 177, 491, 376), "WBC"), ((78, 336, 184, 435), "RBC")],
+    "BloodImage_00001.jpg": [((68, 315, 286, 480), "WBC")],
+    "BloodImage_00002.jpg": [((147, 182, 412, 433), "WBC")],
+}
+
+
+def training_set(bccd_voc: Path, folder: Path) -> TrainingSet:
+    drawn = TrainingSet(folder)
+    for name, boxes in BOXES.items():
+        drawn.add(bccd_voc / "JPEGImages" / name, boxes)
+    return drawn
+
+
+def test_boxes_drawn_on_several_images_become_a_coco_set(bccd_voc, tmp_path):
+    drawn = TrainingSet(tmp_path / "set")
+    drawn.add(bccd_voc / "JPEGImages" / "BloodImage_00000.jpg", BOXES["BloodImage_00000.jpg"])
+    with pytest.raises(InputError, match=r"at least 2 images .* 1 so far"):
+        drawn.ready()
+    drawn = training_set(bccd_voc, tmp_path / "set")
+    # Drawing again on an image replaces its boxes instead of adding the image twice.
+    drawn.add(bccd_voc / "JPEGImages" / "BloodImage_00001.jpg", [((10, 10, 50, 60), "RBC")])
+    data = CocoDetection(drawn.ready())
+    assert len(data) == 3 and drawn.counts() == {"WBC": 2, "RBC": 2}
+    names = {c.label: c.name for c in data.categories}
+    target = data.target(0)
+    got = sorted(
+        (names[int(label)], [round(v) for v in box])
+        for label, box in zip(
+            target.labels, target.boxes_xyxy(target.orig_size).tolist(), strict=True
+        )
+    )
+    assert got == [("RBC", [78, 336, 184, 435]), ("WBC", [260, 177, 491, 376])]
+    assert data.load_image(2).shape[-2:] == (480, 640)
+    with pytest.raises(InputError, match=r"the box 'RBC' \[600, 10, 700, 60\] is not inside"):
+        drawn.add(bccd_voc / "JPEGImages" / "BloodImage_00003.jpg", [((600, 10, 700, 60), "RBC")])
+    with pytest.raises(InputError, match="draw at least one box"):
+        drawn.add(bccd_voc / "JPEGImages" / "BloodImage_00003.jpg", [])
+
+
+def _wait_for(predicate, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    raise AssertionError("the job did not get there")
+
+
+@pytest.mark.slow
+def test_one_job_at_a_time_and_cancel_stops_its_whole_process_group(bccd_voc, tmp_path):
+    drawn = training_set(bccd_voc, tmp_path / "set")
+    jobs = AdaptJobs(tmp_path / "jobs")
+    assert jobs.state().status == "idle"
+    out = jobs.start(drawn.ready(), REPO / "models" / "sft", minutes=5)
+    with pytest.raises(InputError, match="already running"):
+        jobs.start(drawn.ready(), REPO / "models" / "sft")
+    state = _wait_for(lambda: (s := jobs.state()).phase.startswith("measuring") and s)
+    assert state.status == "running" and state.out == out and "adapting" in state.log
+    pid = jobs._process.pid
+    assert jobs.cancel()
+    state = jobs.state()
+    assert state.status == "cancelled" and not state.result
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # nothing of the group is left
+    assert not jobs.cancel()  # nothing to cancel now
+    # A cancelled run leaves its folder for inspection; the next job gets its own.
+    # A job that fails says why in its phase.
+    again = jobs.start(drawn.ready(), tmp_path / "no-model", minutes=5)
+    assert again != out
+    state = _wait_for(lambda: (s := jobs.state()).status != "running" and s)
+    assert state.status == "failed" and "error:" in state.phase and "no-model" in state.phase
