@@ -109,6 +109,11 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
     assert planned.train.warmup_steps == plan.steps // 10
     text = "\n".join(plan.lines("models/sft"))
     assert "171 steps" in text and "KL reference is the base model" in text
+    fixed, limited = make_plan(
+        cfg, minutes=10, held_out=4, categories=["RBC"], box_px=40.0, train_images=16,
+        seconds_per_step=3.0, setup_seconds=60.0, steps=7,
+    )  # fmt: skip
+    assert fixed.steps == limited.train.max_steps == 7 and limited.train.max_minutes == 9.0
     with pytest.raises(InputError, match="--minutes 1 leaves 0 s after 70 s"):
         make_plan(
             cfg,

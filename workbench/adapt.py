@@ -336,8 +336,10 @@ def make_plan(
     train_images: int,
     seconds_per_step: float,
     setup_seconds: float,
+    steps: int | None = None,
 ) -> tuple[Plan, Config]:
-    """The steps that fit what is left of ``minutes`` after setup, and the schedule over them."""
+    """The steps that fit what is left of ``minutes`` after setup (or exactly ``steps``, which
+    the budget still stops), and the schedule over them."""
     from workbench.data.loader import steps_per_epoch
 
     left = minutes * 60 - setup_seconds
@@ -347,7 +349,8 @@ def make_plan(
             f"loading and measuring, under two steps of {seconds_per_step:.1f} s: give more "
             "minutes"
         )
-    steps = max(2, int(0.95 * left / seconds_per_step))  # 5 %: checkpoints, the last save
+    if steps is None:
+        steps = max(2, int(0.95 * left / seconds_per_step))  # 5 %: checkpoints, the last save
     per_epoch = steps_per_epoch(train_images, cfg.train.batch_size)
     epochs = math.ceil(steps / per_epoch)
     drop = round(0.8 * steps / per_epoch)
@@ -423,6 +426,7 @@ def adapt(
     objective: str = "sft",
     minutes: float = 10.0,
     images: int | None = None,
+    steps: int | None = None,
     seed: int = 0,
     forgetting: bool = False,
     forgetting_images: int = 100,
@@ -437,6 +441,8 @@ def adapt(
 
     if not minutes > 0 or not math.isfinite(minutes):
         raise InputError(f"--minutes {minutes}: give a number of minutes > 0")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps {steps}: give a number of steps >= 1")
     if images is not None and images < 1:
         raise InputError(f"--images {images}: give a number of training images >= 1")
     if objective not in ("sft", "grqo"):
@@ -479,6 +485,7 @@ def adapt(
         train_images=len(train_set),
         seconds_per_step=seconds_per_step,
         setup_seconds=setup,
+        steps=steps,
     )
     for line in plan.lines(base):
         say(line)

@@ -268,6 +268,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         objective=args.objective,
         minutes=args.minutes,
         images=args.images,
+        steps=args.steps,
         seed=args.seed,
         forgetting=args.forgetting,
         forgetting_images=args.forgetting_images,
@@ -1107,6 +1108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument("--images", type=_count, help="train on a seeded sample of this many images")
+    p.add_argument(
+        "--steps",
+        type=_count,
+        help="train exactly this many steps instead of what fits the budget (reproducible "
+        "runs; the budget still stops training)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data split, sample and training seed")
     p.add_argument(
         "--forgetting",
