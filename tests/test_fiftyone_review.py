@@ -34,10 +34,12 @@ def fo():
 def proposals(tmp_path_factory, bccd_voc):
     """``predict models/sft FOLDER`` on 5 BCCD photos, prompted by one RBC box of the first."""
     root = tmp_path_factory.mktemp("review")
-    photos = root / "photos"
+    photos, xml = root / "images", root / "annotations"  # a LabelImg folder
     photos.mkdir()
+    xml.mkdir()
     for i in range(5):
         shutil.copy(bccd_voc / "JPEGImages" / f"BloodImage_0000{i}.jpg", photos)
+        shutil.copy(bccd_voc / "Annotations" / f"BloodImage_0000{i}.xml", xml)
     dets = root / "dets.json"
     from workbench.cli import main
 
@@ -120,3 +122,31 @@ def test_other_detections_under_a_reviewed_name_are_refused_and_lose_nothing(
         capsys, "fiftyone", "export-labels", "no-such-dataset", "--out", tmp_path / "x.json"
     )
     assert status == 2 and "no FiftyOne dataset 'no-such-dataset'" in err
+
+
+def test_a_reviewer_who_knows_the_truth_keeps_only_boxes_that_match_it(fo, proposals, tmp_path):
+    from workbench.boxes import box_iou
+    from workbench.data.voc import convert_voc
+    from workbench.integrations.fiftyone_review import export_labels, review_dataset, tag_with_truth
+
+    photos, dets = proposals
+    truth = CocoDetection(convert_voc(photos.parent, tmp_path / "gt")["annotations"])
+    ds = review_dataset(dets, photos, "test-review-truth", overwrite=True)
+    tags = tag_with_truth(ds, truth)
+    proposed = len(json.loads(dets.read_text())["annotations"])
+    assert tags["reject"] >= 1 and len(ds.match_tags("reviewed")) == 5
+    out = tmp_path / "corrected.json"
+    counts = export_labels("test-review-truth", out, reviewed_only=True)
+    assert counts["boxes"] == proposed - tags["reject"] and counts["rejected"] == tags["reject"]
+    kept = CocoDetection(out)
+    names = {c.label: c.name for c in kept.categories}
+    true_names = {c.label: c.name for c in truth.categories}
+    by_file = {Path(truth.image_info(i)["file_name"]).name: i for i in range(len(truth))}
+    for index in range(len(kept)):
+        got = kept.target(index)
+        want = truth.target(by_file[Path(kept.image_info(index)["file_name"]).name])
+        overlap = box_iou(got.boxes_xyxy(got.orig_size), want.boxes_xyxy(want.orig_size))
+        for label, row in zip(got.labels.tolist(), overlap, strict=True):
+            best = int(row.argmax())
+            assert row[best] >= 0.5  # the kept box is a true object ...
+            assert names[label] == true_names[int(want.labels[best])]  # ... of its class

@@ -96,6 +96,45 @@ def review_dataset(dets_json: str | Path, images: str | Path, name: str, *, over
     return ds
 
 
+def tag_with_truth(ds, truth: CocoDetection, *, iou: float = 0.5) -> Counter:
+    """Tag ``ds`` as a reviewer who knows ``truth`` (a labels file of the same images, matched
+    by the file's own name, without folders) would: a box overlapping a true box of its class by
+    ``iou`` is kept, one overlapping a true box of another class is tagged ``is:NAME``, any
+    other ``reject``; every image ``reviewed``. For walkthroughs and benchmarks of the loop;
+    returns the tag counts."""
+    import torch
+
+    from workbench.boxes import box_iou
+
+    names = {c.label: c.name for c in truth.categories}
+    by_file = {Path(truth.image_info(i)["file_name"]).name: i for i in range(len(truth))}
+    tags: Counter = Counter()
+    for sample in ds.select_fields([FIELD, "metadata", "file_name"]):
+        index = by_file.get(Path(sample["file_name"]).name)
+        dets = sample[FIELD].detections if sample[FIELD] else []
+        if index is None or not dets:
+            continue
+        target = truth.target(index)
+        true_boxes = target.boxes_xyxy(target.orig_size)
+        w, h = sample.metadata.width, sample.metadata.height
+        boxes = torch.tensor(
+            [[x * w, y * h, (x + bw) * w, (y + bh) * h] for x, y, bw, bh in
+             (d.bounding_box for d in dets)]
+        )  # fmt: skip
+        overlap = box_iou(boxes, true_boxes) if len(true_boxes) else torch.zeros(len(dets), 0)
+        for det, row in zip(dets, overlap, strict=True):
+            if not len(row) or row.max() < iou:
+                det.tags = [*det.tags, REJECT]
+            else:
+                true_name = names[int(target.labels[int(row.argmax())])]
+                if true_name != det.label:
+                    det.tags = [*det.tags, RELABEL + true_name]
+            tags.update(det.tags)
+        sample.tags = [*sample.tags, REVIEWED]
+        sample.save()
+    return tags
+
+
 def export_labels(
     name: str, out: str | Path, *, reviewed_only: bool = False, min_score: float = 0.0
 ) -> dict:
