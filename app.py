@@ -39,7 +39,7 @@ def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None =
         gr.set_static_paths([str(Path(examples_dir).resolve())])  # served in place
     with gr.Blocks(title="DINO-R1 workbench") as demo:
         hook = export.fiftyone_hook()
-        ui = layout.layout(models, examples, hook)
+        ui = layout.layout(models, examples, hook, settings)
         on = layout.Events(ui, models, examples, settings, hook)
         status, guard, io = ui.status, layout.guarded, on.io
         # annotator payloads are read (and checked) by workbench.app.inputs; models take turns
@@ -72,6 +72,8 @@ def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None =
         send = guard(on.send_to_fiftyone, ui.fiftyone_status)
         fiftyone_lane = dict(concurrency_limit=1, concurrency_id="fiftyone")  # not the models'
         ui.fiftyone.click(send, *io.send_to_fiftyone, api_name="send_to_fiftyone", **fiftyone_lane)
+        searching = guard(on.search_images, ui.search_status)
+        ui.search.click(searching, *io.search_images, api_name="search_images", **heavy)
         gr.api(on.model_info, api_name="model_info")
     return demo
 

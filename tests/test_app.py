@@ -546,6 +546,7 @@ ENDPOINTS = {
     "/save_bank",
     "/export_coco",
     "/send_to_fiftyone",
+    "/search_images",
     "/model_info",
 }
 

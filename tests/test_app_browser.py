@@ -1,12 +1,14 @@
 """The app in a real browser: Playwright drives Debian's Chromium (never `playwright install`).
 
 Uploads an image, drags prompt boxes on the annotator's canvas, runs detection, and checks that
-both result images and the per-query panel render, with content that follows the drawn boxes.
+both result images and the per-query panel render, with content that follows the drawn boxes;
+searches several uploaded images with the drawn prompts and downloads the COCO json.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import tempfile
@@ -279,3 +281,29 @@ def test_a_typed_threshold_refilters_and_a_new_example_clears_old_results(page):
             && !document.querySelector('#counts').innerText.includes('red solid star')"""
     )
     assert "shapes_000002" not in page.locator("#summary").inner_text()
+
+
+def test_search_many_images_with_the_drawn_prompts(page):
+    choose_example(page, "shapes/shapes_000002.png")  # its suggested boxes are the prompts
+    page.get_by_role("tab", name="Search many images").click()
+    images = [EXAMPLES_DIR / "shapes" / "images" / f"shapes_00000{k}.png" for k in range(3)]
+    page.locator("#search-files input[type=file]").set_input_files([str(p) for p in images])
+    page.wait_for_function(  # the three uploads listed (the page breaks each name at its suffix)
+        "document.querySelector('#search-files').innerText.includes('shapes_000002')"
+    )
+    page.locator("#search").click()
+    page.wait_for_function(
+        "document.querySelectorAll('#search-gallery .thumbnail-lg img').length === 3"
+    )
+    page.wait_for_function(
+        "/3 images, [0-9]+ detections/.test(document.querySelector('#search-status').innerText)"
+    )
+    status = page.locator("#search-status").inner_text()
+    assert "red solid star" in status and "skipped" not in status, status
+    assert page.locator("#search-counts").inner_text().count("shapes_00000") == 3
+    link = page.locator("#search-json a").first
+    link.wait_for(state="attached")
+    coco = json.loads(page.request.get(link.get_attribute("href")).body())
+    assert [i["file_name"] for i in coco["images"]] == [p.name for p in images]
+    detections = int(status.split(" images, ")[1].split(" detections")[0])
+    assert len(coco["annotations"]) == detections

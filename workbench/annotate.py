@@ -4,7 +4,9 @@
 into a :class:`~workbench.prompt_bank.PromptBank` and applied to every image, ``batch_size``
 images through one backbone and decoder call (:meth:`Predictor.predict_batch`). Each image's
 detections are what the app shows (:func:`~workbench.postprocess.shown_detections`: at least
-``min_score``, same-class duplicates merged), at most ``max_per_class`` per class.
+``min_score``, same-class duplicates merged), at most ``max_per_class`` per class. The app's
+"Search many images" tab takes the same path (:func:`detect_images`, :func:`detection_line`,
+:func:`detections_coco`) over uploaded images.
 
 Images: every file under the folder, recursively, whose suffix is an image one in any case
 (``.jpg .jpeg .png .bmp .tif .tiff .webp``), hidden files skipped, in sorted path order. An image
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from workbench.data.dataset import DatasetError
@@ -170,23 +173,54 @@ def _predict_chunk(predictor, bank, chunk: Sequence[tuple[Path, str]], run: dict
             yield name, {"file": name, "error": " ".join(str(err).split())}
     if not images:
         return
-    raw = predictor.predict_batch(
-        images, bank, score_threshold=run["min_score"], batch_size=len(images)
+    found = detect_images(
+        predictor,
+        bank,
+        images,
+        min_score=run["min_score"],
+        merge_iou=run["merge_iou"],
+        max_per_class=run["max_per_class"],
     )
-    for name, image, dets in zip(read, images, raw, strict=True):
-        dets = shown_detections(dets, run["min_score"], run["merge_iou"])
-        dets = cap_per_class(dets, run["max_per_class"])
-        boxes = [[round(v, 2) for v in box] for box in dets.boxes_xyxy.tolist()]
-        line = {
-            "file": name,
-            "height": int(image.shape[-2]),
-            "width": int(image.shape[-1]),
-            "detections": [
-                {"name": n, "box_xyxy": b, "score": round(float(s), 5)}
-                for n, b, s in zip(dets.names, boxes, dets.scores.tolist(), strict=True)
-            ],
-        }
-        yield name, line
+    for name, image, dets in zip(read, images, found, strict=True):
+        yield name, detection_line(name, dets, int(image.shape[-1]), int(image.shape[-2]))
+
+
+def detect_images(
+    predictor: Predictor,
+    bank: PromptBank,
+    images: Sequence[Tensor],
+    *,
+    min_score: float,
+    merge_iou: float | None,
+    max_per_class: int | None = None,
+    max_detections: int | None = None,
+) -> list[Detections]:
+    """Each image's detections as shown (see the module docstring), the images ``[3, H, W]``
+    float RGB in [0, 1] through one batched call; boxes in pixels of each image.
+    ``max_detections``: top-K per image before thresholding (None: the predictor's own)."""
+    cap = {} if max_detections is None else {"max_detections": max_detections}
+    raw = predictor.predict_batch(
+        images, bank, score_threshold=min_score, batch_size=len(images), **cap
+    )
+    return [cap_per_class(shown_detections(d, min_score, merge_iou), max_per_class) for d in raw]
+
+
+def detection_line(
+    name: str, dets: Detections, width: int, height: int, to_file: float = 1.0
+) -> dict:
+    """One image's entry of the json: its name, size (pixels of the file) and detections, each
+    box ``[x0, y0, x1, y1]`` times ``to_file`` (from the searched image's pixels to the file's,
+    for an image read downscaled), rounded to 0.01 px; scores to 1e-5."""
+    boxes = [[round(v * to_file, 2) for v in box] for box in dets.boxes_xyxy.tolist()]
+    return {
+        "file": name,
+        "height": height,
+        "width": width,
+        "detections": [
+            {"name": n, "box_xyxy": b, "score": round(float(s), 5)}
+            for n, b, s in zip(dets.names, boxes, dets.scores.tolist(), strict=True)
+        ],
+    }
 
 
 def _append(log, record: dict) -> None:
@@ -243,8 +277,14 @@ def _differences(sidecar: Path, saved: dict | None, run: dict) -> str:
     )
 
 
-def detections_coco(lines: Sequence[dict], bank: PromptBank, run: dict) -> dict:
-    """The COCO json of finished images' lines (skipped images left out), ids from 1."""
+def detections_coco(
+    lines: Sequence[dict],
+    bank: PromptBank,
+    run: dict,
+    description: str = "detections by workbench predict",
+) -> dict:
+    """The COCO json of finished images' lines (skipped images left out), ids from 1; ``run``
+    (the settings) and ``description`` go to its ``info``."""
     names = [n for n, neg in zip(bank.names, bank.negative, strict=True) if not neg]
     category_of = {n: k for k, n in enumerate(dict.fromkeys(names), 1)}
     images, annotations = [], []
@@ -273,7 +313,7 @@ def detections_coco(lines: Sequence[dict], bank: PromptBank, run: dict) -> dict:
                 }
             )
     return {
-        "info": {"description": "detections by workbench predict", "settings": run},
+        "info": {"description": description, "settings": run},
         "images": images,
         "categories": [{"id": k, "name": n} for n, k in category_of.items()],
         "annotations": annotations,

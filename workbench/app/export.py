@@ -1,6 +1,7 @@
-"""Export of the app's results: COCO json per model, and FiftyOne (in memory) when the
-integration offers its ``send_app_comparison`` hook, which also serves the FiftyOne App and
-links to it (plain Python, no gradio; fiftyone is never imported here)."""
+"""Export of the app's results: COCO json per model (and one of a search of many images), and
+FiftyOne (in memory) when the integration offers its ``send_app_comparison`` hook, which also
+serves the FiftyOne App and links to it (plain Python, no gradio; fiftyone is never imported
+here)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,16 @@ def export_coco(session) -> tuple[list[str], str]:
         f"Exported {len(paths)} COCO json file(s) at score >= {c.score_threshold:.2f} ({merged})"
     )
     return [*paths, str(image_path)], message + f" and the image they refer to ({w}x{h})"
+
+
+def save_search_coco(session: Session, coco: dict, model_key: str) -> Path:
+    """A search's COCO json of detections (:func:`workbench.annotate.detections_coco`) as
+    ``search_<model>.json`` in the session's export folder, replacing the previous search's."""
+    folder = session.folder / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"search_{model_key}.json"
+    path.write_text(json.dumps(coco, indent=1))
+    return path
 
 
 def fiftyone_hook():

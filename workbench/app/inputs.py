@@ -247,12 +247,12 @@ def read_annotated(payload, role: str, max_side: int) -> Annotated | None:
     return Annotated(pil_to_rgb_tensor(img), boxes, original_name(name), tuple(notices))
 
 
-def prompts_from(target: Annotated, reference: Annotated | None) -> list[VisualPrompt]:
+def prompts_from(target: Annotated | None, reference: Annotated | None) -> list[VisualPrompt]:
     """One VisualPrompt per class name over the boxes of both images (reference boxes get
     ``image_id="reference"``); classes in order of first appearance, target first."""
     classes: dict[tuple[str, bool], tuple[str, list[Exemplar]]] = {}
-    sources = [(target, None), (reference, REFERENCE)] if reference else [(target, None)]
-    for annotated, image_id in sources:
+    sources = [(target, None), (reference, REFERENCE)]
+    for annotated, image_id in (s for s in sources if s[0] is not None):
         for box in annotated.boxes:
             name, negative = split_label(box.label)
             entry = classes.setdefault((name.lower(), negative), (name, []))
@@ -349,20 +349,25 @@ def truth_for_prompts(
 
 @dataclass
 class Request:
-    """One user request, checked: the target image, the optional reference image, the drawn
-    prompts, the chosen saved bank, and notices (e.g. a downscale) for the page."""
+    """One user request, checked: the target image (None only for a search of other images),
+    the optional reference image, the drawn prompts, the chosen saved bank, and notices (e.g. a
+    downscale) for the page."""
 
-    target: Annotated
+    target: Annotated | None
     reference: Annotated | None
     prompts: list
     bank_name: str
     notices: list[str] = field(default_factory=list)
 
 
-def read_request(target, reference, bank_name, settings: Settings) -> Request:
-    """Raw annotator payloads + bank choice -> a checked :class:`Request`."""
+def read_request(
+    target, reference, bank_name, settings: Settings, *, need_target: bool = True
+) -> Request:
+    """Raw annotator payloads + bank choice -> a checked :class:`Request`. Without
+    ``need_target`` the target image may be missing (``Request.target`` None): a search of
+    other images needs only prompts, from the reference image or a saved bank."""
     target_image = read_annotated(target, "target", settings.max_side)
-    if target_image is None:
+    if target_image is None and need_target:
         raise InputError("no image: upload an image or pick an example, then draw a prompt box")
     reference_image = read_annotated(reference, "reference", settings.max_side)
     prompts = prompts_from(target_image, reference_image)
@@ -372,5 +377,5 @@ def read_request(target, reference, bank_name, settings: Settings) -> Request:
             "reference image), or choose a saved prompt bank"
         )
     check_limits(prompts, settings.max_classes, settings.max_boxes)
-    notices = list(target_image.notices) + list(reference_image.notices if reference_image else ())
+    notices = [n for image in (target_image, reference_image) if image for n in image.notices]
     return Request(target_image, reference_image, prompts, bank_name or "", notices)

@@ -3,8 +3,8 @@
 
 :func:`layout` creates the components; :class:`Events` turns each handler's plain result into
 component values (and a handler's user error into a warning and a status line). Element ids
-(``#target``, ``#detect``, ``#sft-result``, ``#grqo-result``, ``#queries``, ...) are what the
-browser tests select.
+(``#target``, ``#detect``, ``#sft-result``, ``#grqo-result``, ``#queries``, ``#search``, ...) are
+what the browser tests select.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 from gradio_image_annotation import image_annotator
 from pandas.io.formats.style import Styler
 
-from workbench.app import export, handlers, render
+from workbench.app import export, handlers, render, search
 from workbench.app.inputs import DEFAULT_CLASS, size_notice
 from workbench.app.models import Models, Settings
 from workbench.app.session import Session, close_session
@@ -35,6 +35,10 @@ name. Boxes with the same name are averaged into one class; several names search
 at once. A name starting with `-` or `not ` (e.g. `-WBC`) is a **negative** class, "not this
 kind": objects it claims are not reported. Boxes on the *reference* tab are applied to the
 target (cross-image prompts). Unlabelled boxes form the class `object`."""
+SEARCH_HELP = """Searches every image for the classes drawn on the *Target image* tab (and the
+reference image) and the saved bank chosen under *Prompt banks*, with one model, at the score
+threshold and merging set on the right; at most {cap} images at once. An image that cannot be
+read is skipped and named."""
 
 
 def label_update(session, names, **props):
@@ -76,7 +80,39 @@ def _result_image(title: str, elem_id: str) -> gr.Image:
         )
 
 
-def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
+def _search_tab(ui, models: Models, examples: dict, settings: Settings) -> None:
+    """The "Search many images" tab's components (:mod:`workbench.app.search`), on ``ui``."""
+    gr.Markdown(SEARCH_HELP.format(cap=settings.max_search_images))
+    ui.search_files = gr.File(
+        label="Images to search",
+        file_count="multiple",
+        file_types=["image"],
+        elem_id="search-files",
+    )
+    with gr.Row():
+        ui.search_examples = gr.Checkbox(
+            False,
+            label=f"use the example images ({len(examples)} bundled)",
+            elem_id="search-examples",
+        )
+        default = "grqo" if models.grqo.available or not models.sft.available else "sft"
+        ui.search_model = gr.Radio(
+            [("SFT", "sft"), ("GRQO", "grqo")], value=default, label="Model", elem_id="search-model"
+        )
+    ui.search = gr.Button("Search", variant="primary", elem_id="search")
+    ui.search_status = gr.Markdown(label="search status", elem_id="search-status")
+    ui.search_gallery = gr.Gallery(
+        label="Detections per image", columns=3, object_fit="contain", elem_id="search-gallery"
+    )
+    ui.search_counts = gr.Dataframe(
+        label="Detections per class and image", interactive=False, elem_id="search-counts"
+    )
+    ui.search_json = gr.File(label="COCO json of the detections", elem_id="search-json")
+
+
+def layout(
+    models: Models, examples: dict, fiftyone_hook, settings: Settings | None = None
+) -> SimpleNamespace:
     """Create the page's components (inside a ``gr.Blocks``); returns them by name."""
     ui = SimpleNamespace()
     banner = "\n\n".join(f"⚠️ {p}" for p in models.problems()) or "Models: " + " · ".join(
@@ -95,6 +131,8 @@ def layout(models: Models, examples: dict, fiftyone_hook) -> SimpleNamespace:
                 ui.reference = _annotator(
                     "Reference image: its boxes search the target", "reference"
                 )
+            with gr.Tab("Search many images", elem_id="search-tab"):
+                _search_tab(ui, models, examples, settings or Settings())
         with gr.Column(scale=2):
             ui.example = gr.Dropdown(
                 list(examples),
@@ -231,6 +269,8 @@ class Events:
         request = [ui.target, ui.reference, ui.bank]
         inspect_in = [ui.session, ui.which, *request, ui.gt_file, ui.top_k, ui.every_column]
         inspect_out = [ui.session, ui.queries, ui.plot, ui.top_image, ui.query_summary, ui.status]
+        search_in = [ui.search_files, ui.search_examples, ui.search_model]
+        search_out = [ui.search_gallery, ui.search_counts, ui.search_json]
         self.io = SimpleNamespace(
             load_example=(
                 [ui.session, ui.example],
@@ -257,6 +297,10 @@ class Events:
             ),
             export_coco=([ui.session], [ui.export_files, ui.status]),
             send_to_fiftyone=([ui.session], [ui.fiftyone_status]),
+            search_images=(
+                [ui.session, *request, *search_in, ui.threshold, ui.merge],
+                [ui.session, *search_out, ui.search_status],
+            ),
         )
 
     def _view(self, v) -> dict:
@@ -403,6 +447,33 @@ class Events:
     def send_to_fiftyone(self, state):
         message = export.send_to_fiftyone(state, self.fiftyone_hook)
         return {self.ui.fiftyone_status: message}
+
+    def search_images(
+        self,
+        state,
+        target_image,
+        reference_image,
+        prompt_bank,
+        images,
+        use_examples,
+        model,
+        score_threshold: float,
+        merge_duplicates: bool = True,
+        progress=gr.Progress(),  # noqa: B008 (gradio's way to ask for a progress bar)
+    ):
+        prompts = (target_image, reference_image, prompt_bank)
+        request = (images, bool(use_examples), model, prompts, score_threshold, self.settings)
+        state, v, notices = search.search_images(
+            self.models, state, *request, self.examples, progress, merge=merge_duplicates
+        )
+        ui = self.ui
+        return {
+            ui.session: state,
+            ui.search_gallery: v.gallery,
+            ui.search_counts: pd.DataFrame(v.rows, columns=v.headers),
+            ui.search_json: v.json_path,
+            ui.search_status: _status(v.status, notices),
+        }
 
     def model_info(self) -> dict:
         """The loaded models, bundled examples, limits and negative-class prefixes."""

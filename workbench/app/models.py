@@ -28,6 +28,7 @@ class Settings:
         max_classes, max_boxes: prompt classes / boxes per request.
         max_detections: top-K detections per model and image.
         max_banks: saved prompt banks per session.
+        max_search_images: images one search of many images takes.
         concurrency: model requests run at once (they share the CPU).
     """
 
@@ -36,6 +37,7 @@ class Settings:
     max_boxes: int = 64
     max_detections: int = 100
     max_banks: int = 20
+    max_search_images: int = 200
     concurrency: int = 1
 
 

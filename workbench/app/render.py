@@ -76,6 +76,22 @@ def draw_comparison(
     return draw_labelled(image, dets.boxes_xyxy, captions, box_colors, [s == ONLY for s in status])
 
 
+GALLERY_MAX_SIDE = 1024  # a search's drawings are shrunk to this (pixels), to keep 200 light
+
+
+def draw_found(image: Image.Image, dets: Detections, colors: Sequence[tuple]) -> Image.Image:
+    """One searched image's detections (xyxy pixels of ``image``), each in its class's colour
+    (``colors``: one per prompt) captioned with its class and score, on a copy at most
+    ``GALLERY_MAX_SIDE`` pixels long (small images enlarged as :func:`draw_labelled` does)."""
+    k = min(1.0, GALLERY_MAX_SIDE / max(image.size))
+    if k < 1.0:
+        size = (max(1, round(image.width * k)), max(1, round(image.height * k)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    captions = [f"{n} {s:.2f}" for n, s in zip(dets.names, dets.scores.tolist(), strict=True)]
+    box_colors = [colors[int(p)] for p in dets.prompt_index.tolist()]
+    return draw_labelled(image, dets.boxes_xyxy * k, captions, box_colors)
+
+
 def count_rows(
     names: Sequence[str], dets: dict[str, Detections], status: dict[str, list]
 ) -> tuple[list[str], list[list]]:
