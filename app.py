@@ -22,15 +22,20 @@ from workbench.cpu import use_available_cpus
 
 REPO = Path(__file__).resolve().parent
 MODELS_DIR, EXAMPLES_DIR = REPO / "models", REPO / "examples"
+ADAPT_DIR = REPO / "runs" / "app_adapt"  # the page's fine-tunes (one run folder each)
 MAX_UPLOAD = "25mb"  # per file; images above ~89 M pixels are refused after upload too
 
 
-def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None = None):
+def build_demo(
+    models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None = None, adapt_root=ADAPT_DIR
+):
     """The app (a ``gr.Blocks``) over ``models``: a :class:`Models` (``Models.from_checkpoints``)
-    or ``{"sft": Predictor | None, "grqo": Predictor | None}``."""
+    or ``{"sft": Predictor | None, "grqo": Predictor | None}``. Fine-tunes started in the page
+    write their run folders under ``adapt_root``."""
     import gradio as gr
 
     from workbench.app import export, layout
+    from workbench.app.jobs import AdaptJobs
 
     models = models if isinstance(models, Models) else Models.from_predictors(**models)
     settings = settings or Settings()
@@ -40,7 +45,7 @@ def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None =
     with gr.Blocks(title="DINO-R1 workbench") as demo:
         hook = export.fiftyone_hook()
         ui = layout.layout(models, examples, hook, settings)
-        on = layout.Events(ui, models, examples, settings, hook)
+        on = layout.Events(ui, models, examples, settings, hook, AdaptJobs(adapt_root))
         status, guard, io = ui.status, layout.guarded, on.io
         # annotator payloads are read (and checked) by workbench.app.inputs; models take turns
         lane = dict(concurrency_limit=settings.concurrency, concurrency_id="model")
@@ -74,6 +79,19 @@ def build_demo(models, *, examples_dir=EXAMPLES_DIR, settings: Settings | None =
         ui.fiftyone.click(send, *io.send_to_fiftyone, api_name="send_to_fiftyone", **fiftyone_lane)
         searching = guard(on.search_images, ui.search_status)
         ui.search.click(searching, *io.search_images, api_name="search_images", **heavy)
+        add = guard(on.adapt_add, ui.adapt_set)
+        ui.adapt_add.click(add, *io.adapt_add, api_name="adapt_add", preprocess=False)
+        ui.adapt_clear.click(on.adapt_clear, *io.adapt_clear, **hidden)
+        ui.adapt_minutes.change(on.adapt_budget, *io.adapt_budget, **hidden)
+        start = guard(on.adapt_start, ui.adapt_state)
+        ui.adapt_start.click(start, *io.adapt_start, api_name="adapt_start")
+        ui.adapt_cancel.click(on.adapt_cancel, *io.adapt_cancel, api_name="adapt_cancel")
+        ui.adapt_timer.tick(on.adapt_poll, *io.adapt_poll, **hidden, show_progress="hidden")
+        for button, use in (
+            (ui.adapt_use_sft, on.adapt_use_sft),
+            (ui.adapt_use_grqo, on.adapt_use_grqo),
+        ):
+            button.click(guard(use, status), *io.adapt_use, api_name=use.__name__)
         gr.api(on.model_info, api_name="model_info")
     return demo
 

@@ -547,6 +547,11 @@ ENDPOINTS = {
     "/export_coco",
     "/send_to_fiftyone",
     "/search_images",
+    "/adapt_add",
+    "/adapt_start",
+    "/adapt_cancel",
+    "/adapt_use_sft",
+    "/adapt_use_grqo",
     "/model_info",
 }
 

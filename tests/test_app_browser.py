@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from testing_constants import CHROMIUM_FLAGS
+from testing_constants import (
+    CHROMIUM_FLAGS,
+    canvas_painted,
+    drag_box,
+    launch_demo,
+)
 
 import app
 from app import EXAMPLES_DIR
@@ -53,13 +57,7 @@ def server():
         predictors.append(Predictor(build_detector("tiny").eval(), min_size=128, max_size=256))
     models = {"sft": predictors[0], "grqo": predictors[1]}
     demo = app.build_demo(models, settings=Settings(max_detections=30))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue().launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
-    )
-    yield f"http://127.0.0.1:{port}/"
+    yield launch_demo(demo)
     demo.close()
 
 
@@ -80,26 +78,6 @@ def page(server):
         page.wait_for_selector("#target")
         yield page
         context.close()
-
-
-def drag_box(page, start, end, label: str) -> None:
-    """Drag from ``start`` to ``end`` (pixels from the canvas centre, where the annotator draws
-    the image) and name the box in the label dialog the annotator opens."""
-    canvas = page.locator("#target canvas").first
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx + start[0], cy + start[1])
-    page.mouse.down()
-    page.mouse.move(cx + end[0], cy + end[1], steps=8)
-    page.mouse.up()
-    name = page.locator('#model-box-edit input[aria-label="Label"]')
-    name.wait_for(state="visible")
-    name.fill(label)
-    name.press("Enter")  # confirms the dialog
-    ok = page.locator("#model-box-edit button", has_text="OK")
-    if ok.is_visible():
-        ok.click()
 
 
 def detect(page, previous_table: str | None) -> str:
@@ -142,12 +120,6 @@ QUERY_PANEL_IDLE = """() => {
     const t = document.querySelector('#queries [data-testid="status-tracker"]');
     return window.queryPanelEvents > 0 && (!t || t.classList.contains('hide'));
 }"""
-CANVAS_PAINTED = """() => {
-    const canvas = document.querySelector('#target canvas');
-    if (!canvas || !canvas.width || !canvas.height) return false;
-    const pixel = canvas.getContext('2d').getImageData(canvas.width / 2, canvas.height / 2, 1, 1);
-    return pixel.data[3] > 0;
-}"""
 
 
 def test_draw_a_box_detect_and_inspect_queries(page):
@@ -164,7 +136,7 @@ def test_draw_a_box_detect_and_inspect_queries(page):
     page.wait_for_function(
         "document.querySelector('#target canvas')?.getBoundingClientRect().width >= 480"
     )
-    page.wait_for_function(CANVAS_PAINTED)
+    page.wait_for_function(canvas_painted("#target"))
     drag_box(page, (-40, -40), (30, 30), "star")
     first = detect(page, None)
 

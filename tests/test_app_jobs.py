@@ -86,3 +86,46 @@ def test_one_job_at_a_time_and_cancel_stops_its_whole_process_group(bccd_voc, tm
     assert again != out
     state = _wait_for(lambda: (s := jobs.state()).status != "running" and s)
     assert state.status == "failed" and "error:" in state.phase and "no-model" in state.phase
+
+
+def test_a_zipped_dataset_unpacks_to_what_adapt_reads_and_never_outside(tmp_path, bccd_voc):
+    import zipfile
+
+    from workbench.app.jobs import unpack_dataset
+
+    good = tmp_path / "cells.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for i in range(3):
+            name = f"BloodImage_0000{i}"
+            z.write(bccd_voc / "JPEGImages" / f"{name}.jpg", f"cells/images/{name}.jpg")
+            z.write(bccd_voc / "Annotations" / f"{name}.xml", f"cells/annotations/{name}.xml")
+    folder = unpack_dataset(good, tmp_path / "a")
+    assert folder == (tmp_path / "a" / "cells").resolve() and len(list(folder.rglob("*.xml"))) == 3
+    coco = tmp_path / "coco.zip"
+    with zipfile.ZipFile(coco, "w") as z:
+        z.writestr("labels.json", "{}")
+        z.writestr("images/a.jpg", b"")
+    assert unpack_dataset(coco, tmp_path / "b").name == "labels.json"
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../outside.txt", "x")
+    with pytest.raises(InputError, match="points outside the archive"):
+        unpack_dataset(evil, tmp_path / "c")
+    assert not (tmp_path / "outside.txt").exists()
+    (tmp_path / "not.zip").write_text("plain text")
+    with pytest.raises(InputError, match="not a zip archive"):
+        unpack_dataset(tmp_path / "not.zip", tmp_path / "d")
+
+
+def test_drawn_boxes_with_a_negative_class_are_refused(bccd_voc, tmp_path):
+    from workbench.app.jobs import add_drawn
+
+    drawn = TrainingSet(tmp_path / "set")
+    image = str(bccd_voc / "JPEGImages" / "BloodImage_00000.jpg")
+    box = {"xmin": 10, "ymin": 10, "xmax": 90, "ymax": 80}
+    with pytest.raises(InputError, match="is a negative class"):
+        add_drawn(drawn, {"image": image, "boxes": [{**box, "label": "-RBC"}]}, 2048)
+    said = add_drawn(drawn, {"image": image, "boxes": [{**box, "label": "RBC"}]}, 2048)
+    assert said == "1 image in the training set; boxes: RBC 1"
+    with pytest.raises(InputError, match="upload an image on this tab"):
+        add_drawn(drawn, None, 2048)

@@ -86,3 +86,46 @@ def cli_in_process(capsys, *args) -> tuple[int, str, str]:
         status = done.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def launch_demo(demo) -> str:
+    """Serve a gradio app on a free port of 127.0.0.1 without blocking; its URL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    return f"http://127.0.0.1:{port}/"
+
+
+def canvas_painted(annotator: str) -> str:
+    """A page function: the annotator's (``#target``, ...) canvas shows the image."""
+    return f"""() => {{
+    const canvas = document.querySelector('{annotator} canvas');
+    if (!canvas || !canvas.width || !canvas.height) return false;
+    const pixel = canvas.getContext('2d').getImageData(canvas.width / 2, canvas.height / 2, 1, 1);
+    return pixel.data[3] > 0;
+}}"""
+
+
+def drag_box(page, start, end, label: str, annotator: str = "#target") -> None:
+    """Drag from ``start`` to ``end`` (pixels from the canvas centre, where the annotator draws
+    the image) and name the box in the label dialog the annotator opens."""
+    canvas = page.locator(f"{annotator} canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx + start[0], cy + start[1])
+    page.mouse.down()
+    page.mouse.move(cx + end[0], cy + end[1], steps=8)
+    page.mouse.up()
+    name = page.locator('#model-box-edit input[aria-label="Label"]')
+    name.wait_for(state="visible")
+    name.fill(label)
+    name.press("Enter")  # confirms the dialog
+    ok = page.locator("#model-box-edit button", has_text="OK")
+    if ok.is_visible():
+        ok.click()

@@ -98,7 +98,8 @@ class Plan:
         return [
             f"plan ({self.objective}, {self.minutes:g} min on this machine, from {base}):",
             f"  data: {self.train_images} training images, {self.held_out_images} held out; "
-            f"{len(self.categories)} classes: {', '.join(self.categories)}",
+            f"{len(self.categories)} class{'' if len(self.categories) == 1 else 'es'}: "
+            f"{', '.join(self.categories)}",
             f"  resolution {self.min_size}/{self.max_size} px: the median box is "
             f"{self.median_box_px:.0f} px on its shorter side there (raised when under "
             f"{MIN_BOX_PX} px)",

@@ -13,6 +13,7 @@ each image with its boxes, written as one COCO json with the images beside it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -54,6 +55,7 @@ class AdaptJobs:
         self._process: subprocess.Popen | None = None
         self._out: Path | None = None
         self._cancelled = False
+        atexit.register(self.cancel)  # a job does not outlive the app
 
     def start(
         self,
@@ -90,6 +92,19 @@ class AdaptJobs:
             log.close()
             self._out, self._cancelled = out, False
             return out
+
+    def data_folder(self) -> Path:
+        """A new folder for a job's data, under the jobs' root: it outlives the session that
+        started the job (a session's folder goes when its page is closed)."""
+        folder = self.root / "data" / str(time.time_ns())
+        folder.mkdir(parents=True)
+        return folder
+
+    def keep(self, json_path: Path) -> Path:
+        """A copy of a training set (its json's folder) in :meth:`data_folder`; the copy's json."""
+        copy = self.data_folder() / "set"
+        shutil.copytree(json_path.parent, copy)
+        return copy / json_path.name
 
     def cancel(self) -> bool:
         """Stop the running job and everything it started; True if one was running."""
@@ -177,26 +192,35 @@ class TrainingSet:
         self.items: dict[str, list[tuple[tuple[float, float, float, float], str]]] = {}
         self._stored: dict[str, str] = {}  # an added image's own name -> its stored file name
 
-    def add(self, image: str | Path, boxes) -> str:
-        """Add (or replace) ``image`` with ``boxes``: ``[((x0, y0, x1, y1), name), ...]``,
-        pixels. Returns the stored file name. Refused: no box, or a box outside the image."""
-        image = Path(image)
-        with Image.open(image) as im:
-            w, h = im.size
+    def add(self, image: str | Path | Image.Image, boxes, name: str | None = None) -> str:
+        """Add (or replace) an image (a file, or pixels with their ``name``) with ``boxes``:
+        ``[((x0, y0, x1, y1), class name), ...]`` in its pixels. Returns the stored file name.
+        Refused: no box, or a box outside the image."""
+        name = name or Path(image).name
+        pixels = image if isinstance(image, Image.Image) else None
+        if pixels is None:
+            with Image.open(image) as im:
+                w, h = im.size
+        else:
+            w, h = pixels.size
         if not boxes:
-            raise InputError(f"{image.name}: draw at least one box around an object to learn")
-        for (x0, y0, x1, y1), name in boxes:
+            raise InputError(f"{name}: draw at least one box around an object to learn")
+        for (x0, y0, x1, y1), label in boxes:
             if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
                 raise InputError(
-                    f"{image.name}: the box {name!r} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is not "
+                    f"{name}: the box {label!r} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is not "
                     f"inside the {w}x{h} image with some area; redraw it"
                 )
-        stored = self._stored.get(image.name)
-        if stored is None:  # a new image: copied in, under a name no other image takes
-            stored = f"images/{len(self._stored):04d}_{image.name}"
+        stored = self._stored.get(name)
+        if stored is None:  # a new image: stored under a name no other image takes
+            suffix = ".png" if pixels is not None else Path(name).suffix
+            stored = f"images/{len(self._stored):04d}_{Path(name).stem}{suffix}"
             (self.folder / "images").mkdir(parents=True, exist_ok=True)
+            self._stored[name] = stored
+        if pixels is not None:
+            pixels.save(self.folder / stored)
+        else:
             shutil.copy(image, self.folder / stored)
-            self._stored[image.name] = stored
         self.items[stored] = [(tuple(map(float, b)), n or "object") for b, n in boxes]
         self._write()
         return stored
@@ -244,3 +268,77 @@ class TrainingSet:
         self.folder.mkdir(parents=True, exist_ok=True)
         data = {"images": images, "annotations": annotations, "categories": cats}
         self.json.write_text(json.dumps(data))
+
+
+def add_drawn(drawn: TrainingSet, payload, max_side: int) -> str:
+    """Add the annotator's image and boxes (its raw value) to ``drawn``; returns the status.
+    A negative class (``-name``) is refused: every box names the object it holds."""
+    from workbench.app.inputs import read_annotated, split_label
+    from workbench.viz import to_pil
+
+    annotated = read_annotated(payload, "training", max_side)
+    if annotated is None:
+        raise InputError(
+            "upload an image on this tab and draw a box around every object of the classes to "
+            "learn, then add it"
+        )
+    boxes = []
+    for box in annotated.boxes:
+        name, negative = split_label(box.label)
+        if negative:
+            raise InputError(
+                f"{annotated.file_name}: {box.label!r} is a negative class; a training box "
+                "names the object it holds (remove the '-' or 'not ')"
+            )
+        boxes.append((box.box_xyxy, name))
+    drawn.add(to_pil(annotated.image), boxes, name=annotated.file_name)
+    counts = ", ".join(f"{n} {c}" for n, c in sorted(drawn.counts().items()))
+    n = len(drawn.items)
+    return f"{n} image{'' if n == 1 else 's'} in the training set; boxes: {counts}"
+
+
+def unpack_dataset(archive: str | Path, folder: Path, *, max_bytes: int = 2**30) -> Path:
+    """A zip of a labelled dataset (a LabelImg, VOC or YOLO folder, or a COCO json with its
+    images) unpacked into ``folder``; returns what ``adapt`` should read: the json when the
+    archive holds exactly one at its top, else its single top folder, else ``folder``.
+    Refused: not a zip, a member that would land outside ``folder``, more than ``max_bytes``."""
+    import zipfile
+
+    archive = Path(archive)
+    if not zipfile.is_zipfile(archive):
+        raise InputError(f"{archive.name} is not a zip archive; zip the dataset's folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder.resolve()
+    with zipfile.ZipFile(archive) as z:
+        members = [m for m in z.infolist() if not m.is_dir()]
+        if sum(m.file_size for m in members) > max_bytes:
+            raise InputError(f"{archive.name} unpacks to more than {max_bytes >> 20} MB")
+        for m in members:
+            if not (root / m.filename).resolve().is_relative_to(root):
+                raise InputError(f"{archive.name}: {m.filename!r} points outside the archive")
+        z.extractall(root, members)
+    top = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    jsons = [p for p in top if p.suffix.lower() == ".json"]
+    if len(jsons) == 1:
+        return jsons[0]
+    dirs = [p for p in top if p.is_dir()]
+    return dirs[0] if len(dirs) == 1 and len(top) == 1 else root
+
+
+def state_text(state: JobState) -> str:
+    """The job's state for the page: status, phase, a progress bar while training, and the AP
+    before and after when done."""
+    if state.status == "idle":
+        return "No fine-tune has run yet."
+    lines = [f"**{state.status}** · {state.phase}"]
+    if state.status == "running":
+        filled = round(20 * state.progress)
+        lines.append(f"training `{'█' * filled}{'░' * (20 - filled)}` {state.progress:.0%}")
+    for when in ("before", "after"):
+        scores = state.result.get(when, {})
+        if scores:
+            parts = [f"{p} AP50 {s['AP50']:.3f}" for p, s in scores.items()]
+            lines.append(f"{when}: " + ", ".join(parts))
+    if state.out is not None:
+        lines.append(f"run folder: `{state.out}`")
+    return "\n\n".join(lines)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,11 +21,13 @@ import pandas as pd
 from gradio_image_annotation import image_annotator
 from pandas.io.formats.style import Styler
 
-from workbench.app import export, handlers, render, search
+from workbench.app import export, handlers, jobs, render, search
 from workbench.app.inputs import DEFAULT_CLASS, size_notice
-from workbench.app.models import Models, Settings
+from workbench.app.models import TITLES, Models, ModelSlot, Settings
 from workbench.app.session import Session, close_session
+from workbench.inputs import InputError
 from workbench.postprocess import MERGE_IOU, SCORE_THRESHOLD
+from workbench.predictor import Predictor
 from workbench.viz import hex_color, ink_for, palette_color
 
 log = logging.getLogger("workbench.app")
@@ -48,6 +52,14 @@ def label_update(session, names, **props):
     colors = [hex_color(c) for c in handlers.label_colors(session, names)]
     return gr.update(label_list=names, label_colors=colors, **props)
 
+
+ADAPT_HELP = """**Teach the model new objects.** Upload an image below, draw a box around *every*
+object of the classes to learn and name each (its label is the class), then **Add**; repeat on
+several images (a fifth is held out to score the result). Or upload a labelled dataset as a
+zip: a LabelImg, VOC or YOLO folder, or a COCO json with its images. **Start** fine-tunes the
+chosen model in the background (`python -m workbench adapt`): it times three steps, trains for
+what fits the budget, and scores the model before and after on the held-out images. One
+fine-tune runs at a time and takes every core, so detection here slows down meanwhile."""
 
 ANNOTATOR_HELP = (
     ": drag a box around one example object, then name it in the dialog: pick a class offered "
@@ -110,19 +122,70 @@ def _search_tab(ui, models: Models, examples: dict, settings: Settings) -> None:
     ui.search_json = gr.File(label="COCO json of the detections", elem_id="search-json")
 
 
-def layout(
-    models: Models, examples: dict, fiftyone_hook, settings: Settings | None = None
-) -> SimpleNamespace:
-    """Create the page's components (inside a ``gr.Blocks``); returns them by name."""
-    ui = SimpleNamespace()
+def adapt_estimate(minutes: float) -> str:
+    """How long a fine-tune takes, for the page."""
+    import os
+
+    return (
+        f"About {minutes:g} min of training on this machine ({os.cpu_count()} cores), then about "
+        "a minute to score the model before and after on 20 held-out images (more for more). "
+        "The minutes include timing three steps and loading the model; the run stops at the "
+        "budget in any case."
+    )
+
+
+def _adapt_tab(ui) -> None:
+    """The "Teach a new object" tab's components (:mod:`workbench.app.jobs`), on ``ui``."""
+    gr.Markdown(ADAPT_HELP)
+    ui.adapt_image = _annotator("Training image: box every object to learn", "adapt-image")
+    with gr.Row():
+        ui.adapt_add = gr.Button("Add this image with its boxes", elem_id="adapt-add")
+        ui.adapt_clear = gr.Button("Empty the training set", elem_id="adapt-clear")
+    ui.adapt_set = gr.Markdown("The training set is empty.", elem_id="adapt-set")
+    ui.adapt_upload = gr.File(
+        label="... or a labelled dataset (.zip)", file_types=[".zip"], elem_id="adapt-upload"
+    )
+    with gr.Row():
+        choices = [("SFT", "sft"), ("GRQO", "grqo")]
+        ui.adapt_base = gr.Radio(choices, value="sft", label="Start from", elem_id="adapt-base")
+        ui.adapt_objective = gr.Radio(
+            choices, value="sft", label="Fine-tune with", elem_id="adapt-objective"
+        )
+        ui.adapt_minutes = gr.Slider(
+            1, 30, value=10, step=1, label="Budget (minutes)", elem_id="adapt-minutes"
+        )
+    ui.adapt_estimate = gr.Markdown(adapt_estimate(10), elem_id="adapt-estimate")
+    with gr.Row():
+        ui.adapt_start = gr.Button("Start fine-tune", variant="primary", elem_id="adapt-start")
+        ui.adapt_cancel = gr.Button("Cancel", elem_id="adapt-cancel")
+    ui.adapt_state = gr.Markdown("No fine-tune has run yet.", elem_id="adapt-state")
+    ui.adapt_log = gr.Textbox(
+        label="Log", lines=6, max_lines=12, interactive=False, elem_id="adapt-log"
+    )
+    with gr.Row():
+        ui.adapt_use_sft = gr.Button("Compare it in the SFT column", elem_id="adapt-use-sft")
+        ui.adapt_use_grqo = gr.Button("Compare it in the GRQO column", elem_id="adapt-use-grqo")
+    ui.adapt_timer = gr.Timer(2.0)
+
+
+def model_banner(models: Models) -> str:
+    """The line under the title: each column's model, or what is missing."""
     banner = "\n\n".join(f"⚠️ {p}" for p in models.problems()) or "Models: " + " · ".join(
         f"**{s.title}** `{Path(s.source).name or s.source}`" for s in models.slots
     )
     trained = {s.trained_on for s in models.available()} - {None}
     if trained:
         banner += " · trained on " + " / ".join(sorted(trained))
+    return banner
+
+
+def layout(
+    models: Models, examples: dict, fiftyone_hook, settings: Settings | None = None
+) -> SimpleNamespace:
+    """Create the page's components (inside a ``gr.Blocks``); returns them by name."""
+    ui = SimpleNamespace()
     gr.Markdown("# DINO-R1 workbench · visual prompts, SFT vs GRQO")
-    gr.Markdown(banner, elem_id="model-status")
+    ui.model_status = gr.Markdown(model_banner(models), elem_id="model-status")
     with gr.Row():
         with gr.Column(scale=3), gr.Tabs():
             with gr.Tab("Target image"):
@@ -133,6 +196,8 @@ def layout(
                 )
             with gr.Tab("Search many images", elem_id="search-tab"):
                 _search_tab(ui, models, examples, settings or Settings())
+            with gr.Tab("Teach a new object", elem_id="adapt-tab"):
+                _adapt_tab(ui)
         with gr.Column(scale=2):
             ui.example = gr.Dropdown(
                 list(examples),
@@ -259,9 +324,11 @@ class Events:
     """The page's events over :mod:`~workbench.app.handlers`: each method takes component values
     and returns ``{component: value}`` (its parameter names are the API's)."""
 
-    def __init__(self, ui, models: Models, examples: dict, settings: Settings, fiftyone_hook):
+    def __init__(
+        self, ui, models: Models, examples: dict, settings: Settings, fiftyone_hook, jobs=None
+    ):
         self.ui, self.models, self.examples, self.settings = ui, models, examples, settings
-        self.fiftyone_hook = fiftyone_hook
+        self.fiftyone_hook, self.jobs = fiftyone_hook, jobs
         # (inputs, outputs) of each event, in the order of its method's parameters and results
         view = [*ui.images.values(), ui.counts, ui.summary]
         # what a new target clears: every result of the previous one
@@ -301,6 +368,16 @@ class Events:
                 [ui.session, *request, *search_in, ui.threshold, ui.merge],
                 [ui.session, *search_out, ui.search_status],
             ),
+            adapt_add=([ui.session, ui.adapt_image], [ui.session, ui.adapt_set]),
+            adapt_clear=([ui.session], [ui.session, ui.adapt_set]),
+            adapt_budget=([ui.adapt_minutes], [ui.adapt_estimate]),
+            adapt_start=(
+                [ui.session, ui.adapt_upload, ui.adapt_base, ui.adapt_objective, ui.adapt_minutes],
+                [ui.session, ui.adapt_state, ui.adapt_log],
+            ),
+            adapt_cancel=([], [ui.adapt_state, ui.adapt_log]),
+            adapt_poll=([], [ui.adapt_state, ui.adapt_log]),
+            adapt_use=([ui.session], [ui.session, ui.model_status, ui.status]),
         )
 
     def _view(self, v) -> dict:
@@ -362,14 +439,14 @@ class Events:
     ):
         request = (target_image, reference_image, prompt_bank, score_threshold, self.settings)
         state, v, notices = handlers.compare(
-            self.models, state, *request, progress, merge=merge_duplicates
+            self._models(state), state, *request, progress, merge=merge_duplicates
         )
         ui = self.ui
         status = _status(v.status, notices)
         return {ui.session: state, ui.compared: True, **self._view(v), ui.status: status}
 
     def apply_threshold(self, state, score_threshold, merge_duplicates=True):
-        v = handlers.rethreshold(self.models, state, score_threshold, merge_duplicates)
+        v = handlers.rethreshold(self._models(state), state, score_threshold, merge_duplicates)
         if v is None:
             return {self.ui.status: f"Score threshold {float(score_threshold):.2f}: press Detect."}
         return {**self._view(v), self.ui.status: v.status}
@@ -387,7 +464,7 @@ class Events:
     ):
         request = (target_image, reference_image, prompt_bank, ground_truth_json, top_k)
         state, v, notices = handlers.inspect(
-            self.models, state, model, *request, self.settings, every_column
+            self._models(state), state, model, *request, self.settings, every_column
         )
         ui = self.ui
         return {
@@ -430,7 +507,7 @@ class Events:
 
     def save_bank(self, state, target_image, reference_image, bank_name):
         state, names, files, message = handlers.save_bank(
-            self.models, state, target_image, reference_image, bank_name, self.settings
+            self._models(state), state, target_image, reference_image, bank_name, self.settings
         )
         ui = self.ui
         return {
@@ -464,7 +541,7 @@ class Events:
         prompts = (target_image, reference_image, prompt_bank)
         request = (images, bool(use_examples), model, prompts, score_threshold, self.settings)
         state, v, notices = search.search_images(
-            self.models, state, *request, self.examples, progress, merge=merge_duplicates
+            self._models(state), state, *request, self.examples, progress, merge=merge_duplicates
         )
         ui = self.ui
         return {
@@ -473,6 +550,86 @@ class Events:
             ui.search_counts: pd.DataFrame(v.rows, columns=v.headers),
             ui.search_json: v.json_path,
             ui.search_status: _status(v.status, notices),
+        }
+
+    # --- the "Teach a new object" tab ----------------------------------------------------------
+
+    def _models(self, state) -> Models:
+        """This session's models: the app's, with an adapted one in a column when chosen."""
+        return (state.models if isinstance(state, Session) else None) or self.models
+
+    def _training_set(self, state) -> tuple[Session, jobs.TrainingSet]:
+        state = state if isinstance(state, Session) else Session()
+        if state.training is None:
+            state.training = jobs.TrainingSet(state.folder / f"training-{time.time_ns()}")
+        return state, state.training
+
+    def adapt_add(self, state, training_image):
+        state, drawn = self._training_set(state)
+        message = jobs.add_drawn(drawn, training_image, self.settings.max_side)
+        return {self.ui.session: state, self.ui.adapt_set: message}
+
+    def adapt_clear(self, state):
+        state = state if isinstance(state, Session) else Session()
+        state.training = None
+        return {self.ui.session: state, self.ui.adapt_set: "The training set is empty."}
+
+    def adapt_budget(self, minutes):
+        return {self.ui.adapt_estimate: adapt_estimate(float(minutes))}
+
+    def adapt_start(self, state, dataset_zip, start_from, objective, minutes):
+        """Start a fine-tune of ``start_from`` (sft / grqo, the app's checkpoint) on the drawn
+        training set, or on the uploaded zip when there is one."""
+        state, drawn = self._training_set(state)
+        slot = self.models.get(start_from)
+        if not slot.available or not Path(slot.source).is_dir():
+            where = slot.source or "none"
+            raise InputError(
+                f"the {slot.title} model has no checkpoint folder to start from ({where}); "
+                "start the app with --sft / --grqo checkpoint folders"
+            )
+        if dataset_zip:
+            data = jobs.unpack_dataset(dataset_zip, self.jobs.data_folder())
+        else:
+            data = self.jobs.keep(drawn.ready())
+        self.jobs.start(data, slot.source, objective=objective, minutes=float(minutes))
+        return {self.ui.session: state, **self.adapt_poll()}
+
+    def adapt_cancel(self):
+        if not self.jobs.cancel():
+            gr.Info("No fine-tune is running.")
+        return self.adapt_poll()
+
+    def adapt_poll(self):
+        """The job's state and log (the page's timer asks every 2 s)."""
+        if self.jobs is None:
+            return {self.ui.adapt_state: "Fine-tuning is off in this app.", self.ui.adapt_log: ""}
+        state = self.jobs.state()
+        return {self.ui.adapt_state: jobs.state_text(state), self.ui.adapt_log: state.log}
+
+    def adapt_use_sft(self, state):
+        return self._adapt_use(state, "sft")
+
+    def adapt_use_grqo(self, state):
+        return self._adapt_use(state, "grqo")
+
+    def _adapt_use(self, state, column: str):
+        """Put the finished job's model in ``column`` (sft / grqo) of this session's compare
+        view; the app's other sessions keep theirs."""
+        state = state if isinstance(state, Session) else Session()
+        done = self.jobs.state() if self.jobs is not None else None
+        if done is None or done.status != "done":
+            raise InputError("no finished fine-tune yet: start one and wait until it is done")
+        predictor = Predictor.from_checkpoint(done.out, max_detections=self.settings.max_detections)
+        name = f"{done.out.name} (adapted)"
+        slot = ModelSlot(column, predictor, str(done.out), name=name)
+        state.models = replace(self._models(state), **{column: slot})
+        state.comparison = state.queries = None  # results of the old model no longer apply
+        message = f"The {TITLES[column]} column now shows {name}: press Detect to compare."
+        return {
+            self.ui.session: state,
+            self.ui.model_status: model_banner(state.models),
+            self.ui.status: message,
         }
 
     def model_info(self) -> dict:

@@ -49,10 +49,11 @@ class ModelSlot:
     predictor: Predictor | None
     source: str
     error: str = ""
+    name: str = ""  # shown instead of "SFT" / "GRQO" (an adapted model in that column)
 
     @property
     def title(self) -> str:
-        return TITLES.get(self.key, self.key)
+        return self.name or TITLES.get(self.key, self.key)
 
     @property
     def available(self) -> bool:

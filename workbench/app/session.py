@@ -43,6 +43,8 @@ class Session:
         self.comparison: Comparison | None = None
         self.queries: InspectedQueries | None = None  # the last inspected queries
         self._colors: dict[str, tuple[int, int, int]] = {}
+        self.training = None  # the "Teach a new object" tab's jobs.TrainingSet
+        self.models = None  # the app's Models with an adapted model in a column, once chosen
 
     def color(self, name: str, negative: bool = False) -> tuple[int, int, int]:
         """Class ``name``'s colour in this session, the same on prompt boxes, results and

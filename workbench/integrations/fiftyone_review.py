@@ -84,7 +84,7 @@ def review_dataset(dets_json: str | Path, images: str | Path, name: str, *, over
                 **{FIELD: fo.Detections(detections=boxes)},
             )
         )
-    ds.add_samples(samples)
+    ds.add_samples(samples, progress=False)
     info = ds.info
     info["workbench"] = {
         **info.get("workbench", {}),
