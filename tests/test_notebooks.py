@@ -79,11 +79,13 @@ def test_notebook_runs_twice_with_the_same_printed_numbers(path, tmp_path):
     assert outputs(first, "image/png") >= 1, "no matplotlib figure rendered"
     if path.stem[:2] in WIDGETS:
         assert outputs(first, "application/vnd.jupyter.widget-view+json") >= 1, "no widget"
-    assert not any(
-        o.get("name") == "stderr" and "it/s]" in "".join(o.get("text", ""))
-        for c in first.cells
+    bars = [
+        f"cell {i}: {text[-200:]}"
+        for i, c in enumerate(first.cells)
         for o in c.get("outputs", [])
-    ), "a progress bar was drawn on stderr"
+        if o.get("name") == "stderr" and "it/s]" in (text := "".join(o.get("text", "")))
+    ]
+    assert not bars, "a progress bar was drawn on stderr: " + "; ".join(bars)
     page = docs.PAGES / f"{path.stem}.html"
     if page.is_file():  # the committed page shows as many figures as the notebook draws
         figures = docs.figures_in_page(page)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -82,7 +83,8 @@ def _prepare_bccd(raw: Path, out: Path, overwrite: bool) -> None:
         raise DatasetError(
             f"no VOC 'Annotations' folder under {raw}; point WORKBENCH_BCCD at BCCD/"
         )
-    convert_voc(voc, out, progress=True, overwrite=overwrite)
+    # A bar in a terminal only: in a notebook or a log it would be dozens of stderr lines.
+    convert_voc(voc, out, progress=sys.stderr.isatty(), overwrite=overwrite)
 
 
 def _check_counts(images: int, categories: int, boxes: int, rel: str) -> Callable[[Path], None]:
