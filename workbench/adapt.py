@@ -17,8 +17,9 @@ DATA is one of
 ``images=K`` trains on a seeded sample of K training images; the held-out split stays whole.
 
 The plan (:class:`Plan`), printed with the reason for each choice:
-- resolution: the base model's training sizes, raised (to at most 512 px on the shorter side)
-  when the median box's shorter side would be under 16 px at them;
+- resolution: the base model's shorter side, with a longer-side cap the data's median image
+  fits, raised (to at most 512 px on the shorter side) when the median box's shorter side would
+  be under 16 px there;
 - batch 8 (fewer for a smaller set); lr 1e-4 with the backbone at 0.1x, a warm-up over a tenth of
   the steps, x0.1 for the last fifth: the fine-tune recipe of the ``bccd_ft`` arms of
   ``benchmarks/grqo_sweep.py``, with its horizontal flips (0.5) and crops (0.3);
@@ -288,9 +289,15 @@ def adapt_config(
 
 
 def resolution(base_cfg: Config, train: DetectionDataset) -> tuple[int, int, float]:
-    """The base's training sizes, scaled up (multiples of 32, at most 512) until the median box
-    is ``MIN_BOX_PX`` on its shorter side."""
-    min_size, max_size = base_cfg.data.min_size, base_cfg.data.max_size
+    """The base's shorter side, with a longer-side cap that lets the data's median image reach
+    it (a base trained on square images would otherwise shrink wide photos further), scaled up
+    (multiples of 32, at most 512) until the median box is ``MIN_BOX_PX`` on its shorter side."""
+    min_size = base_cfg.data.min_size
+    infos = [train.image_info(i) for i in range(len(train))]
+    aspect = statistics.median(
+        max(i["height"], i["width"]) / min(i["height"], i["width"]) for i in infos
+    )
+    max_size = max(base_cfg.data.max_size, math.ceil(min_size * aspect))
     box = median_box_px(train, min_size, max_size)
     if box < MIN_BOX_PX and min_size < MAX_MIN_SIZE:
         wanted = min(MAX_MIN_SIZE, 32 * math.ceil(min_size * MIN_BOX_PX / box / 32))
