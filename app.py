@@ -45,7 +45,7 @@ def build_demo(
     with gr.Blocks(title="DINO-R1 workbench") as demo:
         hook = export.fiftyone_hook()
         ui = layout.layout(models, examples, hook, settings)
-        on = layout.Events(ui, models, examples, settings, hook, AdaptJobs(adapt_root))
+        on = layout.Events(ui, models, examples, settings, hook, AdaptJobs(adapt_root, cwd=REPO))
         status, guard, io = ui.status, layout.guarded, on.io
         # annotator payloads are read (and checked) by workbench.app.inputs; models take turns
         lane = dict(concurrency_limit=settings.concurrency, concurrency_id="model")

@@ -20,7 +20,7 @@ LAYERS = [
     {"evaluation", "coco_eval", "query_metrics", "annotate"},
     {"analysis", "grqo_probes"},
     {"viz", "plots"},
-    {"integrations", "experiment", "cli", "__main__", "__init__"},
+    {"integrations", "experiment", "adapt", "cli", "__main__", "__init__"},
     {"app"},
 ]
 FRONT_DOOR_ONLY = {

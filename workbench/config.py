@@ -354,8 +354,8 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 10
-    # Optimizer steps between checkpoints; an epoch end that evaluates, or comes checkpoint_every
-    # steps after the last checkpoint, also writes one (0: every epoch end, no other).
+    # Optimizer steps between checkpoints; every epoch end also writes one (0: only those),
+    # except in epochs shorter than this, where only an evaluating one does.
     checkpoint_every: int = 100
     keep_checkpoints: int = 2  # the newest N; 0: keep every checkpoint
     eval_every_epochs: int = 1

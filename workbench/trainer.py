@@ -211,9 +211,11 @@ class Trainer:
         if self.step_in_epoch == self.steps_per_epoch:
             self.epoch, self.step_in_epoch = epoch + 1, 0
             every = self.cfg.checkpoint_every
-            # Saved when it evaluated, or checkpoint_every steps have passed (0: every epoch
-            # end), so epochs of a step or two (a few images) do not write a checkpoint each.
-            if self._evaluate(epoch) or every <= 0 or self.global_step - self.saved_step >= every:
+            # Saved at every epoch end, except in epochs shorter than checkpoint_every (a few
+            # images: a step or two each), where it waits for checkpoint_every steps or an eval.
+            long_epochs = every <= 0 or self.steps_per_epoch >= every
+            passed = self.global_step - self.saved_step >= every
+            if self._evaluate(epoch) or long_epochs or passed:
                 self._save()
 
     def _train_step(self, micro_batches: list) -> None:

@@ -29,7 +29,6 @@ from PIL import Image
 
 from workbench.inputs import InputError
 
-REPO = Path(__file__).resolve().parents[2]
 MIN_IMAGES = 2  # adapt holds a fifth out: two images is the least that trains and scores
 
 
@@ -49,8 +48,8 @@ class JobState:
 class AdaptJobs:
     """At most one running ``adapt`` for the whole app (it takes every core)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, cwd: str | Path | None = None) -> None:
+        self.root, self.cwd = Path(root), cwd  # cwd: where the job runs (default: the app's)
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._out: Path | None = None
@@ -86,7 +85,7 @@ class AdaptJobs:
             ]  # fmt: skip
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env,
                 start_new_session=True,
             )  # fmt: skip
             log.close()
