@@ -92,16 +92,8 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
         max_size=342,
     )
     assert cfg.train.batch_size == 8 and cfg.grqo.reference_policy == "frozen"
-    plan, planned = make_plan(
-        cfg,
-        minutes=10,
-        held_out=4,
-        categories=["RBC"],
-        box_px=40.0,
-        train_images=16,
-        seconds_per_step=3.0,
-        setup_seconds=60.0,
-    )
+    common = dict(held_out=4, categories=["RBC"], box_px=40.0, train_images=16)
+    plan, planned = make_plan(cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, **common)
     # 540 s left, 95 % of it at 3 s a step; 2 steps an epoch; the drop at 80 % of the steps.
     assert plan.steps == int(0.95 * 540 / 3.0) == planned.train.max_steps
     assert planned.train.max_minutes == pytest.approx(9.0)
@@ -110,21 +102,11 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
     text = "\n".join(plan.lines("models/sft"))
     assert "171 steps" in text and "KL reference is the base model" in text
     fixed, limited = make_plan(
-        cfg, minutes=10, held_out=4, categories=["RBC"], box_px=40.0, train_images=16,
-        seconds_per_step=3.0, setup_seconds=60.0, steps=7,
-    )  # fmt: skip
+        cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, steps=7, **common
+    )
     assert fixed.steps == limited.train.max_steps == 7 and limited.train.max_minutes == 9.0
     with pytest.raises(InputError, match="--minutes 1 leaves 0 s after 70 s"):
-        make_plan(
-            cfg,
-            minutes=1,
-            held_out=4,
-            categories=["RBC"],
-            box_px=40.0,
-            train_images=16,
-            seconds_per_step=3.0,
-            setup_seconds=70.0,
-        )
+        make_plan(cfg, minutes=1, seconds_per_step=3.0, setup_seconds=70.0, **common)
 
 
 @pytest.fixture(scope="module")

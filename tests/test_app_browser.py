@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 from testing_constants import (
-    CHROMIUM_FLAGS,
     canvas_painted,
+    chromium_context,
     drag_box,
     launch_demo,
 )
@@ -34,7 +33,6 @@ from workbench.viz import CLASS_PALETTE
 
 CHROMIUM = Path("/usr/bin/chromium")
 IMAGE = EXAMPLES_DIR / "shapes" / "images" / "shapes_000002.png"
-FLAGS = CHROMIUM_FLAGS
 
 pytestmark = [
     pytest.mark.browser,
@@ -65,13 +63,7 @@ def server():
 def page(server):
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1280, "height": 1400},
-        )
+        context = chromium_context(p, 1280, 1400, executable=str(CHROMIUM))
         page = context.new_page()
         page.set_default_timeout(30_000)
         page.goto(server, wait_until="load")

@@ -445,7 +445,6 @@ def adapt(
 ) -> dict[str, Any]:
     """Adapt ``base`` to ``data`` in ``minutes``; returns (and writes to ``OUT/adapt.json``) the
     plan, AP before and after, and with ``forgetting`` AP on the base's own validation data."""
-    from workbench.experiment import train
 
     if not minutes > 0 or not math.isfinite(minutes):
         raise InputError(f"--minutes {minutes}: give a number of minutes > 0")
@@ -509,11 +508,10 @@ def adapt(
     say(_ap_line("before (the base, held-out split)", record["before"]))
     record["eval_seconds"] = time.monotonic() - started
     write_atomic(record_path, json.dumps(record, indent=2))
-    return _train_and_score(out, cfg, record, forgetting, forgetting_images, progress, say, train)
+    return _train_and_score(out, cfg, record, forgetting, forgetting_images, progress, say)
 
 
 def _resume(out: Path, base: str, forgetting, forgetting_images, progress, say) -> dict:
-    from workbench.experiment import train
 
     record_path = out / "adapt.json"
     if not record_path.is_file() or not run_files(out):
@@ -532,7 +530,7 @@ def _resume(out: Path, base: str, forgetting, forgetting_images, progress, say) 
         record["before"] = ap_of(base, cfg)
         say(_ap_line("before (the base, held-out split)", record["before"]))
     return _train_and_score(
-        out, cfg, record, forgetting, forgetting_images, progress, say, train, True
+        out, cfg, record, forgetting, forgetting_images, progress, say, resume=True
     )
 
 
@@ -552,9 +550,10 @@ def _train_and_score(
     forgetting_images: int,
     progress: bool,
     say,
-    train,
     resume: bool = False,
 ) -> dict[str, Any]:
+    from workbench.experiment import train
+
     record_path = out / "adapt.json"
     started = time.monotonic()
     summary = train(cfg, resume=resume, progress=progress)
