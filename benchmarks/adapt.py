@@ -1,15 +1,17 @@
-"""How much does ``adapt`` teach a detector in minutes on a CPU? A resumable grid.
+"""How much does ``adapt`` teach a detector in minutes on a CPU? A resumable grid per domain.
 
-    python benchmarks/adapt.py run [--only K_MINUTES_OBJECTIVE ...] [--seeds 0 1 2]
-    python benchmarks/adapt.py status
-    python benchmarks/adapt.py report      # benchmarks/results/adapt.json + adapt.png
+    python benchmarks/adapt.py run [--domain bccd|trees] [--only K_MINUTES_OBJECTIVE ...]
+                                   [--seeds 0 1 2]
+    python benchmarks/adapt.py status [--domain bccd|trees]
+    python benchmarks/adapt.py report   # results/adapt.json + adapt.png (+ adapt_trees.png)
 
-The base has never seen the domain: the shapes-only SFT model of ``benchmarks/grqo_sweep.py``
-(``runs/grqo_sweep/shapes/sft/seed<k>``, one per seed; that sweep trains it first) adapted to
-BCCD blood cells with ``python -m workbench adapt bccd --from BASE --forgetting``:
-k in {10, 50, all} training images, budgets of 5, 10 and 20 minutes, SFT and GRQO, seeds 0-2.
-Each arm is scored on BCCD's held-out val split before and after (interactive and cross-image
-prompts), and on 100 shapes validation images after (forgetting).
+``--domain bccd`` (the default): the base has never seen the domain, the shapes-only SFT model
+of ``benchmarks/grqo_sweep.py`` (``runs/grqo_sweep/shapes/sft/seed<k>``, one per seed; that
+sweep trains it first) adapted to BCCD blood cells with
+``python -m workbench adapt bccd --from BASE --forgetting``: k in {10, 50, all} training
+images, budgets of 5, 10 and 20 minutes, SFT and GRQO, seeds 0-2. Each arm is scored on BCCD's
+held-out val split before and after (interactive and cross-image prompts), and on 100 shapes
+validation images after (forgetting).
 
 Arms run one at a time: the budget is wall-clock minutes on the whole machine, so nothing else
 may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the sweep with
@@ -17,6 +19,16 @@ may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the s
 ``runs/adapt_bench/bccd/k<K>_m<M>_<objective>/seed<S>``; a finished arm (its ``adapt.json`` has
 ``after`` and ``forgetting``) is skipped, an unfinished one is moved aside and run again, since a
 resumed budget would not be the budget. Arms go in priority order: k = all at 10 minutes first.
+
+``--domain trees``: the app's default SFT model (``models/sft``, trained on synthetic shapes and
+BCCD; the same base for every seed) adapted to the deepforest aerial tree tiles with
+``python -m workbench adapt trees --from models/sft --forgetting``: k in {all, 10} training tiles,
+the same budgets, objectives and seeds, scored on the trees val split (9 tiles of another
+Yellowstone photo) and, for forgetting, on all of the base's own validation data: the
+``shapes+bccd`` val mixture its saved config records, 100 shapes images then BCCD's 87 (hence
+``--forgetting-images 187``; the default 100 would score shapes alone). Arms go to
+``runs/adapt_bench/trees/k<K>_m<M>_<objective>/seed<S>``. ``report`` covers both domains: BCCD
+under the result's ``arms`` as before, trees under ``domains.trees``.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,20 +51,65 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "adapt_bench" / "bccd"
 BASES = REPO / "runs" / "grqo_sweep" / "shapes" / "sft"
 BCCD_FOLDER = REPO.parent / "shared" / "data" / "bccd" / "BCCD"  # unless WORKBENCH_BCCD says
+DEFAULT_SFT = REPO / "models" / "sft"  # models/defaults.json: the app's default SFT model
 KS = ("all", "50", "10")
 MINUTES = (10, 5, 20)
 OBJECTIVES = ("sft", "grqo")
 SEEDS = (0, 1, 2)
 
 
-def arm_names() -> list[str]:
+@dataclass(frozen=True)
+class Domain:
+    """What one grid adapts: the named dataset, the base per seed and how results are labelled."""
+
+    name: str
+    ks: tuple[str, ...]
+    base: Callable[[int], Path]
+    base_hint: str  # how to make a missing base
+    forgetting_images: int
+    setup: str
+    label: str  # the domain's name in tables and figures
+    base_domain: str  # the base's own data, scored for forgetting
+
+
+DOMAINS = {
+    "bccd": Domain(
+        "bccd",
+        KS,
+        lambda seed: BASES / f"seed{seed}",
+        "python benchmarks/grqo_sweep.py run trains it first",
+        100,
+        "shapes-only SFT base -> BCCD, python -m workbench adapt bccd --forgetting",
+        "BCCD",
+        "shapes",
+    ),
+    "trees": Domain(
+        "trees",
+        ("all", "10"),
+        lambda seed: DEFAULT_SFT,
+        "it ships with the repository (models/defaults.json)",
+        187,  # the shapes+bccd val mixture: 100 shapes images, then BCCD's 87
+        "default SFT model (models/sft: shapes + BCCD) -> deepforest trees, python -m workbench "
+        "adapt trees --from models/sft --forgetting --forgetting-images 187",
+        "trees",
+        "shapes+BCCD",
+    ),
+}
+
+
+def root(domain: str = "bccd") -> Path:
+    """``runs/adapt_bench/<domain>`` (``ROOT`` is BCCD's)."""
+    return ROOT if domain == "bccd" else ROOT.parent / domain
+
+
+def arm_names(domain: str = "bccd") -> list[str]:
     """``all_m10_sft`` ...: the budget of 10 minutes first, then 5 and 20; k = all first."""
-    return [f"{k}_m{m}_{o}" for m in MINUTES for k in KS for o in OBJECTIVES]
+    return [f"{k}_m{m}_{o}" for m in MINUTES for k in DOMAINS[domain].ks for o in OBJECTIVES]
 
 
-def folder(arm: str, seed: int) -> Path:
+def folder(arm: str, seed: int, domain: str = "bccd") -> Path:
     k = arm.split("_", 1)[0]
-    return ROOT / f"k{k}_{arm.split('_', 1)[1]}" / f"seed{seed}"
+    return root(domain) / f"k{k}_{arm.split('_', 1)[1]}" / f"seed{seed}"
 
 
 def finished(path: Path) -> dict | None:
@@ -74,42 +133,45 @@ def sweep_is_running() -> bool:
     return False
 
 
-def run(only: list[str] | None, seeds: list[int]) -> None:
+def run(only: list[str] | None, seeds: list[int], domain: str = "bccd") -> None:
+    spec = DOMAINS[domain]
     for seed in seeds:
-        base = BASES / f"seed{seed}"
-        if not (base / "checkpoints").is_dir():
-            sys.exit(f"{base} is missing: python benchmarks/grqo_sweep.py run trains it first")
+        base = spec.base(seed)
+        if not ((base / "checkpoints").is_dir() or (base / "checkpoint.json").is_file()):
+            sys.exit(f"{base} is missing: {spec.base_hint}")
+    # BCCD is the data of the bccd grid and half the forgetting data of the trees grid.
     env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
     for seed in seeds:
-        for arm in arm_names():
+        for arm in arm_names(domain):
             if only and arm not in only:
                 continue
-            out = folder(arm, seed)
+            out = folder(arm, seed, domain)
             if finished(out):
                 continue
             if sweep_is_running():
                 sys.exit("the GRQO sweep is running; stop it first (budgets are wall-clock)")
             k, minutes, objective = arm.split("_")
             command = [
-                sys.executable, "-m", "workbench", "adapt", "bccd",
-                "--from", str(BASES / f"seed{seed}"),
+                sys.executable, "-m", "workbench", "adapt", domain,
+                "--from", str(spec.base(seed)),
                 "--objective", objective, "--minutes", minutes[1:], "--seed", str(seed),
-                "--forgetting", "--out", str(out), "--no-progress",
+                "--forgetting", "--forgetting-images", str(spec.forgetting_images),
+                "--out", str(out), "--no-progress",
                 *([] if k == "all" else ["--images", k]),
                 *(["--overwrite"] if out.exists() else []),
             ]  # fmt: skip
-            print(f"== {arm} seed {seed}", flush=True)
+            print(f"== {domain} {arm} seed {seed}", flush=True)
             done = subprocess.run(command, env=env, cwd=REPO)
             if done.returncode:
                 sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
 
 
-def status() -> None:
+def status(domain: str = "bccd") -> None:
     for seed in SEEDS:
-        for arm in arm_names():
-            out = folder(arm, seed)
+        for arm in arm_names(domain):
+            out = folder(arm, seed, domain)
             state = "done" if finished(out) else ("started" if out.exists() else "waiting")
-            print(f"{state:8} {arm} seed{seed}")
+            print(f"{state:8} {domain} {arm} seed{seed}")
 
 
 def _row(record: dict) -> dict:
@@ -143,36 +205,58 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
-def report() -> Path:
+def finished_arms(domain: str = "bccd") -> dict:
+    """``{arm: {"per_seed": {seed: row}, "summary": ...}}`` of the arms with a finished seed."""
     arms = {}
-    for arm in arm_names():
+    for arm in arm_names(domain):
         rows = {
             seed: _row(record)
             for seed in SEEDS
-            if (record := finished(folder(arm, seed))) is not None
+            if (record := finished(folder(arm, seed, domain))) is not None
         }
         if rows:
             arms[arm] = {"per_seed": rows, "summary": _summary(list(rows.values()))}
-    if not arms:
-        sys.exit("no finished arm yet: python benchmarks/adapt.py run")
-    path = write_result(
-        "adapt",
-        {
-            "setup": "shapes-only SFT base -> BCCD, python -m workbench adapt bccd --forgetting",
-            "arm_machine": machine(),
-            "arms": arms,
-        },
-    )
-    _figure(arms, results_dir() / "adapt.png")
-    print(table(arms))
+    return arms
+
+
+def report() -> Path:
+    """``adapt.json``: BCCD's arms under ``setup`` / ``arms`` (the keys readers know), the other
+    domains under ``domains.<name>``; a figure and a table per domain with finished arms."""
+    found = {domain: finished_arms(domain) for domain in DOMAINS}
+    if not any(found.values()):
+        sys.exit("no finished arm yet: python benchmarks/adapt.py run [--domain trees]")
+    # A domain whose run folders are not on this machine keeps what the last report said of it.
+    previous = results_dir() / "adapt.json"
+    old = json.loads(previous.read_text()) if previous.is_file() else {}
+    kept = {
+        "bccd": old.get("arms", {}),
+        **{d: v["arms"] for d, v in old.get("domains", {}).items()},
+    }
+    found = {domain: arms or kept.get(domain, {}) for domain, arms in found.items()}
+    payload = {"setup": DOMAINS["bccd"].setup, "arm_machine": machine(), "arms": found["bccd"]}
+    others = {
+        domain: {"setup": DOMAINS[domain].setup, "arms": arms}
+        for domain, arms in found.items()
+        if domain != "bccd" and arms
+    }
+    if others:
+        payload["domains"] = others
+    path = write_result("adapt", payload)
+    for domain, arms in found.items():
+        if arms:
+            name = "adapt.png" if domain == "bccd" else f"adapt_{domain}.png"
+            _figure(arms, results_dir() / name, domain)
+            print(table(arms, domain))
     return path
 
 
-def table(arms: dict) -> str:
-    """The README's table: AP50 on BCCD val before -> after, and shapes AP after."""
+def table(arms: dict, domain: str = "bccd") -> str:
+    """The README's table: AP50 on the domain's val split before -> after, and the base's own
+    domain's AP after (before)."""
+    spec = DOMAINS[domain]
     lines = [
-        "| k | minutes | objective | seeds | steps | BCCD AP50 interactive before → after | "
-        "cross-image | shapes AP after (before) |",
+        f"| k | minutes | objective | seeds | steps | {spec.label} AP50 interactive before → after "
+        f"| cross-image | {spec.base_domain} AP after (before) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for arm, data in arms.items():
@@ -193,7 +277,7 @@ def _mean_sd(summary: dict, key: str) -> str:
     return f"{summary[key]['mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
 
 
-def _figure(arms: dict, path: Path) -> None:
+def _figure(arms: dict, path: Path, domain: str = "bccd") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +285,7 @@ def _figure(arms: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, protocol in zip(axes, ("interactive", "cross_image"), strict=True):
-        for k in KS:
+        for k in DOMAINS[domain].ks:
             for objective, style in (("sft", "-o"), ("grqo", "--s")):
                 points = sorted(
                     (int(arm.split("_")[1][1:]), data["summary"][f"after/{protocol}/AP50"])
@@ -213,7 +297,8 @@ def _figure(arms: dict, path: Path) -> None:
                     ys = [p[1]["mean"] for p in points]
                     errs = [p[1]["sd"] or 0 for p in points]
                     ax.errorbar(xs, ys, yerr=errs, fmt=style, capsize=3, label=f"k={k} {objective}")
-        ax.set(title=f"BCCD val, {protocol} prompts", xlabel="budget (minutes, 2 CPU cores)")
+        title = f"{DOMAINS[domain].label} val, {protocol} prompts"
+        ax.set(title=title, xlabel="budget (minutes, 2 CPU cores)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AP50 after adapt")
     axes[1].legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8)
@@ -226,15 +311,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run")
-    p.add_argument("--only", nargs="*", help=f"arms, e.g. all_m10_sft (of {arm_names()})")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        help="arms K_mMINUTES_OBJECTIVE, e.g. all_m10_sft (K: all, 50 or 10 for bccd; all or 10 "
+        "for trees)",
+    )
     p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-    sub.add_parser("status")
+    p.add_argument("--domain", choices=list(DOMAINS), default="bccd")
+    p = sub.add_parser("status")
+    p.add_argument("--domain", choices=list(DOMAINS), help="default: every domain")
     sub.add_parser("report")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.only, args.seeds)
+        run(args.only, args.seeds, args.domain)
     elif args.command == "status":
-        status()
+        for domain in [args.domain] if args.domain else DOMAINS:
+            status(domain)
     else:
         print(report())
 

@@ -232,3 +232,27 @@ def test_adapt_report_averages_seeds_and_skips_unfinished_arms(tmp_path, monkeyp
     assert (tmp_path / "results" / "adapt.png").stat().st_size > 0
     row = capsys.readouterr().out.splitlines()[2]
     assert row.startswith("| all | 10 | sft | 2 | 170 | 0.000 ± 0.000 → 0.600 ± 0.141 |")
+
+
+def test_adapt_report_adds_trees_beside_bccd_and_keeps_bccd_keys(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    import adapt
+
+    monkeypatch.setattr(adapt, "ROOT", tmp_path / "runs" / "bccd")
+    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
+    assert "50_m10_sft" not in adapt.arm_names("trees")
+    for domain, ap50 in (("bccd", 0.5), ("trees", 0.3)):
+        out = adapt.folder("10_m5_grqo", 0, domain)
+        assert out.parts[-3] == domain
+        out.mkdir(parents=True)
+        (out / "adapt.json").write_text(json.dumps(_adapt_record(ap50, 40)))
+    data = json.loads(adapt.report().read_text())
+    assert list(data["arms"]) == ["10_m5_grqo"]
+    assert data["arms"]["10_m5_grqo"]["summary"]["after/interactive/AP50"]["mean"] == 0.5
+    trees = data["domains"]["trees"]["arms"]["10_m5_grqo"]["summary"]
+    assert trees["after/interactive/AP50"]["mean"] == pytest.approx(0.3)
+    assert (tmp_path / "results" / "adapt_trees.png").stat().st_size > 0
+    assert "| trees AP50 interactive" in capsys.readouterr().out
+    # A later report without the BCCD run folders keeps what the last one said of them.
+    monkeypatch.setattr(adapt, "ROOT", tmp_path / "runs" / "bccd_moved")  # trees stay
+    assert json.loads(adapt.report().read_text())["arms"] == data["arms"]

@@ -7,8 +7,8 @@ AP of the adapted model -> with ``forgetting``, AP of both on the base model's o
 -> ``OUT/adapt.json``.
 
 DATA is one of
-- a named dataset of :mod:`workbench.data.sources` (``bccd``): its train split trains, its val
-  split is held out;
+- a named dataset of :mod:`workbench.data.sources` (``bccd``, ``trees``): its train split
+  trains, its val split is held out;
 - a COCO json (``file_name`` relative to the json): split 80/20, seeded, by
   :func:`~workbench.data.split.split_coco`;
 - a folder in a VOC (LabelImg) or YOLO layout: converted with images linked, not copied

@@ -1086,7 +1086,7 @@ def build_parser() -> argparse.ArgumentParser:
         "adapt",
         help="fine-tune a detector on your own labelled images within a budget of minutes",
         description="DATA: a COCO json (split 80/20), a VOC (LabelImg) or YOLO folder "
-        "(converted; its own train/val splits when it has both) or a named dataset (bccd). "
+        "(converted; its own train/val splits when it has both) or a named dataset (bccd, trees). "
         "Prints the plan (resolution, batch, schedule, steps that fit the budget at a measured "
         "step time), scores the base and the adapted model on the held-out images (COCO AP, "
         "interactive and cross-image prompts) and writes a run folder with adapt.json that "

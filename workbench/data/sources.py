@@ -9,7 +9,9 @@
    where the host publishes none, against the expected content) and unpacked into the cache.
 
 Nothing downloads unless asked to. ``shapes`` is generated locally and ``bccd`` is converted from
-VOC XML on first use. Tests never download: they point the sources at local files.
+VOC XML on first use. ``trees`` is tiled on first use from the files of an installed package
+(deepforest, :mod:`workbench.data.trees`), or from the folder its variable names. Tests never
+download: they point the sources at local files.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ class Source:
     ``splits`` maps a split to ``(json path, image folder)`` relative to the source's folder.
     ``prepare(raw, out, overwrite)`` turns downloaded or user-provided raw files into that layout
     in ``out`` (replacing files there only with ``overwrite``);
-    ``check(out)`` verifies the content where no checksum is published.
+    ``check(out)`` verifies the content where no checksum is published;
+    ``local_raw()`` is the folder of raw files already on this machine (an installed package's
+    data files) used when no ``root`` or environment variable names one, or raises saying what
+    to install.
     """
 
     name: str
@@ -48,6 +53,7 @@ class Source:
     downloads: tuple[Download, ...] = ()
     prepare: Callable[[Path, Path, bool], None] | None = field(default=None, repr=False)
     check: Callable[[Path], None] | None = field(default=None, repr=False)
+    local_raw: Callable[[], Path] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,18 @@ def _prepare_bccd(raw: Path, out: Path, overwrite: bool) -> None:
         )
     # A bar in a terminal only: in a notebook or a log it would be dozens of stderr lines.
     convert_voc(voc, out, progress=sys.stderr.isatty(), overwrite=overwrite)
+
+
+def _prepare_trees(raw: Path, out: Path, overwrite: bool) -> None:
+    from workbench.data.trees import prepare_trees
+
+    prepare_trees(raw, out, overwrite)
+
+
+def _trees_files() -> Path:
+    from workbench.data.trees import package_data
+
+    return package_data()
 
 
 def _check_counts(images: int, categories: int, boxes: int, rel: str) -> Callable[[Path], None]:
@@ -126,6 +144,18 @@ SOURCES: dict[str, Source] = {
         ),
         prepare=_prepare_bccd,
         check=_check_counts(364, 3, 4888, "annotations.json"),
+    ),
+    "trees": Source(
+        name="trees",
+        description="aerial tree crowns: the deepforest package's 4 annotated NEON orthophotos "
+        "cut into 45 tiles of about 400 px, 921 boxes, one category, split by site",
+        licence="MIT (deepforest 2.1.0)",
+        env_var="WORKBENCH_TREES",
+        splits={s: (f"{s}.json", ".") for s in ("train", "val", "test")}
+        | {"all": ("annotations.json", ".")},
+        prepare=_prepare_trees,
+        check=_check_counts(45, 1, 1118, "annotations.json"),  # 921 trees, 197 crowd regions
+        local_raw=_trees_files,
     ),
     "coco": Source(
         name="coco",
@@ -258,9 +288,11 @@ def locate(
         if (folder / rel_json).is_file():
             return Located(folder / rel_json, folder / rel_images, src.name, split)
     raw = next((f for f in candidates if f.is_dir()), None)
+    if raw is None and not candidates and src.local_raw is not None:
+        raw = src.local_raw()  # e.g. an installed package's files; raises naming the install
     if raw is not None and src.prepare is not None:
-        # A user-provided raw copy (e.g. BCCD's VOC folder): prepared into the cache once; delete
-        # the cache folder to prepare it again.
+        # A user-provided raw copy (e.g. BCCD's VOC folder) or the files of an installed package:
+        # prepared into the cache once; delete the cache folder to prepare it again.
         cache.parent.mkdir(parents=True, exist_ok=True)
         _prepare_from(src, raw, cache)
         return Located(cache / rel_json, cache / rel_images, src.name, split)
@@ -269,11 +301,12 @@ def locate(
         if (cache / rel_json).is_file():
             return Located(cache / rel_json, cache / rel_images, src.name, split)
     looked = ", ".join(str(p / rel_json) for p in [*candidates, cache])
-    how = (
-        "generate it with `python -m workbench data make-shapes`"
-        if not src.downloads
-        else "download it with `python -m workbench data fetch " + name + "` (needs a network)"
-    )
+    if src.downloads:
+        how = f"download it with `python -m workbench data fetch {name}` (needs a network)"
+    elif src.local_raw is not None:
+        how = "unset it to use the installed package's files"
+    else:
+        how = "generate it with `python -m workbench data make-shapes`"
     raise DatasetError(
         f"dataset {name!r} split {split!r} not found (looked at {looked}); set {src.env_var} to "
         f"a local copy, or {how}"
@@ -382,7 +415,9 @@ def fetch(src: Source, dest: Path, *, progress: bool = True, force: bool = False
         if zipfile.is_zipfile(archive):
             unpack_zip(archive, dest, replace=force)
     if src.prepare is not None:
-        src.prepare(dest, dest, force)
+        # Without downloads, raw files already on the machine (an installed package's) are used.
+        raw = src.local_raw() if src.local_raw is not None and not src.downloads else dest
+        src.prepare(raw, dest, force)
     if src.check is not None:
         src.check(dest)
     return dest
