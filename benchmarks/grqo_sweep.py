@@ -513,7 +513,10 @@ def figure(summary: dict) -> Path:
         ax.set_xlabel("reward weight alpha (dotted: released 0.01)")
         ax.set_ylabel("test AP gain over SFT")
         ax.set_title(f"{domain}: cross-image AP, 1 exemplar")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no GRQO run evaluated yet", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     path = results_dir() / "grqo_sweep.png"
     fig.savefig(path, dpi=120)
