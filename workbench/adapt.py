@@ -512,7 +512,6 @@ def adapt(
 
 
 def _resume(out: Path, base: str, forgetting, forgetting_images, progress, say) -> dict:
-
     record_path = out / "adapt.json"
     if not record_path.is_file() or not run_files(out):
         raise InputError(
