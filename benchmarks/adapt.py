@@ -19,6 +19,9 @@ may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the s
 ``runs/adapt_bench/bccd/k<K>_m<M>_<objective>/seed<S>``; a finished arm (its ``adapt.json`` has
 ``after`` and ``forgetting``) is skipped, an unfinished one is moved aside and run again, since a
 resumed budget would not be the budget. Arms go in priority order: k = all at 10 minutes first.
+The committed ``adapt.json`` is the grid's ledger: a seed of an arm it holds is done on any
+machine, and ``report`` adds the seeds finished here to the ones it holds (a seed finished here
+replaces its record).
 
 ``--domain trees``: the app's default SFT model (``models/sft``, trained on synthetic shapes and
 BCCD; the same base for every seed) adapted to the deepforest aerial tree tiles with
@@ -120,6 +123,23 @@ def finished(path: Path) -> dict | None:
     return data if "after" in data and "forgetting" in data else None
 
 
+def recorded(domain: str = "bccd") -> dict[str, dict[int, dict]]:
+    """``{arm: {seed: row}}`` of the committed ``adapt.json`` (rows as :func:`_row` makes them)."""
+    path = results_dir() / "adapt.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    arms = old.get("arms", {}) if domain == "bccd" else old.get("domains", {}).get(domain, {})
+    arms = arms if domain == "bccd" else arms.get("arms", {})
+    where = _cpu(old.get("arm_machine", {}))  # rows from before each row named its machine
+    return {
+        arm: {int(seed): {"machine": where, **row} for seed, row in data["per_seed"].items()}
+        for arm, data in arms.items()
+    }
+
+
+def _cpu(info: dict) -> dict:
+    return {"cpu": info.get("cpu"), "cpu_flags": info.get("cpu_flags")}
+
+
 def sweep_is_running() -> bool:
     """A worker of the GRQO sweep is alive and not stopped (``kill -STOP`` pauses one)."""
     for lock in (REPO / "runs" / "grqo_sweep").glob("*/*/seed*/sweep.lock"):
@@ -141,12 +161,13 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd") -> None:
             sys.exit(f"{base} is missing: {spec.base_hint}")
     # BCCD is the data of the bccd grid and half the forgetting data of the trees grid.
     env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
+    ledger = recorded(domain)
     for seed in seeds:
         for arm in arm_names(domain):
             if only and arm not in only:
                 continue
             out = folder(arm, seed, domain)
-            if finished(out):
+            if finished(out) or seed in ledger.get(arm, {}):
                 continue
             if sweep_is_running():
                 sys.exit("the GRQO sweep is running; stop it first (budgets are wall-clock)")
@@ -167,10 +188,19 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd") -> None:
 
 
 def status(domain: str = "bccd") -> None:
+    ledger = recorded(domain)
     for seed in SEEDS:
         for arm in arm_names(domain):
             out = folder(arm, seed, domain)
-            state = "done" if finished(out) else ("started" if out.exists() else "waiting")
+            state = (
+                "done"
+                if finished(out)
+                else "recorded"  # in the committed adapt.json; its folder is not here
+                if seed in ledger.get(arm, {})
+                else "started"
+                if out.exists()
+                else "waiting"
+            )
             print(f"{state:8} {domain} {arm} seed{seed}")
 
 
@@ -206,14 +236,15 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def finished_arms(domain: str = "bccd") -> dict:
-    """``{arm: {"per_seed": {seed: row}, "summary": ...}}`` of the arms with a finished seed."""
-    arms = {}
+    """``{arm: {"per_seed": {seed: row}, "summary": ...}}`` of the arms with a finished seed, here
+    or in the ledger."""
+    arms, ledger = {}, recorded(domain)
     for arm in arm_names(domain):
-        rows = {
-            seed: _row(record)
-            for seed in SEEDS
-            if (record := finished(folder(arm, seed, domain))) is not None
-        }
+        rows = dict(ledger.get(arm, {}))
+        for seed in SEEDS:
+            if (record := finished(folder(arm, seed, domain))) is not None:
+                rows[seed] = {"machine": _cpu(machine()), **_row(record)}
+        rows = dict(sorted(rows.items()))
         if rows:
             arms[arm] = {"per_seed": rows, "summary": _summary(list(rows.values()))}
     return arms
@@ -225,14 +256,7 @@ def report() -> Path:
     found = {domain: finished_arms(domain) for domain in DOMAINS}
     if not any(found.values()):
         sys.exit("no finished arm yet: python benchmarks/adapt.py run [--domain trees]")
-    # A domain whose run folders are not on this machine keeps what the last report said of it.
-    previous = results_dir() / "adapt.json"
-    old = json.loads(previous.read_text()) if previous.is_file() else {}
-    kept = {
-        "bccd": old.get("arms", {}),
-        **{d: v["arms"] for d, v in old.get("domains", {}).items()},
-    }
-    found = {domain: arms or kept.get(domain, {}) for domain, arms in found.items()}
+    # Each row names the machine its arm ran on; arm_machine is this report's.
     payload = {"setup": DOMAINS["bccd"].setup, "arm_machine": machine(), "arms": found["bccd"]}
     others = {
         domain: {"setup": DOMAINS[domain].setup, "arms": arms}

@@ -22,7 +22,17 @@ reference sharing the policy's exemplar. Seeds 0, 1, 2.
 Each run is an ordinary run folder under ``runs/grqo_sweep/<domain>/<arm>/seed<k>``; a run that
 was interrupted continues from its latest checkpoint (``--resume``), a finished one is skipped,
 so the sweep completes across several sittings. Workers claim runs with a lock file holding their
-pid (a dead pid's lock is taken over). After training, each run is evaluated on validation and
+pid (a dead pid's lock is taken over).
+
+The committed report, ``benchmarks/results/grqo_sweep.json``, is also the sweep's ledger: a run
+whose folder is gone (a new machine) but whose evaluation the report holds, with the same
+overrides, counts as done. A run that is still to train needs its origin's weights here, so a
+missing origin is trained again (not evaluated again when its record stands). Every run records
+the sha256 of the weights it started from (``origin``; null for runs recorded before origins were
+fingerprinted, which share their seed's origin), and a GRQO arm is only ever paired with the SFT
+arm of the same seed *and* origin: when a retrained origin differs from the lost one (another
+CPU rounds differently), the SFT arm of that seed trains again from it, and the report keeps
+both pairs. After training, each run is evaluated on validation and
 on the held-out test split: interactive, cross-image with 1 exemplar (on test also the AP spread
 over 5 exemplar draws) and with 8 exemplars, with the query-level metrics; model selection reads
 validation only, the report gives test.
@@ -42,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import results_dir, write_result
+from common import machine, results_dir, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "grqo_sweep"
@@ -133,35 +143,181 @@ class Run:
         path = self.folder / "sweep_failed.json"
         return json.loads(path.read_text())["error"] if path.is_file() else None
 
+    @property
+    def domain(self) -> str:
+        return self.name.split("/")[0]
+
+    @property
+    def arm(self) -> str:
+        return self.name.split("/")[1]
+
+    @property
+    def seed(self) -> int:
+        return int(self.name.rsplit("seed", 1)[1])
+
+    @property
+    def origin(self) -> str | None:
+        """The sha256 of the weights this run started from, written when its training began."""
+        path = self.folder / "sweep_origin.json"
+        return json.loads(path.read_text())["origin"] if path.is_file() else None
+
+
+def weights_id(folder: Path) -> str:
+    """The sha256 of a trained run's final weights (from its checkpoint manifest)."""
+    from workbench.checkpoint import find_latest
+
+    latest = find_latest(folder)
+    if latest is None:
+        raise FileNotFoundError(f"{folder} holds no checkpoint")
+    manifest = json.loads((latest / "checkpoint.json").read_text())
+    return manifest["files"]["model.safetensors"]["sha256"]
+
+
+# --- the ledger: what the committed report already holds ----------------------------------------
+
+
+def _relative(overrides: list[str]) -> list[str]:
+    """Overrides as the report writes them: repository-relative, naming no machine's folders."""
+    return [o.replace(f"{REPO}/", "") for o in overrides]
+
+
+_LEDGER: dict = {}
+
+
+def _ledger() -> dict:
+    """The committed report (``{}`` before the first): its rows by run name, and its machine."""
+    path = results_dir() / "grqo_sweep.json"
+    info = path.stat() if path.is_file() else None
+    stamp = (str(path), info.st_mtime_ns, info.st_size) if info else (str(path),)
+    if _LEDGER.get("stamp") != stamp:
+        report = json.loads(path.read_text()) if info else {}
+        rows: dict[str, list[dict]] = {}
+        for row in report.get("runs", []):
+            row.setdefault("origin", None)
+            row.setdefault("machine", _cpu(report.get("machine") or {}))
+            rows.setdefault(row["run"], []).append(row)
+        _LEDGER.update(stamp=stamp, rows=rows)
+    return _LEDGER["rows"]
+
+
+def _cpu(machine: dict) -> dict:
+    return {"cpu": machine.get("cpu"), "cpu_flags": machine.get("cpu_flags")}
+
+
+def recorded(run: Run) -> list[dict]:
+    """The report's evaluated rows of ``run`` with the overrides the plan gives it today."""
+    overrides = _relative(run.overrides)
+    return [
+        row
+        for row in _ledger().get(run.name, [])
+        if row.get("evaluation") and row["overrides"] == overrides
+    ]
+
+
+def entries(run: Run) -> list[dict]:
+    """Every evaluation of ``run``, one per origin: its folder's first, then the ledger's."""
+    found = []
+    if run.evaluated:
+        times = run.folder / "sweep_times.json"
+        found.append(
+            {
+                "origin": run.origin,
+                "evaluation": json.loads((run.folder / "sweep_eval.json").read_text()),
+                "gradient_shares": gradient_shares(run),
+                "seconds": json.loads(times.read_text()) if times.is_file() else {},
+                "machine": _cpu(machine()),
+            }
+        )
+    for row in recorded(run):
+        if all(row["origin"] != f["origin"] for f in found):
+            found.append(
+                {k: row.get(k) for k in ("origin", "evaluation", "gradient_shares", "seconds")}
+                | {"machine": row["machine"]}
+            )
+    return found
+
+
+def pair(domain: str, arm: str, seed: int, runs: dict[str, Run]) -> tuple[dict, dict] | None:
+    """The evaluations of ``arm`` and of SFT for one seed that started from the same weights."""
+    ours, sft = runs.get(f"{domain}/{arm}/seed{seed}"), runs.get(f"{domain}/sft/seed{seed}")
+    if ours is None or sft is None:
+        return None
+    partners = entries(sft)
+    for entry in entries(ours):
+        match = next((p for p in partners if p["origin"] == entry["origin"]), None)
+        if match is not None:
+            return entry, match
+    return None
+
+
+def done(run: Run, runs: dict[str, Run]) -> bool:
+    """Nothing left to do for ``run``: evaluated here or in the ledger (or failed).
+
+    A recorded SFT arm trains again when its origin had to be trained again here with different
+    weights and an arm of its seed is to train from them, since arms pair with SFT by origin."""
+    if run.evaluated or run.failed:
+        return True
+    records = recorded(run)
+    if not records:
+        return False
+    if not run.after or not runs[run.after[0]].trained or run.arm != "sft":
+        return True
+    here = weights_id(runs[run.after[0]].folder)
+    if any(row["origin"] == here for row in records):
+        return True
+    siblings = [
+        r for r in runs.values() if r.after == run.after and r.domain == run.domain and r != run
+    ]
+    return not any(
+        (s.evaluated and s.origin == here) or not (s.evaluated or s.failed or recorded(s))
+        for s in siblings
+    )
+
+
+def needs(run: Run, runs: dict[str, Run], out: list[Run]) -> None:
+    """Append ``run`` to ``out`` when what it starts from is trained here, else that origin
+    (recursively): a run whose origin's folder is gone waits for the origin to train again."""
+    for name in run.after:
+        origin = runs[name]
+        if not origin.trained:
+            if not origin.failed:
+                needs(origin, runs, out)
+            return
+    if run not in out:
+        out.append(run)
+
+
+def _arm_run(domain: str, arm: str, changes: list[str], seed: int) -> Run:
+    data, schedule, start = STAGES[domain]
+    origin = f"shapes/{start}/seed{seed}"
+    overrides = [*COMMON, *data, *schedule, *changes, f"train.seed={seed}"]
+    return Run(
+        f"{domain}/{arm}/seed{seed}",
+        [*overrides, f"model.init_from={ROOT / origin}"],
+        after=[origin],
+    )
+
+
+def stage_one() -> list[Run]:
+    """The bases and every stage-one arm, unordered."""
+    runs = [
+        Run(f"shapes/base/seed{s}", [*COMMON, *SHAPES, *BASE, f"train.seed={s}"]) for s in SEEDS
+    ]
+    for domain in STAGES:
+        for s in SEEDS:
+            runs += [_arm_run(domain, a, c, s) for a, c in stage_one_arms().items()]
+    return runs
+
 
 def plan() -> list[Run]:
     """Every run, in the order workers take them: bases, the SFT arms BCCD starts from, stage
     one (the fine-tuning domain first, as the paper's largest gain is there; seed 0 of every arm
     before seeds 1 and 2), then stage two where the best alpha of a domain is known."""
-    runs = [
-        Run(f"shapes/base/seed{s}", [*COMMON, *SHAPES, *BASE, f"train.seed={s}"]) for s in SEEDS
-    ]
-    arms = stage_one_arms()
-    for domain, (data, schedule, start) in STAGES.items():
-        best = best_alpha(domain)
-        extra = stage_two_arms(best) if best is not None else {}
-        for s in SEEDS:
-            origin = f"shapes/{start}/seed{s}"
-            for arm, changes in {**arms, **extra}.items():
-                runs.append(
-                    Run(
-                        f"{domain}/{arm}/seed{s}",
-                        [
-                            *COMMON,
-                            *data,
-                            *schedule,
-                            *changes,
-                            f"train.seed={s}",
-                            f"model.init_from={ROOT / origin}",
-                        ],
-                        after=[origin],
-                    )
-                )
+    runs = stage_one()
+    for domain in STAGES:
+        best = best_alpha(domain, runs)
+        for arm, changes in (stage_two_arms(best) if best is not None else {}).items():
+            runs += [_arm_run(domain, arm, changes, s) for s in SEEDS]
     order = {"base": 0, "sft": 1}
     return sorted(
         runs,
@@ -223,12 +379,14 @@ def config_of(run: Run):
     return load_config(None, [*run.overrides, f"train.out_dir={run.folder}"])
 
 
-def train_run(run: Run) -> None:
+def train_run(run: Run, runs: dict[str, Run]) -> None:
     from workbench.checkpoint import find_latest
     from workbench.experiment import train
 
     if find_latest(run.folder) is None:  # nothing to resume: start clean
         (run.folder / "metrics.jsonl").unlink(missing_ok=True)
+        origin = weights_id(runs[run.after[0]].folder) if run.after else None
+        (run.folder / "sweep_origin.json").write_text(json.dumps({"origin": origin}))
     start = time.perf_counter()
     train(config_of(run), resume=True)
     _add_seconds(run, "train_seconds", time.perf_counter() - start)
@@ -284,20 +442,20 @@ def work() -> None:
 
     torch.set_num_threads(int(os.environ.get("SWEEP_THREADS", "1")))
     while True:
-        runs = plan()
-        todo = [r for r in runs if not (r.evaluated or r.failed)]
-        if not todo:
-            return
-        trained = {r.name for r in runs if r.trained}
-        ready = [r for r in todo if all(a in trained for a in r.after)]
-        if not ready and not any((r.folder / "sweep.lock").is_file() for r in todo):
-            return  # what is left waits on runs that failed
+        runs = {r.name: r for r in plan()}
+        ready: list[Run] = []
+        for run in runs.values():
+            if not done(run, runs):
+                needs(run, runs, ready)
+        if not ready:
+            return  # everything is done, or what is left waits on runs that failed
         for run in ready:
             if claim(run):
                 try:
                     if not run.trained:
-                        train_run(run)
-                    evaluate_run(run)
+                        train_run(run, runs)
+                    if not done(run, runs):  # an origin trained again only to start others
+                        evaluate_run(run)
                 except Exception as err:  # recorded; the sweep goes on with the other runs
                     (run.folder / "sweep_failed.json").write_text(
                         json.dumps({"error": f"{type(err).__name__}: {err}"})
@@ -333,10 +491,6 @@ def spawn(workers: int) -> int:
 # --- results ------------------------------------------------------------------------------------
 
 
-def read_eval(run: Run) -> dict | None:
-    return json.loads((run.folder / "sweep_eval.json").read_text()) if run.evaluated else None
-
-
 def metric(evaluation: dict, split: str, name: str, key: str, part: str | None = None) -> float:
     record = evaluation[split][name]
     stats = record["split_stats"][part] if part else record["stats"]
@@ -344,25 +498,21 @@ def metric(evaluation: dict, split: str, name: str, key: str, part: str | None =
     return math.nan if value is None else float(value)
 
 
-def best_alpha(domain: str) -> float | None:
+def best_alpha(domain: str, runs: list[Run] | None = None) -> float | None:
     """The alpha with the largest mean paired gain over SFT on validation, once every stage-one
-    GRQO arm and SFT of ``domain`` is evaluated for every seed; None before."""
+    GRQO arm of ``domain`` has an SFT partner for every seed; None before."""
+    by_name = {r.name: r for r in runs or stage_one()}
     gains = {}
     for alpha in ALPHAS:
         deltas = []
         for s in SEEDS:
-            sft = _evaluation(f"{domain}/sft/seed{s}")
-            grqo = _evaluation(f"{domain}/grqo_a{_alpha_name(alpha)}/seed{s}")
-            if sft is None or grqo is None:
+            found = pair(domain, f"grqo_a{_alpha_name(alpha)}", s, by_name)
+            if found is None:
                 return None
-            deltas.append(metric(grqo, *SELECT) - metric(sft, *SELECT))
+            ours, sft = (e["evaluation"] for e in found)
+            deltas.append(metric(ours, *SELECT) - metric(sft, *SELECT))
         gains[alpha] = sum(deltas) / len(deltas)
     return max(gains, key=gains.get)
-
-
-def _evaluation(name: str) -> dict | None:
-    path = ROOT / name / "sweep_eval.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def gradient_shares(run: Run) -> dict[str, float]:
@@ -413,43 +563,49 @@ QUERY_METRICS = (
 
 
 def report() -> Path:
+    """Every run (one row per origin it was evaluated from; the ledger's rows stay) and, per
+    arm, its paired gain over SFT."""
     runs, rows = plan(), []
     for run in runs:
-        evaluation = read_eval(run)
-        times_path = run.folder / "sweep_times.json"
-        rows.append(
-            {
-                "run": run.name,
-                # Repository-relative, so the committed report names no machine's folders.
-                "overrides": [o.replace(f"{REPO}/", "") for o in run.overrides],
-                "trained": run.trained,
-                "evaluated": evaluation is not None,
-                "failed": run.failed,
-                "evaluation": evaluation,
-                "gradient_shares": gradient_shares(run),
-                "seconds": json.loads(times_path.read_text()) if times_path.is_file() else {},
-            }
-        )
-    by_name = {r["run"]: r["evaluation"] for r in rows}
+        state = {
+            "run": run.name,
+            "overrides": _relative(run.overrides),
+            "failed": run.failed,
+        }
+        found = entries(run)
+        for entry in found:
+            rows.append({**state, "trained": True, "evaluated": True, **entry})
+        if not found:
+            rows.append(
+                {
+                    **state,
+                    "trained": run.trained,
+                    "evaluated": False,
+                    "origin": run.origin,
+                    "evaluation": None,
+                    "gradient_shares": gradient_shares(run),
+                    "seconds": {},
+                    "machine": None,
+                }
+            )
+    by_name = {r.name: r for r in runs}
     summary = {}
     for domain, headlines in HEADLINES.items():
-        arms = sorted({r.name.split("/")[1] for r in runs if r.name.startswith(domain + "/")})
-        summary[domain] = {"best_alpha_on_val": best_alpha(domain), "arms": {}}
+        arms = sorted({r.arm for r in runs if r.domain == domain})
+        summary[domain] = {"best_alpha_on_val": best_alpha(domain, runs), "arms": {}}
         for arm in (a for a in arms if a != "sft"):
-            entry = {}
+            pairs = {s: pair(domain, arm, s, by_name) for s in SEEDS}
+            pairs = {s: p for s, p in pairs.items() if p is not None}
+            entry: dict = {
+                "pairs": [{"seed": s, "origin": p[0]["origin"]} for s, p in pairs.items()]
+            }
             for split in ("val", "test"):
                 for name, key, part in headlines:
-                    deltas = []
-                    for s in SEEDS:
-                        a, b = (
-                            by_name.get(f"{domain}/{arm}/seed{s}"),
-                            by_name.get(f"{domain}/sft/seed{s}"),
-                        )
-                        if a and b:
-                            deltas.append(
-                                metric(a, split, name, key, part)
-                                - metric(b, split, name, key, part)
-                            )
+                    deltas = [
+                        metric(ours["evaluation"], split, name, key, part)
+                        - metric(sft["evaluation"], split, name, key, part)
+                        for ours, sft in pairs.values()
+                    ]
                     if deltas:
                         label = f"{split}/{name}/{key}" + (f"_{part}" if part else "")
                         entry[f"delta/{label}"] = paired(deltas)
@@ -524,13 +680,16 @@ def figure(summary: dict) -> Path:
 
 
 def status() -> None:
-    for run in plan():
+    runs = {r.name: r for r in plan()}
+    for run in runs.values():
         lock = run.folder / "sweep.lock"
         state = (
             "evaluated"
             if run.evaluated
             else "failed"
             if run.failed
+            else "recorded"  # in the committed report; its folder is not here
+            if done(run, runs)
             else "trained"
             if run.trained
             else "held"

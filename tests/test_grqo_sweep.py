@@ -1,6 +1,8 @@
-"""The GRQO sweep's bookkeeping: which runs exist, who holds them, which alpha wins, intervals.
+"""The GRQO sweep's bookkeeping: which runs exist, who holds them, which alpha wins, intervals,
+and how the committed report stands in for run folders that are gone.
 
-Training itself is the trainer's (tested elsewhere); here the sweep's folder is a temporary one.
+Training itself is the trainer's (tested elsewhere); here the sweep's folder and its report are
+temporary ones.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture
 def sweep(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = runpy.run_path(str(BENCHMARKS / "grqo_sweep.py"), run_name="grqo_sweep")
     namespace = type("Sweep", (), {})()
     namespace.__dict__.update(module)
-    for fn in ("plan", "best_alpha", "_evaluation", "claim", "release"):
-        module[fn].__globals__["ROOT"] = tmp_path
-    namespace.root = tmp_path
+    module["plan"].__globals__["ROOT"] = tmp_path / "runs"  # one namespace for every function
+    namespace.root = tmp_path / "runs"
     return namespace
 
 
@@ -98,3 +100,96 @@ def test_paired_interval_covers_the_mean_and_needs_two_seeds(sweep):
     three = sweep.paired([0.01, 0.02, 0.03])
     assert three["low"] < 0.02 < three["high"]
     assert three["high"] - three["low"] == pytest.approx(2 * 4.302653 * 0.01 / math.sqrt(3))
+
+
+def fake_trained(folder: Path, weights: str, origin: str | None = None) -> None:
+    """A trained run folder as the sweep sees it: a summary and a checkpoint manifest whose
+    weights hash is ``weights``."""
+    from workbench.checkpoint import checkpoint_path
+
+    step = checkpoint_path(folder, 150)
+    step.mkdir(parents=True)
+    files = {"model.safetensors": {"bytes": 1, "sha256": weights}}
+    (step / "checkpoint.json").write_text(json.dumps({"files": files}))
+    (folder / "summary.json").write_text("{}")
+    if origin is not None:
+        (folder / "sweep_origin.json").write_text(json.dumps({"origin": origin}))
+
+
+def ledger(sweep, rows: dict[str, float | None]) -> None:
+    """A committed report holding ``rows`` (run name -> validation AP, None: not evaluated), as
+    a sitting on another machine left it: no origins recorded."""
+    by_name = {r.name: r for r in sweep.plan()}
+    runs = [
+        {
+            "run": name,
+            "overrides": sweep._relative(by_name[name].overrides),
+            "evaluated": ap is not None,
+            "evaluation": evaluation(ap) if ap is not None else None,
+        }
+        for name, ap in rows.items()
+    ]
+    folder = Path(os.environ["WORKBENCH_BENCH_RESULTS"])
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"cpu": "elsewhere", "cpu_flags": ["avx2"]}, "runs": runs}
+    (folder / "grqo_sweep.json").write_text(json.dumps(report))
+
+
+def test_recorded_runs_are_done_without_their_folders_and_a_lost_origin_trains_first(sweep):
+    ledger(
+        sweep,
+        {
+            "shapes/base/seed1": 0.2,
+            "shapes/sft/seed1": 0.3,
+            "bccd_ft/sft/seed1": 0.25,
+            "bccd_ft/grqo_a0.01/seed1": 0.26,
+            "bccd_ft/grqo_a10/seed1": None,  # planned, never evaluated
+        },
+    )
+    runs = {r.name: r for r in sweep.plan()}
+    assert sweep.done(runs["bccd_ft/grqo_a0.01/seed1"], runs)
+    assert sweep.done(runs["shapes/sft/seed1"], runs)
+    assert not sweep.done(runs["bccd_ft/grqo_a10/seed1"], runs)
+    # Its origin's folder is gone: the origin's own origin trains first, then the origin.
+    ready: list = []
+    sweep.needs(runs["bccd_ft/grqo_a10/seed1"], runs, ready)
+    assert [r.name for r in ready] == ["shapes/base/seed1"]
+    fake_trained(runs["shapes/base/seed1"].folder, "b" * 64)
+    ready = []
+    sweep.needs(runs["bccd_ft/grqo_a10/seed1"], runs, ready)
+    assert [r.name for r in ready] == ["shapes/sft/seed1"]
+    # A record under other overrides (the plan changed since) does not count.
+    path = Path(os.environ["WORKBENCH_BENCH_RESULTS"]) / "grqo_sweep.json"
+    report = json.loads(path.read_text())
+    report["runs"][3]["overrides"].append("train.epochs=99")
+    path.write_text(json.dumps(report))
+    assert not sweep.done(runs["bccd_ft/grqo_a0.01/seed1"], runs)
+
+
+def test_arms_pair_with_sft_by_origin_and_a_new_origin_trains_sft_again(sweep):
+    ledger(
+        sweep, {"shapes/sft/seed1": 0.3, "bccd_ft/sft/seed1": 0.25, "bccd_ft/grqo_a1/seed1": 0.27}
+    )
+    runs = {r.name: r for r in sweep.plan()}
+    sft, ours = runs["bccd_ft/sft/seed1"], runs["bccd_ft/grqo_a1/seed1"]
+    found = sweep.pair("bccd_ft", "grqo_a1", 1, runs)
+    assert found is not None and [e["origin"] for e in found] == [None, None]
+    assert sweep.metric(found[0]["evaluation"], *sweep.SELECT) == 0.27
+    # The origin trains again here and its weights differ from the lost ones: an arm of this
+    # seed that trains from it (alpha = 10) has no SFT partner until SFT trains again too.
+    fake_trained(runs["shapes/sft/seed1"].folder, "c" * 64)
+    assert not sweep.done(sft, runs)
+    assert sweep.done(ours, runs)  # its record pairs with the recorded SFT of its origin
+    ten = runs["bccd_ft/grqo_a10/seed1"]
+    fake_trained(ten.folder, "d" * 64, origin="c" * 64)
+    (ten.folder / "sweep_eval.json").write_text(json.dumps(evaluation(0.22)))
+    assert sweep.pair("bccd_ft", "grqo_a10", 1, runs) is None
+    fake_trained(sft.folder, "e" * 64, origin="c" * 64)
+    (sft.folder / "sweep_eval.json").write_text(json.dumps(evaluation(0.24)))
+    new = sweep.pair("bccd_ft", "grqo_a10", 1, runs)
+    assert [e["origin"] for e in new] == ["c" * 64] * 2
+    assert sweep.metric(new[1]["evaluation"], *sweep.SELECT) == 0.24
+    old = sweep.pair("bccd_ft", "grqo_a1", 1, runs)  # still paired with the recorded SFT
+    assert sweep.metric(old[1]["evaluation"], *sweep.SELECT) == 0.25
+    # The report keeps both SFT evaluations, each with the origin it started from.
+    assert sorted(str(e["origin"]) for e in sweep.entries(sft)) == ["None", "c" * 64]

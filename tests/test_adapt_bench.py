@@ -1,0 +1,58 @@
+"""``benchmarks/adapt.py``'s bookkeeping: the committed ``adapt.json`` is the grid's ledger, so a
+report on a machine that ran some arms keeps the seeds other machines ran."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = runpy.run_path(str(BENCHMARKS / "adapt.py"), run_name="adapt_bench")
+    module["root"].__globals__["ROOT"] = tmp_path / "runs" / "bccd"
+    namespace = type("Bench", (), {})()
+    namespace.__dict__.update(module)
+    return namespace
+
+
+def arm_record(ap50: float) -> dict:
+    """What ``workbench adapt`` writes to a finished run's adapt.json (the fields read here)."""
+    scores = {p: {"AP": ap50 / 2, "AP50": ap50} for p in ("interactive", "cross_image")}
+    base = {p: {"AP": 0.3} for p in ("interactive", "cross_image")}
+    return {
+        "plan": {"train_images": 205, "seconds_per_step": 3.0},
+        "train": {"steps": 180, "stopped_by_time_limit": False, "seconds": 600.0},
+        "before": {p: {"AP": 0.05, "AP50": 0.1} for p in scores},
+        "after": scores,
+        "forgetting": {"before": base, "after": base},
+    }
+
+
+def test_a_report_keeps_the_ledgers_seeds_and_adds_the_ones_finished_here(bench, capsys):
+    other = {"cpu": "elsewhere", "cpu_flags": ["avx2"]}
+    row = {"machine": other, **bench._row(arm_record(0.5))}
+    ledger = {"arm_machine": other, "arms": {"all_m10_sft": {"per_seed": {"0": row}}}}
+    results = bench.results_dir()
+    (results / "adapt.json").write_text(json.dumps(ledger))
+    assert bench.recorded()["all_m10_sft"] == {0: row}
+    bench.status("bccd")
+    assert "recorded bccd all_m10_sft seed0" in capsys.readouterr().out
+    here = bench.folder("all_m10_sft", 1)
+    here.mkdir(parents=True)
+    (here / "adapt.json").write_text(json.dumps(arm_record(0.6)))
+    arm = bench.finished_arms()["all_m10_sft"]
+    assert sorted(arm["per_seed"]) == [0, 1]
+    assert arm["per_seed"][0]["machine"] == other
+    assert arm["per_seed"][1]["machine"]["cpu"] != "elsewhere"  # this machine
+    assert arm["summary"]["after/interactive/AP50"]["mean"] == pytest.approx(0.55)
+    bench.report()
+    written = json.loads((results / "adapt.json").read_text())["arms"]["all_m10_sft"]
+    assert sorted(written["per_seed"]) == ["0", "1"]
