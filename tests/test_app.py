@@ -295,6 +295,8 @@ def test_agreement_matches_same_class_boxes_one_to_one():
     # One GRQO box on `box`: only the best-scoring SFT box there agrees; `moved` differs in class.
     assert a == ["both", "only", "only"]
     assert b == ["both", "only", "only"]
+    assert render.agreement_pairs(sft, grqo) == [(0, 0)]
+    assert render.agreement_pairs(sft, grqo, iou=0.1) == [(0, 0), (2, 2)]  # IoU 400/2100
 
 
 def test_a_missing_model_leaves_its_image_empty_with_the_reason(models):

@@ -31,20 +31,30 @@ LEGEND = (
 )
 
 
-def agreement(a: Detections, b: Detections, iou: float = AGREEMENT_IOU) -> tuple[list, list]:
-    """``(status_a, status_b)``: ``"both"`` or ``"only"`` for every detection of each model."""
-    status_a, status_b = [ONLY] * len(a), [ONLY] * len(b)
+def agreement_pairs(
+    a: Detections, b: Detections, iou: float = AGREEMENT_IOU
+) -> list[tuple[int, int]]:
+    """``(index in a, index in b)`` of the detections both models show: same prompt, IoU at
+    least ``iou``, one-to-one, ``a``'s best-scoring detections choosing first."""
     if not len(a) or not len(b):
-        return status_a, status_b
+        return []
     overlap = box_ops.box_iou(a.boxes_xyxy, b.boxes_xyxy)
     overlap[a.prompt_index[:, None] != b.prompt_index[None, :]] = -1.0
-    taken = torch.zeros(len(b), dtype=torch.bool)
+    taken, pairs = torch.zeros(len(b), dtype=torch.bool), []
     for i in torch.argsort(a.scores, descending=True).tolist():
         candidates = overlap[i].masked_fill(taken, -1.0)
         j = int(candidates.argmax())
         if float(candidates[j]) >= iou:
             taken[j] = True
-            status_a[i], status_b[j] = BOTH, BOTH
+            pairs.append((i, j))
+    return pairs
+
+
+def agreement(a: Detections, b: Detections, iou: float = AGREEMENT_IOU) -> tuple[list, list]:
+    """``(status_a, status_b)``: ``"both"`` or ``"only"`` for every detection of each model."""
+    status_a, status_b = [ONLY] * len(a), [ONLY] * len(b)
+    for i, j in agreement_pairs(a, b, iou):
+        status_a[i], status_b[j] = BOTH, BOTH
     return status_a, status_b
 
 
