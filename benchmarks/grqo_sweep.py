@@ -310,9 +310,10 @@ def stage_one() -> list[Run]:
 
 
 def plan() -> list[Run]:
-    """Every run, in the order workers take them: bases, the SFT arms BCCD starts from, stage
-    one (the fine-tuning domain first, as the paper's largest gain is there; seed 0 of every arm
-    before seeds 1 and 2), then stage two where the best alpha of a domain is known."""
+    """Every run, in the order workers take them: bases, the SFT arms, then the fine-tuning
+    domain (the paper's largest gain is there) before shapes; within a domain stage one, then
+    stage two once the best alpha is known (which part of GRQO helps matters more than a
+    second task); seed 0 of every arm before seeds 1 and 2."""
     runs = stage_one()
     for domain in STAGES:
         best = best_alpha(domain, runs)
@@ -322,9 +323,9 @@ def plan() -> list[Run]:
     return sorted(
         runs,
         key=lambda r: (
-            order.get(r.name.split("/")[1], 2),
-            r.name.split("/")[1].startswith("best"),
-            not r.name.startswith("bccd_ft/"),
+            order.get(r.arm, 2),
+            r.domain != "bccd_ft",
+            r.arm.startswith("best"),
             r.name.endswith(("seed1", "seed2")),
             r.name,
         ),

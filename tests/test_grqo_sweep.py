@@ -193,3 +193,15 @@ def test_arms_pair_with_sft_by_origin_and_a_new_origin_trains_sft_again(sweep):
     assert sweep.metric(old[1]["evaluation"], *sweep.SELECT) == 0.25
     # The report keeps both SFT evaluations, each with the origin it started from.
     assert sorted(str(e["origin"]) for e in sweep.entries(sft)) == ["None", "c" * 64]
+
+
+def test_the_fine_tuning_ablations_run_before_the_shapes_arms(sweep, monkeypatch):
+    globals_ = sweep.plan.__globals__
+    monkeypatch.setitem(globals_, "best_alpha", lambda domain, runs=None: 0.01)
+    names = [r.name for r in sweep.plan()]
+    stage_two = [n for n in names if n.startswith("bccd_ft/best_")]
+    shapes_arms = [n for n in names if n.startswith("shapes/") and "/sft/" not in n]
+    assert len(stage_two) == 2 * len(sweep.SEEDS)
+    assert max(names.index(n) for n in stage_two) < min(
+        names.index(n) for n in shapes_arms if "/base/" not in n
+    )
