@@ -194,10 +194,14 @@ def test_gradient_shares_equal_a_direct_autograd_computation(batch):
 def test_gradients_are_measured_every_n_steps_on_the_first_micro_batch():
     objective, every = grqo(), GRQOConfig().grad_norm_every
     assert every > 0  # on by default
-    at = [StepInfo(k, 0, 200, micro_batch=m) for k in (0, every, 2 * every) for m in (0, 1)]
+    # The last step of each block of N (0-based N-1, 2N-1, ...): a step the trainer logs when
+    # train.log_every divides N.
+    ends = (every - 1, 2 * every - 1, 3 * every - 1)
+    at = [StepInfo(k, 0, 200, micro_batch=m) for k in ends for m in (0, 1)]
     assert [objective.measures_gradients(i) for i in at] == [True, False] * 3
-    assert not objective.measures_gradients(StepInfo(every + 1, 0, 200))
+    assert not any(objective.measures_gradients(StepInfo(k, 0, 200)) for k in (0, every))
     assert not grqo(grad_norm_every=0).measures_gradients(INFO)
+    assert grqo(grad_norm_every=1).measures_gradients(INFO)
 
 
 def test_zero_alpha_and_beta_give_exactly_the_sft_gradient(batch):
@@ -207,7 +211,8 @@ def test_zero_alpha_and_beta_give_exactly_the_sft_gradient(batch):
     the same order."""
     model = detector().train()
     grads = {}
-    for name, objective in (("sft", SFTObjective(LossConfig())), ("grqo", grqo(alpha=0, beta=0))):
+    measured = grqo(alpha=0, beta=0, grad_norm_every=1)  # measures at step 0
+    for name, objective in (("sft", SFTObjective(LossConfig())), ("grqo", measured)):
         torch.manual_seed(1)  # the same dropout and denoising draws
         model.zero_grad()
         objective(model, batch, INFO).loss.backward()

@@ -69,3 +69,22 @@ def test_a_resumed_grqo_run_ends_with_the_uninterrupted_model_and_reference(
     current = full.module.state_dict()
     reference = full.objective.reference.state_dict()
     assert any(not torch.equal(current[k], v) for k, v in reference.items())
+
+
+def test_gradient_shares_reach_the_metrics_log_between_logged_steps(tmp_path):
+    """Measured every 3 steps, logged every 2: a measurement on a step the trainer does not log
+    reaches the next logged line, and one on a logged step appears there."""
+    import json
+
+    torch.manual_seed(0)
+    model = build_detector("tiny")
+    objective = GRQOObjective(LossConfig(), GRQOConfig(grad_norm_every=3))
+    cfg = config(batch_size=2, grad_accum=1, lr=1e-3, log_every=2, checkpoint_every=0)
+    model_config = {"format": FORMAT, **model.config.to_dict()}
+    Trainer(model, objective, shapes(6), cfg, run_dir=tmp_path, model_config=model_config).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # 6 steps (0-5); logged: 1, 3, 5; measured: 2 (carried to 3) and 5.
+    assert [r["step"] for r in rows] == [1, 3, 5]
+    assert ["grad_share_adv" in r for r in rows] == [False, True, True]
+    assert all(r["grad_norm_sft"] > 0 for r in rows[1:])
+    assert rows[1]["grad_share_adv"] != rows[2]["grad_share_adv"]

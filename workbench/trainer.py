@@ -150,6 +150,9 @@ class Trainer:
         self.names = [c.name for c in cats] or None
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.nonfinite_total = self.nonfinite_streak = 0
+        # Metrics of the steps since the last metrics.jsonl line, for the keys a step measured
+        # that the logged step did not (e.g. GRQO's gradient shares, measured every N steps).
+        self.unlogged: dict[str, list] = {}
         self.saved_step, self.last_checkpoint, self.last_record, self.last_eval = -1, None, {}, {}
 
     # --- the loop ------------------------------------------------------------------------------
@@ -236,7 +239,11 @@ class Trainer:
         self.global_step, self.step_in_epoch = step + 1, self.step_in_epoch + 1
         self.bar.update(1)
         if (step + 1) % max(1, self.cfg.log_every) == 0 or step + 1 == self.total_steps:
+            sums = self.unlogged | sums  # a metric measured in between keeps its latest value
+            self.unlogged = {}
             self._log(step, sums, grad_norm, applied, time.perf_counter() - started)
+        else:
+            self.unlogged |= sums
         every, epoch_end = self.cfg.checkpoint_every, self.step_in_epoch == self.steps_per_epoch
         if every > 0 and self.global_step % every == 0 and not epoch_end:  # epoch end saves too
             self._save()

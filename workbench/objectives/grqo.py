@@ -256,9 +256,12 @@ class GRQOObjective:
     # --- gradient shares ---------------------------------------------------------------------
 
     def measures_gradients(self, info: StepInfo) -> bool:
-        """Every ``grad_norm_every`` steps, on the step's first micro-batch (one per step)."""
+        """Every ``grad_norm_every`` steps, on the step's first micro-batch (one per step): the
+        last step of each block of ``grad_norm_every``, a step the trainer logs whenever
+        ``train.log_every`` divides ``grad_norm_every`` (otherwise the next logged line carries
+        the measurement)."""
         every = self.cfg.grad_norm_every
-        return every > 0 and info.step % every == 0 and info.micro_batch == 0
+        return every > 0 and (info.step + 1) % every == 0 and info.micro_batch == 0
 
     def _watch_advantage_share(self, share: float, info: StepInfo) -> None:
         """Warn, once per objective (one run), when the advantage part's share of the SFT
