@@ -152,10 +152,6 @@ class Run:
         return self.name.split("/")[1]
 
     @property
-    def seed(self) -> int:
-        return int(self.name.rsplit("seed", 1)[1])
-
-    @property
     def origin(self) -> str | None:
         """The sha256 of the weights this run started from, written when its training began."""
         path = self.folder / "sweep_origin.json"
