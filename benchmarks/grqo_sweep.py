@@ -41,6 +41,7 @@ validation only, the report gives test.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -200,6 +201,12 @@ def _cpu(machine: dict) -> dict:
     return {"cpu": machine.get("cpu"), "cpu_flags": machine.get("cpu_flags")}
 
 
+@functools.cache
+def _this_cpu() -> dict:
+    """The CPU runs evaluated in this machine's folders ran on (read once)."""
+    return _cpu(machine())
+
+
 def recorded(run: Run) -> list[dict]:
     """The report's evaluated rows of ``run`` with the overrides the plan gives it today."""
     overrides = _relative(run.overrides)
@@ -221,7 +228,7 @@ def entries(run: Run) -> list[dict]:
                 "evaluation": json.loads((run.folder / "sweep_eval.json").read_text()),
                 "gradient_shares": gradient_shares(run),
                 "seconds": json.loads(times.read_text()) if times.is_file() else {},
-                "machine": _cpu(machine()),
+                "machine": _this_cpu(),
             }
         )
     for row in recorded(run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import socket
 import sys
 from pathlib import Path
@@ -68,3 +69,23 @@ def free_port():
             return s.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture
+def benchmark(tmp_path, monkeypatch):
+    """``benchmark("grqo_sweep.py", root=...)``: a benchmark script loaded as a namespace, its
+    results written under ``tmp_path/results`` and its module global ``ROOT`` (the run folders)
+    set to ``root``."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(script: str, root: Path):
+        module = runpy.run_path(str(folder / script), run_name=Path(script).stem)
+        module["main"].__globals__["ROOT"] = root  # run_path returns a copy of the globals
+        namespace = type(Path(script).stem, (), {})()
+        namespace.__dict__.update(module)
+        namespace.root = root
+        return namespace
+
+    return load

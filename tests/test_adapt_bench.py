@@ -4,23 +4,13 @@ report on a machine that ran some arms keeps the seeds other machines ran."""
 from __future__ import annotations
 
 import json
-import runpy
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    module = runpy.run_path(str(BENCHMARKS / "adapt.py"), run_name="adapt_bench")
-    module["root"].__globals__["ROOT"] = tmp_path / "runs" / "bccd"
-    namespace = type("Bench", (), {})()
-    namespace.__dict__.update(module)
-    return namespace
+def bench(benchmark, tmp_path):
+    return benchmark("adapt.py", root=tmp_path / "runs" / "bccd")
 
 
 def arm_record(ap50: float) -> dict:

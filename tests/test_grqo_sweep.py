@@ -10,26 +10,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def sweep(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_BENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    module = runpy.run_path(str(BENCHMARKS / "grqo_sweep.py"), run_name="grqo_sweep")
-    namespace = type("Sweep", (), {})()
-    namespace.__dict__.update(module)
-    module["plan"].__globals__["ROOT"] = tmp_path / "runs"  # one namespace for every function
-    namespace.root = tmp_path / "runs"
-    return namespace
+def sweep(benchmark, tmp_path):
+    return benchmark("grqo_sweep.py", root=tmp_path / "runs")
 
 
 def evaluation(ap: float) -> dict:
