@@ -36,6 +36,12 @@ both pairs. After training, each run is evaluated on validation and
 on the held-out test split: interactive, cross-image with 1 exemplar (on test also the AP spread
 over 5 exemplar draws) and with 8 exemplars, with the query-level metrics; model selection reads
 validation only, the report gives test.
+
+Every GRQO arm reports its gradient shares (``grad_norm_*``, ``grad_cos_*``, ``grad_share_*``),
+the mean of what training logged every 25 steps. A run evaluated here that logged none (trained
+before the shares reached the log) gets them measured on its final weights and saved reference
+(``sweep_shares.json``, ``gradient_shares_from: "final weights"``); a recorded run without them
+and without its folder trains again.
 """
 
 from __future__ import annotations
@@ -217,6 +223,9 @@ def recorded(run: Run) -> list[dict]:
     ]
 
 
+ENTRY_KEYS = ("origin", "evaluation", "gradient_shares", "gradient_shares_from", "seconds")
+
+
 def entries(run: Run) -> list[dict]:
     """Every evaluation of ``run``, one per origin: its folder's first, then the ledger's."""
     found = []
@@ -227,16 +236,14 @@ def entries(run: Run) -> list[dict]:
                 "origin": run.origin,
                 "evaluation": json.loads((run.folder / "sweep_eval.json").read_text()),
                 "gradient_shares": gradient_shares(run),
+                "gradient_shares_from": shares_source(run),
                 "seconds": json.loads(times.read_text()) if times.is_file() else {},
                 "machine": _this_cpu(),
             }
         )
     for row in recorded(run):
         if all(row["origin"] != f["origin"] for f in found):
-            found.append(
-                {k: row.get(k) for k in ("origin", "evaluation", "gradient_shares", "seconds")}
-                | {"machine": row["machine"]}
-            )
+            found.append({k: row.get(k) for k in ENTRY_KEYS} | {"machine": row["machine"]})
     return found
 
 
@@ -254,15 +261,20 @@ def pair(domain: str, arm: str, seed: int, runs: dict[str, Run]) -> tuple[dict, 
 
 
 def done(run: Run, runs: dict[str, Run]) -> bool:
-    """Nothing left to do for ``run``: evaluated here or in the ledger (or failed).
+    """Nothing left to do for ``run``: evaluated here or in the ledger (or failed), a GRQO arm
+    with its gradient shares (logged, or measured on its final weights when it logged none).
 
     A recorded SFT arm trains again when its origin had to be trained again here with different
     weights and an arm of its seed is to train from them, since arms pair with SFT by origin."""
-    if run.evaluated or run.failed:
+    if run.failed:
         return True
+    if run.evaluated:
+        return not wants_shares(run) or bool(gradient_shares(run))
     records = recorded(run)
     if not records:
         return False
+    if wants_shares(run) and not any(row.get("gradient_shares") for row in records):
+        return False  # trained before shares reached the log: train it again here
     if not run.after or not runs[run.after[0]].trained or run.arm != "sft":
         return True
     here = weights_id(runs[run.after[0]].folder)
@@ -459,7 +471,10 @@ def work() -> None:
                     if not run.trained:
                         train_run(run, runs)
                     if not done(run, runs):  # an origin trained again only to start others
-                        evaluate_run(run)
+                        if not run.evaluated:
+                            evaluate_run(run)
+                        if not done(run, runs):  # trained before shares reached the log
+                            probe_shares(run)
                 except Exception as err:  # recorded; the sweep goes on with the other runs
                     (run.folder / "sweep_failed.json").write_text(
                         json.dumps({"error": f"{type(err).__name__}: {err}"})
@@ -519,16 +534,81 @@ def best_alpha(domain: str, runs: list[Run] | None = None) -> float | None:
     return max(gains, key=gains.get)
 
 
-def gradient_shares(run: Run) -> dict[str, float]:
-    """Mean over the run of every logged gradient-share metric (GRQO arms)."""
+SHARE_KEYS = ("grad_share_", "grad_cos_", "grad_norm_")
+PROBE_BATCHES = 4  # training batches the gradient shares of a run that logged none are measured on
+
+
+def wants_shares(run: Run) -> bool:
+    """A GRQO arm, whose gradient shares the report holds."""
+    return run.arm not in ("base", "sft")
+
+
+def _logged_shares(run: Run) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     path = run.folder / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
         row = json.loads(line)
         for key, value in row.items():
-            if key.startswith(("grad_share_", "grad_cos_", "grad_norm_")) and value is not None:
+            if key.startswith(SHARE_KEYS) and value is not None:
                 sums.setdefault(key, []).append(float(value))
     return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def gradient_shares(run: Run) -> dict[str, float]:
+    """Mean over the run of every logged gradient-share metric (GRQO arms); for a run that
+    logged none, what :func:`probe_shares` measured on its final weights."""
+    probed = run.folder / "sweep_shares.json"
+    logged = _logged_shares(run)
+    if not logged and probed.is_file():
+        return json.loads(probed.read_text())["shares"]
+    return logged
+
+
+def shares_source(run: Run) -> str | None:
+    """How the run's gradient shares were measured: ``logged`` every ``grqo.grad_norm_every``
+    steps of training, or on the ``final weights`` by :func:`probe_shares`; None: not at all."""
+    if _logged_shares(run):
+        return "logged"
+    return "final weights" if (run.folder / "sweep_shares.json").is_file() else None
+
+
+def probe_shares(run: Run) -> None:
+    """The gradient shares of a GRQO run trained before they reached its log: measured on its
+    final checkpoint (weights and the objective's saved reference) with the config it trained
+    with, on ``PROBE_BATCHES`` fixed training batches at its last step. Writes
+    ``sweep_shares.json``; changes nothing else in the run."""
+    from workbench.checkpoint import find_latest, load_checkpoint
+    from workbench.config import load_config
+    from workbench.experiment import build_objective, open_splits
+    from workbench.grqo_probes import fixed_batches, measure_gradient_shares
+    from workbench.model.build import from_pretrained
+    from workbench.objectives.base import StepInfo
+
+    start = time.perf_counter()
+    cfg = load_config(run.folder / "config.yaml", ["grqo.grad_norm_every=1"])
+    latest = find_latest(run.folder)
+    model = from_pretrained(run.folder).train()
+    saved = load_checkpoint(latest)
+    train_set, _, _ = open_splits(cfg)
+    objective = build_objective(cfg, model, train_set)
+    objective.load_state_dict(saved.objective_state or {})
+    steps = saved.trainer_state["position"]["global_step"]  # the run's last step was its last
+    info = StepInfo(
+        step=steps - 1, epoch=saved.trainer_state["position"]["epoch"], total_steps=steps
+    )
+    batches = fixed_batches(train_set, cfg.train.batch_size, PROBE_BATCHES, seed=cfg.train.seed)
+    shares = measure_gradient_shares(model, objective, batches, info, seed=cfg.train.seed)
+    record = {
+        "shares": shares,
+        "measured": (
+            f"after training, at step {info.step}, on {PROBE_BATCHES} fixed training batches of "
+            f"{cfg.train.batch_size} (the run logged none)"
+        ),
+    }
+    path = run.folder / "sweep_shares.json"
+    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
+    path.with_suffix(".tmp").replace(path)
+    _add_seconds(run, "probe_seconds", time.perf_counter() - start)
 
 
 def paired(values: list[float]) -> dict:
@@ -588,6 +668,7 @@ def report() -> Path:
                     "origin": run.origin,
                     "evaluation": None,
                     "gradient_shares": gradient_shares(run),
+                    "gradient_shares_from": shares_source(run),
                     "seconds": {},
                     "machine": None,
                 }
@@ -688,7 +769,7 @@ def status() -> None:
     for run in runs.values():
         lock = run.folder / "sweep.lock"
         state = (
-            "evaluated"
+            ("evaluated" if done(run, runs) else "no shares")
             if run.evaluated
             else "failed"
             if run.failed

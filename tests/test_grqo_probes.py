@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from workbench.config import DataConfig, LossConfig, TrainConfig
+from workbench.config import DataConfig, GRQOConfig, LossConfig, TrainConfig
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
 from workbench.data.transforms import train_transforms
 from workbench.grqo_probes import (
@@ -14,10 +14,13 @@ from workbench.grqo_probes import (
     final_lr,
     fixed_batches,
     gradient_shares,
+    measure_gradient_shares,
     probe,
     run_schedule,
 )
 from workbench.model.build import build_detector
+from workbench.objectives.base import StepInfo
+from workbench.objectives.grqo import GRQOObjective
 
 
 def test_final_lr_counts_the_drops_the_run_reached():
@@ -83,3 +86,28 @@ def test_probe_is_zero_kl_against_itself_and_grows_with_drift():
         for p in moved.parameters():
             p.add_(0.05 * torch.randn_like(p))
     assert probe(moved, model, batches, LossConfig())["kl_mean"] > 1e-4
+
+
+def test_measured_gradient_shares_average_the_objectives_own_and_change_nothing():
+    data = ShapesDataset(4, seed=3, cfg=ShapesConfig(image_size=64, object_size=(10, 30)))
+    batches = fixed_batches(data, 2, 2, seed=0)
+    torch.manual_seed(0)
+    model = build_detector("tiny").train()
+    objective = GRQOObjective(LossConfig(), GRQOConfig(alpha=1.0, grad_norm_every=1))
+    objective.on_epoch_start(model, 0)
+    info = StepInfo(step=7, epoch=0, total_steps=8)
+    before = copy.deepcopy(model.state_dict())
+    shares = measure_gradient_shares(model, objective, batches, info, seed=4)
+    each = []
+    for batch in batches:
+        torch.manual_seed(4)
+        each.append(objective(model, batch, info).metrics)
+    assert set(shares) >= {"grad_norm_sft", "grad_norm_adv", "grad_share_adv", "grad_cos_kl_sft"}
+    for key, value in shares.items():
+        assert value == pytest.approx(sum(m[key] for m in each) / 2, rel=1e-6), key
+    assert shares["grad_norm_adv"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    quiet = GRQOObjective(LossConfig(), GRQOConfig(grad_norm_every=0))
+    with pytest.raises(ValueError, match="grad_norm_every=1"):
+        measure_gradient_shares(model, quiet, batches, info)

@@ -106,9 +106,13 @@ def fake_trained(folder: Path, weights: str, origin: str | None = None) -> None:
         (folder / "sweep_origin.json").write_text(json.dumps({"origin": origin}))
 
 
+SHARES = {"grad_norm_sft": 2.0, "grad_share_adv": 1e-3}
+
+
 def ledger(sweep, rows: dict[str, float | None]) -> None:
     """A committed report holding ``rows`` (run name -> validation AP, None: not evaluated), as
-    a sitting on another machine left it: no origins recorded."""
+    a sitting on another machine left it: no origins recorded; GRQO arms with gradient
+    shares."""
     by_name = {r.name: r for r in sweep.plan()}
     runs = [
         {
@@ -116,6 +120,7 @@ def ledger(sweep, rows: dict[str, float | None]) -> None:
             "overrides": sweep._relative(by_name[name].overrides),
             "evaluated": ap is not None,
             "evaluation": evaluation(ap) if ap is not None else None,
+            "gradient_shares": SHARES if sweep.wants_shares(by_name[name]) and ap else {},
         }
         for name, ap in rows.items()
     ]
@@ -195,3 +200,66 @@ def test_the_fine_tuning_ablations_run_before_the_shapes_arms(sweep, monkeypatch
     assert max(names.index(n) for n in stage_two) < min(
         names.index(n) for n in shapes_arms if "/base/" not in n
     )
+
+
+def test_a_grqo_run_without_gradient_shares_is_not_done(sweep):
+    ledger(
+        sweep, {"shapes/sft/seed1": 0.3, "bccd_ft/sft/seed1": 0.25, "bccd_ft/grqo_a1/seed1": 0.27}
+    )
+    path = Path(os.environ["WORKBENCH_BENCH_RESULTS"]) / "grqo_sweep.json"
+    report = json.loads(path.read_text())
+    runs = {r.name: r for r in sweep.plan()}
+    ours = runs["bccd_ft/grqo_a1/seed1"]
+    assert sweep.done(ours, runs)
+    report["runs"][2]["gradient_shares"] = {}  # recorded before shares reached the log
+    path.write_text(json.dumps(report))
+    assert not sweep.done(ours, runs)  # its folder is gone: it trains again
+    assert sweep.done(runs["bccd_ft/sft/seed1"], runs)  # SFT has no GRQO terms to measure
+    # Evaluated here without logged shares: not done until measured on its final weights.
+    fake_trained(ours.folder, "d" * 64)
+    (ours.folder / "sweep_eval.json").write_text(json.dumps(evaluation(0.22)))
+    (ours.folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "loss": 1.0}) + "\n")
+    assert not sweep.done(ours, runs) and sweep.shares_source(ours) is None
+    probed = {"shares": {"grad_share_adv": 0.5}, "measured": "after training"}
+    (ours.folder / "sweep_shares.json").write_text(json.dumps(probed))
+    assert sweep.done(ours, runs)
+    assert sweep.gradient_shares(ours) == {"grad_share_adv": 0.5}
+    assert sweep.shares_source(ours) == "final weights"
+    # What training logged comes first, averaged over the measurements.
+    lines = [{"step": 24, "grad_share_adv": 0.1}, {"step": 49, "grad_share_adv": 0.3}]
+    (ours.folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert sweep.gradient_shares(ours) == {"grad_share_adv": pytest.approx(0.2)}
+    assert sweep.shares_source(ours) == "logged"
+
+
+def test_shares_of_a_run_that_logged_none_are_measured_on_its_final_checkpoint(sweep, tmp_path):
+    """A real (tiny) GRQO run that measured no gradient shares while training gets them from
+    its final weights and saved reference, without changing the run."""
+    from testing_constants import QUICK_SHAPES, TINY
+
+    from workbench.config import load_config
+    from workbench.experiment import train
+
+    overrides = [
+        *QUICK_SHAPES,
+        "train.objective=grqo",
+        "train.eval_every_epochs=0",
+        "train.max_steps=3",
+        "train.batch_size=4",
+        "grqo.alpha=1",
+        "grqo.grad_norm_every=0",
+    ]
+    run = sweep.Run("bccd_ft/grqo_a1/seed0", overrides)
+    train(load_config(TINY, [*overrides, f"train.out_dir={run.folder}"]))
+    assert sweep.gradient_shares(run) == {}
+    before = {p.name: p.stat().st_mtime_ns for p in run.folder.rglob("*") if p.is_file()}
+    sweep.probe_shares(run)
+    record = json.loads((run.folder / "sweep_shares.json").read_text())
+    shares = record["shares"]
+    assert "step 2" in record["measured"]
+    assert shares["grad_norm_sft"] > 0 and shares["grad_norm_adv"] > 0
+    assert 0 < shares["grad_share_adv"] < math.inf  # averaged per batch, like the log's
+    assert -1 <= shares["grad_cos_adv_sft"] <= 1
+    assert sweep.shares_source(run) == "final weights"
+    after = {p.name: p.stat().st_mtime_ns for p in run.folder.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing rewritten

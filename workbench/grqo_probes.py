@@ -1,6 +1,7 @@
 """Measurements that explain a short GRQO run: the learning rate a checkpoint ended at, how many
-epochs and reference copies a run makes, the gradient shares a run logged, and how far a model
-has moved from a reference in rewards and KL on fixed batches.
+epochs and reference copies a run makes, the gradient shares a run logged (or that a model and
+its reference have on fixed batches), and how far a model has moved from a reference in rewards
+and KL on fixed batches.
 
 Notebook 04 uses them to compare a GRQO arm with an SFT control on the same batches; each is
 small and needs no Trainer.
@@ -76,6 +77,40 @@ def gradient_shares(records: Sequence[dict]) -> dict[str, float]:
     means["sft_over_grqo"] = means["grad_norm_sft"] / means["grad_norm_grqo"]
     means["kl_share"] = means["grad_norm_kl"] / parts if parts > 0 else math.nan
     return means
+
+
+def measure_gradient_shares(
+    policy: nn.Module,
+    objective: GRQOObjective,
+    batches: Sequence[Batch],
+    info: StepInfo,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The gradient shares ``objective`` logs (``grad_norm_*``, ``grad_cos_*``, ``grad_share_*``)
+    measured now on each of ``batches`` and averaged: for a run that logged none, from its saved
+    weights and its objective's restored reference. ``objective`` must be active at ``info``
+    and measure at every step (``grqo.grad_norm_every=1``); ``policy`` runs as it is (train
+    mode, as in training). torch's generator is reseeded with ``seed`` before each batch. Only
+    gradients are computed: no parameter changes."""
+    if not objective.measures_gradients(info) or not objective.active(info):
+        raise ValueError(
+            f"the objective does not measure gradient shares at step {info.step} (epoch "
+            f"{info.epoch}): build it with grqo.grad_norm_every=1 and a step past its warm-up"
+        )
+    sums: dict[str, float] = {}
+    for batch in batches:
+        torch.manual_seed(seed)
+        metrics = objective(policy, batch, info).metrics
+        shares = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith(("grad_norm_", "grad_cos_", "grad_share_"))
+        }
+        if not shares:
+            raise ValueError("the batch gave the GRQO terms nothing to measure (no prompts?)")
+        for key, value in shares.items():
+            sums[key] = sums.get(key, 0.0) + value / len(batches)
+    return sums
 
 
 def fixed_batches(
