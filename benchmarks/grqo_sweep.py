@@ -682,7 +682,8 @@ def report() -> Path:
             pairs = {s: pair(domain, arm, s, by_name) for s in SEEDS}
             pairs = {s: p for s, p in pairs.items() if p is not None}
             entry: dict = {
-                "pairs": [{"seed": s, "origin": p[0]["origin"]} for s, p in pairs.items()]
+                "pairs": [{"seed": s, "origin": p[0]["origin"]} for s, p in pairs.items()],
+                "gradient_shares": mean_shares([p[0] for p in pairs.values()]),
             }
             for split in ("val", "test"):
                 for name, key, part in headlines:
@@ -698,6 +699,22 @@ def report() -> Path:
     path = write_result("grqo_sweep", {"budget": _budget(), "summary": summary, "runs": rows})
     figure(summary)
     return path
+
+
+SUMMARY_SHARES = ("grad_share_adv", "grad_share_kl", "grad_cos_adv_sft", "grad_cos_kl_sft")
+
+
+def mean_shares(found: list[dict]) -> dict:
+    """Per key of ``SUMMARY_SHARES``, the mean over the evaluations ``found`` that hold it, with
+    how many did (``n``) and how they were measured (``from``)."""
+    have = [e for e in found if e.get("gradient_shares")]
+    out: dict = {"n": len(have), "from": sorted({str(e.get("gradient_shares_from")) for e in have})}
+    for key in SUMMARY_SHARES:
+        values = [e["gradient_shares"][key] for e in have if key in e["gradient_shares"]]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def _budget() -> dict:
@@ -717,13 +734,15 @@ def _budget() -> dict:
 
 def figure(summary: dict) -> Path:
     """Test gain over SFT (cross-image AP, one exemplar; paired by seed, 95 % interval) against
-    alpha, one panel per domain."""
+    alpha, one panel per domain; below it, GRQO's gradient shares against alpha."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(summary), figsize=(5 * len(summary), 7.2), squeeze=False)
+    for ax, (domain, info) in zip(axes[1], summary.items(), strict=True):
+        _shares_panel(ax, domain, info)
     for ax, (domain, info) in zip(axes[0], summary.items(), strict=True):
         for prefix, colour, label in (
             ("grqo_a", "tab:blue", "GRQO (through reward)"),
@@ -762,6 +781,32 @@ def figure(summary: dict) -> Path:
     path = results_dir() / "grqo_sweep.png"
     fig.savefig(path, dpi=120)
     return path
+
+
+def _shares_panel(ax, domain: str, info: dict) -> None:
+    """Each GRQO part's gradient norm as a share of the SFT loss's, against alpha (log-log)."""
+    for key, colour, label in (
+        ("grad_share_adv", "tab:blue", "advantage term / SFT"),
+        ("grad_share_kl", "tab:green", "KL term / SFT"),
+    ):
+        points = sorted(
+            (float(arm[len("grqo_a") :]), entry["gradient_shares"][key])
+            for arm, entry in info["arms"].items()
+            if arm.startswith("grqo_a") and key in entry.get("gradient_shares", {})
+        )
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=colour, label=label)
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.axvline(0.01, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("reward weight alpha (dotted: released 0.01)")
+    ax.set_ylabel("gradient norm / SFT's")
+    ax.set_title(f"{domain}: gradient norms over SFT's, seed mean")
+    if ax.get_legend_handles_labels()[0]:
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no gradient shares yet", ha="center", transform=ax.transAxes)
 
 
 def status() -> None:

@@ -263,3 +263,19 @@ def test_shares_of_a_run_that_logged_none_are_measured_on_its_final_checkpoint(s
     assert sweep.shares_source(run) == "final weights"
     after = {p.name: p.stat().st_mtime_ns for p in run.folder.rglob("*") if p.is_file()}
     assert {k: v for k, v in after.items() if k in before} == before  # nothing rewritten
+
+
+def test_an_arms_gradient_shares_are_averaged_over_the_seeds_that_have_them(sweep):
+    found = [
+        {
+            "gradient_shares": {"grad_share_adv": 1e-3, "grad_share_kl": 0.2},
+            "gradient_shares_from": "logged",
+        },
+        {"gradient_shares": {"grad_share_adv": 3e-3, "grad_share_kl": math.nan}},
+        {"gradient_shares": {}},  # recorded before shares reached the log
+    ]
+    shares = sweep.mean_shares(found)
+    assert shares["n"] == 2 and shares["from"] == ["None", "logged"]
+    assert shares["grad_share_adv"] == pytest.approx(2e-3)
+    assert shares["grad_share_kl"] == 0.2  # a NaN (nothing to divide by) is left out
+    assert "grad_cos_adv_sft" not in shares
