@@ -637,18 +637,19 @@ HEADLINES = {  # what the README reports, per domain: (evaluation, metric, categ
         ("interactive", "AP", None),
     ],
 }
-QUERY_METRICS = (
+QUERY_METRICS = (  # also summarised per arm as paired gains over SFT, on these evaluations
     "recall_top_third",
     "recall_top_two_thirds",
     "spearman_select_reward",
     "ece_objectness",
-    "ap_std_draws",
+    "ap_std_draws",  # test, cross-image with one exemplar only (5 draws)
 )
+QUERY_EVALUATIONS = ("interactive", "cross_image_k1")
 
 
 def report() -> Path:
     """Every run (one row per origin it was evaluated from; the ledger's rows stay) and, per
-    arm, its paired gain over SFT."""
+    arm, its paired gain over SFT in AP and in each query metric."""
     runs, rows = plan(), []
     for run in runs:
         state = {
@@ -685,14 +686,15 @@ def report() -> Path:
                 "pairs": [{"seed": s, "origin": p[0]["origin"]} for s, p in pairs.items()],
                 "gradient_shares": mean_shares([p[0] for p in pairs.values()]),
             }
+            queries = [(name, key, None) for name in QUERY_EVALUATIONS for key in QUERY_METRICS]
             for split in ("val", "test"):
-                for name, key, part in headlines:
+                for name, key, part in [*headlines, *queries]:
                     deltas = [
                         metric(ours["evaluation"], split, name, key, part)
                         - metric(sft["evaluation"], split, name, key, part)
                         for ours, sft in pairs.values()
                     ]
-                    if deltas:
+                    if deltas and all(math.isfinite(d) for d in deltas):
                         label = f"{split}/{name}/{key}" + (f"_{part}" if part else "")
                         entry[f"delta/{label}"] = paired(deltas)
             summary[domain]["arms"][arm] = entry

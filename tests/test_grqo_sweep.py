@@ -279,3 +279,55 @@ def test_an_arms_gradient_shares_are_averaged_over_the_seeds_that_have_them(swee
     assert shares["grad_share_adv"] == pytest.approx(2e-3)
     assert shares["grad_share_kl"] == 0.2  # a NaN (nothing to divide by) is left out
     assert "grad_cos_adv_sft" not in shares
+
+
+def full_evaluation(ap: float, recall: float) -> dict:
+    """Every evaluation the report reads, with query metrics (the AP spread on test only)."""
+    stats = {"stats": {"AP": ap}, "split_stats": {"base": {"AP": ap}, "novel": {"AP": ap}}}
+    out = {}
+    for split in ("val", "test"):
+        metrics = {"recall_top_third": recall, "ece_objectness": 0.1}
+        out[split] = {
+            name: {**stats, "query_metrics": dict(metrics)}
+            for name in ("interactive", "cross_image_k1", "cross_image_k8")
+        }
+    out["test"]["cross_image_k1"]["query_metrics"]["ap_std_draws"] = recall / 10
+    return out
+
+
+def test_the_report_gives_each_arm_paired_gains_in_ap_and_query_metrics_and_its_shares(sweep):
+    by_name = {r.name: r for r in sweep.plan()}
+    values = {  # run -> (AP, recall among the top third)
+        "bccd_ft/sft/seed0": (0.30, 0.70),
+        "bccd_ft/sft/seed1": (0.32, 0.72),
+        "bccd_ft/grqo_a1/seed0": (0.31, 0.75),
+        "bccd_ft/grqo_a1/seed1": (0.34, 0.73),
+    }
+    rows = [
+        {
+            "run": name,
+            "overrides": sweep._relative(by_name[name].overrides),
+            "evaluated": True,
+            "evaluation": full_evaluation(*value),
+            "gradient_shares": SHARES if "grqo" in name else {},
+            "gradient_shares_from": "logged" if "grqo" in name else None,
+        }
+        for name, value in values.items()
+    ]
+    folder = Path(os.environ["WORKBENCH_BENCH_RESULTS"])
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"cpu": "elsewhere"}, "runs": rows}
+    (folder / "grqo_sweep.json").write_text(json.dumps(report))
+    written = json.loads(sweep.report().read_text())
+    arm = written["summary"]["bccd_ft"]["arms"]["grqo_a1"]
+    assert arm["delta/test/interactive/AP"]["mean"] == pytest.approx(0.015)
+    assert arm["delta/val/cross_image_k1/recall_top_third"]["values"] == pytest.approx([0.05, 0.01])
+    assert arm["delta/test/cross_image_k1/ap_std_draws"]["mean"] == pytest.approx(0.003)
+    assert "delta/val/cross_image_k1/ap_std_draws" not in arm  # one draw on validation
+    assert "delta/test/interactive/spearman_select_reward" not in arm  # not measured
+    assert arm["gradient_shares"]["n"] == 2 and arm["gradient_shares"]["from"] == ["logged"]
+    assert arm["gradient_shares"]["grad_share_adv"] == pytest.approx(1e-3)
+    assert written["summary"]["bccd_ft"]["arms"]["grqo_a10"]["pairs"] == []
+    assert (folder / "grqo_sweep.png").is_file()
+    # The report is also the ledger: every recorded row stays.
+    assert {r["run"] for r in written["runs"] if r["evaluated"]} == set(values)
