@@ -1,6 +1,7 @@
 """Training-step time of SFT and GRQO, measured in the same run, and where GRQO's extra time goes.
 
     python benchmarks/step_time.py [--sizes tiny small] [--steps 12] [--threads N]
+                                   [--no-reference-bf16]
 
 For each size, SFT and GRQO steps alternate on the same batches (so load on the machine hits
 both alike); each step is forward + backward + AdamW. GRQO's extra work is split into the
@@ -8,6 +9,12 @@ reference model's forward and the per-layer rewards; GRQO with ``grqo.reference_
 (a documented deviation: the reference reuses the policy's image features) runs in the same
 rotation. Writes benchmarks/results/step_time.json; ``benchmarks/before_after.py step_time``
 compares it with an earlier commit's code.
+
+``reference_bf16`` (per size): the GRQO reference forward alone, in float32 and under bf16
+autocast in turns on the same batches (the policy's selected tokens, the same exemplar draws):
+seconds per call and how far the reference's objectness (sigmoid of its selection logits) moves,
+with whether the CPU has bf16 units. A bf16 reference is worth a switch only where it is faster
+and the objectness (which the KL compares) stays close.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from workbench.model.build import build_detector
 from workbench.objectives import grqo as grqo_module
 from workbench.objectives.base import StepInfo
 from workbench.objectives.grqo import GRQOObjective
-from workbench.objectives.sft import SFTObjective
+from workbench.objectives.sft import SFTObjective, run_detector
 
 SETTINGS = {"tiny": (128, 4), "small": (256, 8)}  # image size, batch size
 
@@ -126,11 +133,53 @@ def measure(size: str, steps: int) -> dict:
     return out
 
 
+def reference_bf16(size: str, repeats: int = 3) -> dict:
+    """GRQO's reference forward in float32 and under bf16 autocast, alternated on the same
+    batches: median seconds per call, and the largest and mean absolute change of its
+    objectness."""
+    from common import machine
+
+    image_size, batch_size = SETTINGS[size]
+    torch.manual_seed(0)
+    model = build_detector(size).train()
+    grqo = GRQOObjective(LossConfig(), _grqo_config())
+    grqo.on_epoch_start(model, 0)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    diff_max, diff_mean = 0.0, []
+    for k, batch in enumerate(batches(image_size, batch_size, 3) * (repeats + 1)):
+        with torch.no_grad():
+            policy_step = run_detector(model, batch)
+        info = StepInfo(k, 0, 100)
+        scores = {}
+        for bf16 in (False, True):
+            torch.manual_seed(k)  # the same exemplar draw and dropout for both precisions
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                scores[bf16] = grqo.reference_logits(model, batch, policy_step, info).float()
+            if k >= 3:  # the first round warms up
+                times[bf16].append(time.perf_counter() - start)
+        change = (scores[True].sigmoid() - scores[False].sigmoid()).abs()
+        diff_max, diff_mean = max(diff_max, float(change.max())), [*diff_mean, float(change.mean())]
+    fp32, bf16 = (statistics.median(times[b]) for b in (False, True))
+    flags = machine()["cpu_flags"]
+    return {
+        "cpu_bf16_units": any("bf16" in f for f in flags),
+        "fp32_s": fp32,
+        "bf16_s": bf16,
+        "bf16_over_fp32": bf16 / fp32,
+        "objectness_abs_change_max": diff_max,
+        "objectness_abs_change_mean": statistics.mean(diff_mean),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--no-reference-bf16", action="store_true", help="skip the bf16 reference comparison"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,6 +189,12 @@ def main() -> None:
             f"{size}: SFT {r['sft_step_s']:.3f} s, GRQO {r['grqo_step_s']:.3f} s, "
             f"ratio {r['grqo_over_sft']:.2f}"
         )
+        if not args.no_reference_bf16:
+            r["reference_bf16"] = ref = reference_bf16(size)
+            print(
+                f"  reference forward: float32 {ref['fp32_s']:.3f} s, bf16 {ref['bf16_s']:.3f} s; "
+                f"objectness moves by up to {ref['objectness_abs_change_max']:.3f}"
+            )
     print(write_result("step_time", {"sizes": results}))
 
 

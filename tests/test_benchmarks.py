@@ -49,6 +49,23 @@ def finite(*values) -> bool:
     return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
 
 
+def test_step_time_and_the_bf16_reference(results, monkeypatch):
+    run_script(
+        "step_time", "--sizes", "tiny", "--steps", "1", "--threads", "1", monkeypatch=monkeypatch
+    )
+    tiny = read(results, "step_time")["sizes"]["tiny"]
+    assert finite(
+        tiny["sft_step_s"], tiny["grqo_step_s"], tiny["grqo_reference_forward_s_per_step"]
+    )
+    assert tiny["grqo_over_sft"] == pytest.approx(tiny["grqo_step_s"] / tiny["sft_step_s"])
+    ref = tiny["reference_bf16"]
+    assert isinstance(ref["cpu_bf16_units"], bool)
+    assert finite(ref["fp32_s"], ref["bf16_s"]) and ref["fp32_s"] > 0 and ref["bf16_s"] > 0
+    # bf16 rounds: the reference's objectness moves, but stays a probability difference
+    assert 0 < ref["objectness_abs_change_max"] < 1
+    assert 0 < ref["objectness_abs_change_mean"] <= ref["objectness_abs_change_max"]
+
+
 def test_predictor_latency(results, monkeypatch):
     run_script(
         "predictor_latency",
