@@ -16,8 +16,9 @@ reports 10e3 as the paper's best reward weight (research/dino-r1.md §11.2). Eve
 
 Arms: SFT; GRQO with alpha in {0.01, 1, 10, 100, 1e4} (beta 0.04, the reference drawing its own
 exemplar, as released); the policy-gradient form at alpha in {0.01, 1}; then, at the alpha that
-wins on validation (mean paired gain over SFT in cross-image AP, one exemplar), beta = 0 and a
-reference sharing the policy's exemplar. Seeds 0, 1, 2.
+wins on validation (mean paired gain over SFT in cross-image AP, one exemplar) and at the
+released 0.01, beta = 0 (``beta0_a<alpha>``) and a reference sharing the policy's exemplar
+(``shared_exemplar_a<alpha>``). Seeds 0, 1, 2.
 
 Each run is an ordinary run folder under ``runs/grqo_sweep/<domain>/<arm>/seed<k>``; a run that
 was interrupted continues from its latest checkpoint (``--resume``), a finished one is skipped,
@@ -118,11 +119,17 @@ def stage_one_arms() -> dict[str, list[str]]:
     return arms
 
 
-def stage_two_arms(best_alpha: float) -> dict[str, list[str]]:
-    grqo = ["train.objective=grqo", f"grqo.alpha={best_alpha}"]
+RELEASE_ALPHA = 0.01  # the released config's grpo_alpha; stage two always runs at it too
+STAGE_TWO = ("beta0_a", "shared_exemplar_a")  # stage-two arm names: one of these, then alpha
+
+
+def stage_two_arms(alpha: float) -> dict[str, list[str]]:
+    """The ablations at ``alpha``: without the KL, and the reference sharing the exemplar."""
+    grqo = ["train.objective=grqo", f"grqo.alpha={alpha}"]
+    name = _alpha_name(alpha)
     return {
-        "best_beta0": [*grqo, "grqo.beta=0"],
-        "best_shared_exemplar": [*grqo, "grqo.reference_exemplars=shared"],
+        f"beta0_a{name}": [*grqo, "grqo.beta=0"],
+        f"shared_exemplar_a{name}": [*grqo, "grqo.reference_exemplars=shared"],
     }
 
 
@@ -327,20 +334,21 @@ def stage_one() -> list[Run]:
 def plan() -> list[Run]:
     """Every run, in the order workers take them: bases, the SFT arms, then the fine-tuning
     domain (the paper's largest gain is there) before shapes; within a domain stage one, then
-    stage two once the best alpha is known (which part of GRQO helps matters more than a
-    second task); seed 0 of every arm before seeds 1 and 2."""
+    stage two once the best alpha is known, at that alpha and at the released one (which part
+    of GRQO helps matters more than a second task); seed 0 of every arm before seeds 1 and 2."""
     runs = stage_one()
     for domain in STAGES:
         best = best_alpha(domain, runs)
-        for arm, changes in (stage_two_arms(best) if best is not None else {}).items():
-            runs += [_arm_run(domain, arm, changes, s) for s in SEEDS]
+        for alpha in sorted({best, RELEASE_ALPHA}) if best is not None else []:
+            for arm, changes in stage_two_arms(alpha).items():
+                runs += [_arm_run(domain, arm, changes, s) for s in SEEDS]
     order = {"base": 0, "sft": 1}
     return sorted(
         runs,
         key=lambda r: (
             order.get(r.arm, 2),
             r.domain != "bccd_ft",
-            r.arm.startswith("best"),
+            r.arm.startswith(STAGE_TWO),
             r.name.endswith(("seed1", "seed2")),
             r.name,
         ),

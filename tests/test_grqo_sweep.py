@@ -42,7 +42,7 @@ def test_the_plan_has_every_arm_for_every_seed_and_starts_them_from_the_right_ru
     overrides = by_name["bccd_ft/pg_a1/seed0"].overrides
     assert "grqo.advantage_mode=policy_gradient" in overrides and "grqo.alpha=1.0" in overrides
     assert any(o.startswith("model.init_from=") for o in overrides)
-    assert not any(n.split("/")[1].startswith("best") for n in names)  # no best alpha yet
+    assert not any(n.split("/")[1].startswith(sweep.STAGE_TWO) for n in names)  # no best yet
 
 
 def test_the_best_alpha_is_the_largest_mean_paired_gain_on_validation(sweep):
@@ -61,10 +61,14 @@ def test_the_best_alpha_is_the_largest_mean_paired_gain_on_validation(sweep):
     assert sweep.best_alpha("shapes") is None
     write(f"shapes/grqo_a{sweep.ALPHAS[-1]:g}/seed2", 0.32 - 0.01)
     assert sweep.best_alpha("shapes") == 1.0  # 10 wins two seeds of three, but loses on average
-    stage_two = [r.name for r in sweep.plan() if "/best_" in r.name]
-    assert len(stage_two) == 2 * len(sweep.SEEDS)
-    beta0 = next(r for r in sweep.plan() if r.name == "shapes/best_beta0/seed0")
+    # Stage two runs at the best alpha and at the released one, each in folders of its own.
+    stage_two = {r.name: r for r in sweep.plan() if r.arm.startswith(sweep.STAGE_TWO)}
+    assert len(stage_two) == 2 * 2 * len(sweep.SEEDS)
+    beta0 = stage_two["shapes/beta0_a1/seed0"]
     assert "grqo.alpha=1.0" in beta0.overrides and "grqo.beta=0" in beta0.overrides
+    shared = stage_two["shapes/shared_exemplar_a0.01/seed2"]
+    assert "grqo.alpha=0.01" in shared.overrides
+    assert "grqo.reference_exemplars=shared" in shared.overrides
 
 
 def test_a_run_is_held_by_one_live_process_and_a_dead_holder_is_replaced(sweep):
@@ -194,9 +198,9 @@ def test_the_fine_tuning_ablations_run_before_the_shapes_arms(sweep, monkeypatch
     globals_ = sweep.plan.__globals__
     monkeypatch.setitem(globals_, "best_alpha", lambda domain, runs=None: 0.01)
     names = [r.name for r in sweep.plan()]
-    stage_two = [n for n in names if n.startswith("bccd_ft/best_")]
+    stage_two = [n for n in names if n.startswith(("bccd_ft/beta0_", "bccd_ft/shared_"))]
     shapes_arms = [n for n in names if n.startswith("shapes/") and "/sft/" not in n]
-    assert len(stage_two) == 2 * len(sweep.SEEDS)
+    assert len(stage_two) == 2 * len(sweep.SEEDS)  # the best alpha is the released one
     assert max(names.index(n) for n in stage_two) < min(
         names.index(n) for n in shapes_arms if "/base/" not in n
     )
