@@ -687,7 +687,7 @@ def report() -> Path:
     for domain, headlines in HEADLINES.items():
         arms = sorted({r.arm for r in runs if r.domain == domain})
         summary[domain] = {"best_alpha_on_val": best_alpha(domain, runs), "arms": {}}
-        for arm in (a for a in arms if a != "sft"):
+        for arm in (a for a in arms if a not in ("sft", "base")):  # GRQO arms
             pairs = {s: pair(domain, arm, s, by_name) for s in SEEDS}
             pairs = {s: p for s, p in pairs.items() if p is not None}
             entry: dict = {
