@@ -233,6 +233,11 @@ def recorded(run: Run) -> list[dict]:
 ENTRY_KEYS = ("origin", "evaluation", "gradient_shares", "gradient_shares_from", "seconds")
 
 
+def _shares_entry(run: Run) -> dict:
+    shares, source = gradient_shares(run)
+    return {"gradient_shares": shares, "gradient_shares_from": source}
+
+
 def entries(run: Run) -> list[dict]:
     """Every evaluation of ``run``, one per origin: its folder's first, then the ledger's."""
     found = []
@@ -242,8 +247,7 @@ def entries(run: Run) -> list[dict]:
             {
                 "origin": run.origin,
                 "evaluation": json.loads((run.folder / "sweep_eval.json").read_text()),
-                "gradient_shares": gradient_shares(run),
-                "gradient_shares_from": shares_source(run),
+                **_shares_entry(run),
                 "seconds": json.loads(times.read_text()) if times.is_file() else {},
                 "machine": _this_cpu(),
             }
@@ -276,7 +280,7 @@ def done(run: Run, runs: dict[str, Run]) -> bool:
     if run.failed:
         return True
     if run.evaluated:
-        return not wants_shares(run) or bool(gradient_shares(run))
+        return not wants_shares(run) or bool(gradient_shares(run)[0])
     records = recorded(run)
     if not records:
         return False
@@ -542,7 +546,6 @@ def best_alpha(domain: str, runs: list[Run] | None = None) -> float | None:
     return max(gains, key=gains.get)
 
 
-SHARE_KEYS = ("grad_share_", "grad_cos_", "grad_norm_")
 PROBE_BATCHES = 4  # training batches the gradient shares of a run that logged none are measured on
 
 
@@ -551,33 +554,24 @@ def wants_shares(run: Run) -> bool:
     return run.arm not in ("base", "sft")
 
 
-def _logged_shares(run: Run) -> dict[str, float]:
+def gradient_shares(run: Run) -> tuple[dict[str, float], str | None]:
+    """The run's gradient shares and how they were measured: the mean of every share metric
+    training ``logged`` (every ``grqo.grad_norm_every`` steps), else what :func:`probe_shares`
+    measured on its ``final weights``; ``({}, None)`` for neither."""
+    from workbench.grqo_probes import SHARE_PREFIXES
+
     sums: dict[str, list[float]] = {}
     path = run.folder / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
-        row = json.loads(line)
-        for key, value in row.items():
-            if key.startswith(SHARE_KEYS) and value is not None:
+        for key, value in json.loads(line).items():
+            if key.startswith(SHARE_PREFIXES) and value is not None:
                 sums.setdefault(key, []).append(float(value))
-    return {k: sum(v) / len(v) for k, v in sums.items()}
-
-
-def gradient_shares(run: Run) -> dict[str, float]:
-    """Mean over the run of every logged gradient-share metric (GRQO arms); for a run that
-    logged none, what :func:`probe_shares` measured on its final weights."""
+    if sums:
+        return {k: sum(v) / len(v) for k, v in sums.items()}, "logged"
     probed = run.folder / "sweep_shares.json"
-    logged = _logged_shares(run)
-    if not logged and probed.is_file():
-        return json.loads(probed.read_text())["shares"]
-    return logged
-
-
-def shares_source(run: Run) -> str | None:
-    """How the run's gradient shares were measured: ``logged`` every ``grqo.grad_norm_every``
-    steps of training, or on the ``final weights`` by :func:`probe_shares`; None: not at all."""
-    if _logged_shares(run):
-        return "logged"
-    return "final weights" if (run.folder / "sweep_shares.json").is_file() else None
+    if probed.is_file():
+        return json.loads(probed.read_text())["shares"], "final weights"
+    return {}, None
 
 
 def probe_shares(run: Run) -> None:
@@ -676,8 +670,7 @@ def report() -> Path:
                     "evaluated": False,
                     "origin": run.origin,
                     "evaluation": None,
-                    "gradient_shares": gradient_shares(run),
-                    "gradient_shares_from": shares_source(run),
+                    **_shares_entry(run),
                     "seconds": {},
                     "machine": None,
                 }
@@ -777,15 +770,8 @@ def figure(summary: dict) -> Path:
                     color=colour,
                     label=label,
                 )
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.axvline(0.01, color="grey", ls=":", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("reward weight alpha (dotted: released 0.01)")
-        ax.set_ylabel("test AP gain over SFT")
-        ax.set_title(f"{domain}: cross-image AP, 1 exemplar")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        else:
+        _alpha_axes(ax, 0, "test AP gain over SFT", f"{domain}: cross-image AP, 1 exemplar")
+        if not ax.get_legend_handles_labels()[0]:
             ax.text(0.5, 0.5, "no GRQO run evaluated yet", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     path = results_dir() / "grqo_sweep.png"
@@ -806,17 +792,24 @@ def _shares_panel(ax, domain: str, info: dict) -> None:
         )
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", color=colour, label=label)
-    ax.axhline(1, color="grey", lw=0.8)
-    ax.axvline(0.01, color="grey", ls=":", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("reward weight alpha (dotted: released 0.01)")
-    ax.set_ylabel("gradient norm / SFT's")
-    ax.set_title(f"{domain}: gradient norms over SFT's, seed mean")
+    _alpha_axes(ax, 1, "gradient norm / SFT's", f"{domain}: gradient norms over SFT's, seed mean")
     if ax.get_legend_handles_labels()[0]:
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no gradient shares yet", ha="center", transform=ax.transAxes)
+
+
+def _alpha_axes(ax, level: float, ylabel: str, title: str) -> None:
+    """A panel against alpha (log scale): a grey line at ``level``, the released alpha dotted,
+    the labels, and a legend when anything was drawn."""
+    ax.axhline(level, color="grey", lw=0.8)
+    ax.axvline(RELEASE_ALPHA, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"reward weight alpha (dotted: released {RELEASE_ALPHA:g})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def status() -> None:

@@ -223,17 +223,15 @@ def test_a_grqo_run_without_gradient_shares_is_not_done(sweep):
     fake_trained(ours.folder, "d" * 64)
     (ours.folder / "sweep_eval.json").write_text(json.dumps(evaluation(0.22)))
     (ours.folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "loss": 1.0}) + "\n")
-    assert not sweep.done(ours, runs) and sweep.shares_source(ours) is None
+    assert not sweep.done(ours, runs) and sweep.gradient_shares(ours) == ({}, None)
     probed = {"shares": {"grad_share_adv": 0.5}, "measured": "after training"}
     (ours.folder / "sweep_shares.json").write_text(json.dumps(probed))
     assert sweep.done(ours, runs)
-    assert sweep.gradient_shares(ours) == {"grad_share_adv": 0.5}
-    assert sweep.shares_source(ours) == "final weights"
+    assert sweep.gradient_shares(ours) == ({"grad_share_adv": 0.5}, "final weights")
     # What training logged comes first, averaged over the measurements.
     lines = [{"step": 24, "grad_share_adv": 0.1}, {"step": 49, "grad_share_adv": 0.3}]
     (ours.folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert sweep.gradient_shares(ours) == {"grad_share_adv": pytest.approx(0.2)}
-    assert sweep.shares_source(ours) == "logged"
+    assert sweep.gradient_shares(ours) == ({"grad_share_adv": pytest.approx(0.2)}, "logged")
 
 
 def test_shares_of_a_run_that_logged_none_are_measured_on_its_final_checkpoint(sweep, tmp_path):
@@ -255,7 +253,7 @@ def test_shares_of_a_run_that_logged_none_are_measured_on_its_final_checkpoint(s
     ]
     run = sweep.Run("bccd_ft/grqo_a1/seed0", overrides)
     train(load_config(TINY, [*overrides, f"train.out_dir={run.folder}"]))
-    assert sweep.gradient_shares(run) == {}
+    assert sweep.gradient_shares(run) == ({}, None)
     before = {p.name: p.stat().st_mtime_ns for p in run.folder.rglob("*") if p.is_file()}
     sweep.probe_shares(run)
     record = json.loads((run.folder / "sweep_shares.json").read_text())
@@ -264,7 +262,7 @@ def test_shares_of_a_run_that_logged_none_are_measured_on_its_final_checkpoint(s
     assert shares["grad_norm_sft"] > 0 and shares["grad_norm_adv"] > 0
     assert 0 < shares["grad_share_adv"] < math.inf  # averaged per batch, like the log's
     assert -1 <= shares["grad_cos_adv_sft"] <= 1
-    assert sweep.shares_source(run) == "final weights"
+    assert sweep.gradient_shares(run) == (shares, "final weights")
     after = {p.name: p.stat().st_mtime_ns for p in run.folder.rglob("*") if p.is_file()}
     assert {k: v for k, v in after.items() if k in before} == before  # nothing rewritten
 

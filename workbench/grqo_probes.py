@@ -29,6 +29,7 @@ from workbench.objectives.grqo import GRQOObjective
 from workbench.types import Batch
 
 GRADIENT_METRICS = ("grad_norm_sft", "grad_norm_adv", "grad_norm_kl", "grad_norm_grqo")
+SHARE_PREFIXES = ("grad_norm_", "grad_cos_", "grad_share_")  # every gradient-share metric logged
 
 
 def final_lr(train: TrainConfig) -> float:
@@ -101,11 +102,7 @@ def measure_gradient_shares(
     for batch in batches:
         torch.manual_seed(seed)
         metrics = objective(policy, batch, info).metrics
-        shares = {
-            k: v
-            for k, v in metrics.items()
-            if k.startswith(("grad_norm_", "grad_cos_", "grad_share_"))
-        }
+        shares = {k: v for k, v in metrics.items() if k.startswith(SHARE_PREFIXES)}
         if not shares:
             raise ValueError("the batch gave the GRQO terms nothing to measure (no prompts?)")
         for key, value in shares.items():
