@@ -56,6 +56,42 @@ def test_sampling_equals_transformers_forward_and_backward(name, backend):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [6, 32])  # a width without a compiled case; four SIMD chunks
+def test_kernel_equals_transformers_at_other_head_widths(dim, backend):
+    if deformable.load_kernel() is None:
+        pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
+    backend("cpp")
+    tensors, spatial, start = inputs(dim=dim, seed=dim)
+    expected, expected_grads = run(MultiScaleDeformableAttention(), tensors, spatial, start)
+    out, grads = run(LevelwiseDeformableSampling(), tensors, spatial, start)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_runs_on_torch_threads_with_the_same_result_on_one():
+    """Built with OpenMP, the kernel splits its (batch, head) slices over torch's threads; each
+    slice is computed alike on any thread count, so one thread gives the same bits."""
+    kernel = deformable.load_kernel()
+    if kernel is None:
+        pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
+    before = torch.get_num_threads()
+    tensors, spatial, start = inputs(batch=3, queries=20, heads=4, dim=16)
+    results = {}
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            assert kernel.parallel_threads(64) == threads
+            value, loc, weights = (t.detach().clone().requires_grad_() for t in tensors)
+            out = deformable.kernel_sampling(value, spatial, start, loc, weights)
+            grads = torch.autograd.grad(out.square().sum(), (value, loc, weights))
+            results[threads] = (out, *grads)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(results[2], results[1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_kernel_gradients_match_finite_differences():
     if deformable.load_kernel() is None:
         pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")

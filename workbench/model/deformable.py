@@ -55,6 +55,11 @@ _kernel: object | None = None  # the built extension module, once loaded
 _kernel_error: str | None = None  # why it could not be built, once tried
 _backend = os.environ.get("WORKBENCH_DEFORMABLE", "auto")
 BUILD_TIMEOUT = float(os.environ.get("WORKBENCH_KERNEL_BUILD_TIMEOUT", 900))
+# -fopenmp: the kernel splits its work with at::parallel_for, which is OpenMP in torch's CPU
+# builds and runs on one thread in code compiled without it. The extension then links the
+# libgomp.so.1 that torch has already loaded, so the process keeps one OpenMP runtime.
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 
 def set_backend(name: str) -> None:
@@ -81,8 +86,9 @@ def _cpu_kind() -> str:
 
 
 def kernel_name() -> str:
-    """The extension's name: one per kernel source, torch and Python version, and CPU kind."""
-    versions = f"{torch.__version__} {sys.version_info[:2]}".encode()
+    """The extension's name: one per kernel source, build flags, torch and Python version, and
+    CPU kind."""
+    versions = f"{torch.__version__} {sys.version_info[:2]} {CFLAGS} {LDFLAGS}".encode()
     digest = hashlib.sha1(_SOURCE.read_bytes() + versions).hexdigest()[:8]
     return f"workbench_msda_{digest}_{_cpu_kind()}"
 
@@ -180,7 +186,8 @@ def _build_here(folder: Path) -> int:
         load(
             name=name,
             sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native"],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
             build_directory=str(folder),
             verbose=True,
         )

@@ -8,9 +8,10 @@
 // a [B, Q, H, L, P]. Bilinear sampling follows grid_sample(align_corners=False,
 // padding_mode="zeros"): pixel x = loc_x * w_l - 0.5, and corners outside the map read zero.
 //
-// Both passes split the (b, h) pairs over threads: each works on its own contiguous [T, D] slice
-// of value (small enough to stay in cache), and the backward's scatter into grad_value never has
-// two threads on the same row.
+// Both passes split the (b, h) pairs over threads (at::parallel_for, hence the -fopenmp build
+// flag): each works on its own contiguous [T, D] slice of value (small enough to stay in cache),
+// and the backward's scatter into grad_value never has two threads on the same row. Each slice is
+// computed the same way on any number of threads, so results do not depend on the thread count.
 
 #include <torch/extension.h>
 
@@ -85,6 +86,34 @@ void forward_slice(const T* __restrict__ v, const T* __restrict__ lc, const T* _
   }
 }
 
+// sum_d g[d] * src[d], and dst[d] += coef * g[d]. For the common head widths the sum keeps
+// eight partial sums, one per SIMD lane, so the compiler vectorises it (a single running sum is a
+// serial chain of float additions that it must keep in order).
+template <typename T, int64_t DC>
+inline T dot_and_scatter(const T* __restrict__ g, const T* __restrict__ src, T* __restrict__ dst,
+                         T coef, int64_t Drt) {
+  constexpr int64_t W = 8;
+  if constexpr (DC > 0 && DC % W == 0) {
+    T acc[W] = {};
+    for (int64_t d0 = 0; d0 < DC; d0 += W) {
+      for (int64_t j = 0; j < W; ++j) {
+        acc[j] += g[d0 + j] * src[d0 + j];
+        dst[d0 + j] += coef * g[d0 + j];
+      }
+    }
+    T dot = 0;
+    for (int64_t j = 0; j < W; ++j) dot += acc[j];
+    return dot;
+  } else {
+    T dot = 0;
+    for (int64_t d = 0; d < Drt; ++d) {
+      dot += g[d] * src[d];
+      dst[d] += coef * g[d];
+    }
+    return dot;
+  }
+}
+
 template <typename T, int64_t DC>
 void backward_slice(const T* __restrict__ v, const T* __restrict__ lc, const T* __restrict__ at,
                     const T* __restrict__ go, T* __restrict__ gv, T* __restrict__ gl,
@@ -109,12 +138,7 @@ void backward_slice(const T* __restrict__ v, const T* __restrict__ lc, const T* 
         for (int c = 0; c < n; ++c) {
           const T* __restrict__ src = base + off[c] * D;
           T* __restrict__ dst = gbase + off[c] * D;
-          const T coef = a * wt[c];
-          T dot = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            dot += g[d] * src[d];
-            dst[d] += coef * g[d];
-          }
+          const T dot = dot_and_scatter<T, DC>(g, src, dst, a * wt[c], D);
           g_attn += wt[c] * dot;
           g_x += dx[c] * dot;
           g_y += dy[c] * dot;
@@ -206,7 +230,21 @@ std::vector<torch::Tensor> backward(torch::Tensor value, torch::Tensor shapes, t
   return {grad_value, grad_loc, grad_attn};
 }
 
+// How many threads at::parallel_for runs n single-item tasks on: torch's thread count when the
+// build has OpenMP, 1 when it does not (tests/test_deformable.py checks the build).
+int64_t parallel_threads(int64_t n) {
+  std::vector<char> seen(static_cast<size_t>(at::get_num_threads()), 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && t < static_cast<int>(seen.size())) seen[t] = 1;
+  });
+  int64_t used = 0;
+  for (char s : seen) used += s;
+  return used;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "multi-scale deformable attention sampling, forward (CPU)");
   m.def("backward", &backward, "multi-scale deformable attention sampling, backward (CPU)");
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for n tasks");
 }
