@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
 import torch
+from transformers import GroundingDinoConfig
 from transformers.models.grounding_dino.modeling_grounding_dino import (
+    GroundingDinoMultiscaleDeformableAttention,
     MultiScaleDeformableAttention,
 )
 
-from workbench.model import deformable
-from workbench.model.deformable import LevelwiseDeformableSampling
+from workbench.model import deformable, fastpath
+from workbench.model.deformable import (
+    FastMultiscaleDeformableAttention,
+    LevelwiseDeformableSampling,
+)
 
 SHAPES = [(6, 5), (3, 3), (2, 1)]
 
@@ -149,3 +155,51 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
     out = module.forward(value.transpose(1, 2).contiguous(), spatial, start, loc, weights)
     expected = deformable.kernel_sampling(value, spatial, start, loc, weights)
     torch.testing.assert_close(out.view_as(expected), expected)
+
+
+@pytest.mark.parametrize("coordinates", [2, 4])  # the encoder's points; the decoder's boxes
+def test_fast_module_gives_transformers_locations_and_output_bit_for_bit(coordinates, backend):
+    """The fast forward computes the sampling locations in another layout, not other values: the
+    same output bits, and gradients equal up to the order of a sum."""
+    backend("torch")  # one sampling implementation on both paths: the test is about the locations
+    config = GroundingDinoConfig(d_model=32, num_feature_levels=len(SHAPES))
+    torch.manual_seed(coordinates)
+    original = GroundingDinoMultiscaleDeformableAttention(config, num_heads=4, n_points=3)
+    fast = GroundingDinoMultiscaleDeformableAttention(config, num_heads=4, n_points=3)
+    fast.load_state_dict(original.state_dict())
+    assert deformable.use_levelwise_sampling(fast) == 1
+    assert type(fast) is FastMultiscaleDeformableAttention
+    spatial = torch.tensor(SHAPES)
+    start = torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]])
+    tokens = int(spatial.prod(1).sum())
+    g = torch.Generator().manual_seed(1)
+    memory = torch.randn(2, tokens, 32, generator=g)
+    queries = torch.randn(2, 5, 32, generator=g)
+    reference = torch.rand(2, 5, len(SHAPES), coordinates, generator=g)
+    mask = torch.ones(2, tokens, dtype=torch.bool)
+    mask[1, -3:] = False
+
+    def run(module, path):
+        ref = reference.clone().requires_grad_()
+        with path():
+            out, weights = module(
+                queries,
+                attention_mask=mask,
+                encoder_hidden_states=memory,
+                reference_points=ref,
+                spatial_shapes=spatial,
+                spatial_shapes_list=SHAPES,
+                level_start_index=start,
+            )
+        grads = torch.autograd.grad(out.square().sum(), [ref, *module.parameters()])
+        return out, weights, grads
+
+    original.attn = fast.attn
+    want = run(original, fastpath.disabled)
+    got = run(fast, fastpath.disabled)  # the switch off: transformers' own forward
+    again = run(fast, contextlib.nullcontext)
+    for result in (got, again):
+        assert torch.equal(result[0], want[0]) and torch.equal(result[1], want[1])
+        # The reference points' gradient sums over heads and points in another order.
+        for a, b in zip(result[2], want[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
