@@ -21,7 +21,9 @@ default ``auto``: the kernel where it builds) chooses; :func:`set_backend` does 
 ``WORKBENCH_FAST=0`` (:mod:`workbench.model.fastpath`) turns the kernel off with the other
 speed-ups.
 :func:`use_levelwise_sampling` swaps the module into a model; it has no parameters, so checkpoints
-are unaffected.
+are unaffected. It also gives transformers' deformable-attention modules the forward of
+:class:`FastMultiscaleDeformableAttention`, which computes the sampling locations (reference
+point plus normalised offset) in a layout that is quick on a CPU, with the same bits.
 """
 
 from __future__ import annotations
