@@ -21,7 +21,8 @@ may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the s
 resumed budget would not be the budget. Arms go in priority order: k = all at 10 minutes first.
 The committed ``adapt.json`` is the grid's ledger: a seed of an arm it holds is done on any
 machine, and ``report`` adds the seeds finished here to the ones it holds (a seed finished here
-replaces its record).
+replaces its record). Each row names the CPU and the commit its arm ran on (``bench_code.json``,
+written beside the arm's ``adapt.json``): both set how many steps a budget of minutes buys.
 
 ``--domain trees``: the app's default SFT model (``models/sft``, trained on synthetic shapes and
 BCCD; the same base for every seed) adapted to the deepforest aerial tree tiles with
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, results_dir, write_result
+from common import git_commit, machine, results_dir, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "adapt_bench" / "bccd"
@@ -59,6 +60,7 @@ KS = ("all", "50", "10")
 MINUTES = (10, 5, 20)
 OBJECTIVES = ("sft", "grqo")
 SEEDS = (0, 1, 2)
+CODE_FILE = "bench_code.json"  # beside a finished arm's adapt.json: the commit and CPU it ran on
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,9 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd") -> None:
             done = subprocess.run(command, env=env, cwd=REPO)
             if done.returncode:
                 sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
+            # The code and the CPU an arm ran on set how many steps its minutes buy.
+            code = {"commit": git_commit(), "machine": _cpu(machine())}
+            (out / CODE_FILE).write_text(json.dumps(code))
 
 
 def status(domain: str = "bccd") -> None:
@@ -242,8 +247,10 @@ def finished_arms(domain: str = "bccd") -> dict:
     for arm in arm_names(domain):
         rows = dict(ledger.get(arm, {}))
         for seed in SEEDS:
-            if (record := finished(folder(arm, seed, domain))) is not None:
-                rows[seed] = {"machine": _cpu(machine()), **_row(record)}
+            if (record := finished(out := folder(arm, seed, domain))) is not None:
+                code = json.loads(c.read_text()) if (c := out / CODE_FILE).is_file() else {}
+                where = code.get("machine", _cpu(machine()))
+                rows[seed] = {"machine": where, "commit": code.get("commit"), **_row(record)}
         rows = dict(sorted(rows.items()))
         if rows:
             arms[arm] = {"per_seed": rows, "summary": _summary(list(rows.values()))}

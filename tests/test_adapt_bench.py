@@ -42,6 +42,12 @@ def test_a_report_keeps_the_ledgers_seeds_and_adds_the_ones_finished_here(bench,
     assert sorted(arm["per_seed"]) == [0, 1]
     assert arm["per_seed"][0]["machine"] == other
     assert arm["per_seed"][1]["machine"]["cpu"] != "elsewhere"  # this machine
+    assert arm["per_seed"][1]["commit"] is None  # finished before arms named their code
+    ran = {"commit": "c0ffee", "machine": {"cpu": "the arm's CPU", "cpu_flags": []}}
+    (here / bench.CODE_FILE).write_text(json.dumps(ran))
+    arm = bench.finished_arms()["all_m10_sft"]
+    assert arm["per_seed"][1]["commit"] == "c0ffee"
+    assert arm["per_seed"][1]["machine"] == ran["machine"]
     assert arm["summary"]["after/interactive/AP50"]["mean"] == pytest.approx(0.55)
     bench.report()
     written = json.loads((results / "adapt.json").read_text())["arms"]["all_m10_sft"]
