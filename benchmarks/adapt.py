@@ -21,8 +21,9 @@ may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the s
 resumed budget would not be the budget. Arms go in priority order: k = all at 10 minutes first.
 The committed ``adapt.json`` is the grid's ledger: a seed of an arm it holds is done on any
 machine, and ``report`` adds the seeds finished here to the ones it holds (a seed finished here
-replaces its record). Each row names the CPU and the commit its arm ran on (``bench_code.json``,
-written beside the arm's ``adapt.json``): both set how many steps a budget of minutes buys.
+replaces its record; ``run --redo`` runs the seeds the ledger holds again, here). Each row names
+the CPU and the commit its arm ran on (``bench_code.json``, written beside the arm's
+``adapt.json``): both set how many steps a budget of minutes buys.
 
 ``--domain trees``: the app's default SFT model (``models/sft``, trained on synthetic shapes and
 BCCD; the same base for every seed) adapted to the deepforest aerial tree tiles with
@@ -155,7 +156,23 @@ def sweep_is_running() -> bool:
     return False
 
 
-def run(only: list[str] | None, seeds: list[int], domain: str = "bccd") -> None:
+def pending(
+    only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bool = False
+) -> list[tuple[str, int]]:
+    """The ``(arm, seed)`` pairs ``run`` trains, in order: those not finished here, nor held by
+    the ledger unless ``redo`` (which runs them again here, on this machine's CPU and code)."""
+    ledger = {} if redo else recorded(domain)
+    return [
+        (arm, seed)
+        for seed in seeds
+        for arm in arm_names(domain)
+        if not (only and arm not in only)
+        and not finished(folder(arm, seed, domain))
+        and seed not in ledger.get(arm, {})
+    ]
+
+
+def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bool = False) -> None:
     spec = DOMAINS[domain]
     for seed in seeds:
         base = spec.base(seed)
@@ -163,33 +180,27 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd") -> None:
             sys.exit(f"{base} is missing: {spec.base_hint}")
     # BCCD is the data of the bccd grid and half the forgetting data of the trees grid.
     env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
-    ledger = recorded(domain)
-    for seed in seeds:
-        for arm in arm_names(domain):
-            if only and arm not in only:
-                continue
-            out = folder(arm, seed, domain)
-            if finished(out) or seed in ledger.get(arm, {}):
-                continue
-            if sweep_is_running():
-                sys.exit("the GRQO sweep is running; stop it first (budgets are wall-clock)")
-            k, minutes, objective = arm.split("_")
-            command = [
-                sys.executable, "-m", "workbench", "adapt", domain,
-                "--from", str(spec.base(seed)),
-                "--objective", objective, "--minutes", minutes[1:], "--seed", str(seed),
-                "--forgetting", "--forgetting-images", str(spec.forgetting_images),
-                "--out", str(out), "--no-progress",
-                *([] if k == "all" else ["--images", k]),
-                *(["--overwrite"] if out.exists() else []),
-            ]  # fmt: skip
-            print(f"== {domain} {arm} seed {seed}", flush=True)
-            done = subprocess.run(command, env=env, cwd=REPO)
-            if done.returncode:
-                sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
-            # The code and the CPU an arm ran on set how many steps its minutes buy.
-            code = {"commit": git_commit(), "machine": _cpu(machine())}
-            (out / CODE_FILE).write_text(json.dumps(code))
+    for arm, seed in pending(only, seeds, domain, redo):
+        out = folder(arm, seed, domain)
+        if sweep_is_running():
+            sys.exit("the GRQO sweep is running; stop it first (budgets are wall-clock)")
+        k, minutes, objective = arm.split("_")
+        command = [
+            sys.executable, "-m", "workbench", "adapt", domain,
+            "--from", str(spec.base(seed)),
+            "--objective", objective, "--minutes", minutes[1:], "--seed", str(seed),
+            "--forgetting", "--forgetting-images", str(spec.forgetting_images),
+            "--out", str(out), "--no-progress",
+            *([] if k == "all" else ["--images", k]),
+            *(["--overwrite"] if out.exists() else []),
+        ]  # fmt: skip
+        print(f"== {domain} {arm} seed {seed}", flush=True)
+        done = subprocess.run(command, env=env, cwd=REPO)
+        if done.returncode:
+            sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
+        # The code and the CPU an arm ran on set how many steps its minutes buy.
+        code = {"commit": git_commit(), "machine": _cpu(machine())}
+        (out / CODE_FILE).write_text(json.dumps(code))
 
 
 def status(domain: str = "bccd") -> None:
@@ -350,12 +361,17 @@ def main() -> None:
     )
     p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     p.add_argument("--domain", choices=list(DOMAINS), default="bccd")
+    p.add_argument(
+        "--redo",
+        action="store_true",
+        help="also run the seeds the committed adapt.json holds (each replaces its record)",
+    )
     p = sub.add_parser("status")
     p.add_argument("--domain", choices=list(DOMAINS), help="default: every domain")
     sub.add_parser("report")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.only, args.seeds, args.domain)
+        run(args.only, args.seeds, args.domain, args.redo)
     elif args.command == "status":
         for domain in [args.domain] if args.domain else DOMAINS:
             status(domain)

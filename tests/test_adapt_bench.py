@@ -52,3 +52,21 @@ def test_a_report_keeps_the_ledgers_seeds_and_adds_the_ones_finished_here(bench,
     bench.report()
     written = json.loads((results / "adapt.json").read_text())["arms"]["all_m10_sft"]
     assert sorted(written["per_seed"]) == ["0", "1"]
+
+
+def test_run_skips_what_the_ledger_holds_unless_told_to_redo_it(bench):
+    ledger = {"arms": {"all_m10_sft": {"per_seed": {"0": bench._row(arm_record(0.5))}}}}
+    (bench.results_dir() / "adapt.json").write_text(json.dumps(ledger))
+    assert bench.pending(["all_m10_sft"], [0, 1]) == [("all_m10_sft", 1)]
+    assert bench.pending(["all_m10_sft"], [0, 1], redo=True) == [
+        ("all_m10_sft", 0),
+        ("all_m10_sft", 1),
+    ]
+    here = bench.folder("all_m10_sft", 1)
+    here.mkdir(parents=True)
+    (here / "adapt.json").write_text(json.dumps(arm_record(0.6)))
+    assert bench.pending(["all_m10_sft"], [0, 1], redo=True) == [("all_m10_sft", 0)]
+    unfinished = bench.folder("all_m10_grqo", 0)  # killed before "after": it runs again
+    unfinished.mkdir(parents=True)
+    (unfinished / "adapt.json").write_text(json.dumps({"plan": {}}))
+    assert bench.pending(None, [0])[:2] == [("all_m10_grqo", 0), ("50_m10_sft", 0)]
