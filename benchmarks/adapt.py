@@ -195,11 +195,11 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bo
             *(["--overwrite"] if out.exists() else []),
         ]  # fmt: skip
         print(f"== {domain} {arm} seed {seed}", flush=True)
+        # The code and the CPU an arm runs on set how many steps its minutes buy.
+        code = {"commit": git_commit(), "machine": _cpu(machine())}
         done = subprocess.run(command, env=env, cwd=REPO)
         if done.returncode:
             sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
-        # The code and the CPU an arm ran on set how many steps its minutes buy.
-        code = {"commit": git_commit(), "machine": _cpu(machine())}
         (out / CODE_FILE).write_text(json.dumps(code))
 
 
