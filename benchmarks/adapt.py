@@ -23,7 +23,9 @@ The committed ``adapt.json`` is the grid's ledger: a seed of an arm it holds is 
 machine, and ``report`` adds the seeds finished here to the ones it holds (a seed finished here
 replaces its record; ``run --redo`` runs the seeds the ledger holds again, here). Each row names
 the CPU and the commit its arm ran on (``bench_code.json``, written beside the arm's
-``adapt.json``): both set how many steps a budget of minutes buys.
+``adapt.json``): both set how many steps a budget of minutes buys. ``report`` also sets GRQO
+against SFT at each k and budget, paired by seed (``grqo_minus_sft``: the mean difference in AP50,
+AP and the base domain's AP, with a 95 % t-interval once two seeds pair).
 
 ``--domain trees``: the app's default SFT model (``models/sft``, trained on synthetic shapes and
 BCCD; the same base for every seed) adapted to the deepforest aerial tree tiles with
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit, machine, results_dir, write_result
+from common import git_commit, machine, paired, results_dir, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "adapt_bench" / "bccd"
@@ -268,6 +270,32 @@ def finished_arms(domain: str = "bccd") -> dict:
     return arms
 
 
+PAIRED_KEYS = (  # GRQO's change over SFT in these, paired by seed
+    "after/interactive/AP50",
+    "after/cross_image/AP50",
+    "after/interactive/AP",
+    "after/cross_image/AP",
+    "base_domain_after/interactive/AP",
+)
+
+
+def grqo_minus_sft(arms: dict) -> dict:
+    """``{"<k>_m<minutes>": {"seeds": [...], key: paired}}``: GRQO minus SFT at the same k and
+    budget, one difference per seed both objectives finished, for each of ``PAIRED_KEYS``."""
+    out = {}
+    for arm, sft in arms.items():
+        cell = arm.removesuffix("_sft")
+        if cell == arm or (grqo := arms.get(f"{cell}_grqo")) is None:
+            continue
+        seeds = sorted(set(sft["per_seed"]) & set(grqo["per_seed"]))
+        if seeds:
+            out[cell] = {"seeds": seeds} | {
+                key: paired([grqo["per_seed"][s][key] - sft["per_seed"][s][key] for s in seeds])
+                for key in PAIRED_KEYS
+            }
+    return out
+
+
 def report() -> Path:
     """``adapt.json``: BCCD's arms under ``setup`` / ``arms`` (the keys readers know), the other
     domains under ``domains.<name>``; a figure and a table per domain with finished arms."""
@@ -275,9 +303,18 @@ def report() -> Path:
     if not any(found.values()):
         sys.exit("no finished arm yet: python benchmarks/adapt.py run [--domain trees]")
     # Each row names the machine its arm ran on; arm_machine is this report's.
-    payload = {"setup": DOMAINS["bccd"].setup, "arm_machine": machine(), "arms": found["bccd"]}
+    payload = {
+        "setup": DOMAINS["bccd"].setup,
+        "arm_machine": machine(),
+        "arms": found["bccd"],
+        "grqo_minus_sft": grqo_minus_sft(found["bccd"]),
+    }
     others = {
-        domain: {"setup": DOMAINS[domain].setup, "arms": arms}
+        domain: {
+            "setup": DOMAINS[domain].setup,
+            "arms": arms,
+            "grqo_minus_sft": grqo_minus_sft(arms),
+        }
         for domain, arms in found.items()
         if domain != "bccd" and arms
     }
@@ -289,6 +326,8 @@ def report() -> Path:
             name = "adapt.png" if domain == "bccd" else f"adapt_{domain}.png"
             _figure(arms, results_dir() / name, domain)
             print(table(arms, domain))
+            if cells := grqo_minus_sft(arms):
+                print(paired_table(cells, domain))
     return path
 
 
@@ -312,6 +351,26 @@ def table(arms: dict, domain: str = "bccd") -> str:
             f"{m('base_domain_after/interactive/AP')} ({m('base_domain_before/interactive/AP')}) |"
         )
     return "\n".join(lines)
+
+
+def paired_table(cells: dict, domain: str = "bccd") -> str:
+    """GRQO minus SFT per k and budget: the mean difference and its 95 % t-interval over seeds."""
+    spec = DOMAINS[domain]
+    lines = [
+        f"| k | minutes | seeds | AP50 interactive | AP50 cross-image | AP interactive "
+        f"| AP cross-image | {spec.base_domain} AP after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, data in cells.items():
+        k, minutes = cell.split("_")
+        shown = " | ".join(_interval(data[key]) for key in PAIRED_KEYS)
+        lines.append(f"| {k} | {minutes[1:]} | {len(data['seeds'])} | {shown} |")
+    return "\n".join(lines)
+
+
+def _interval(diff: dict) -> str:
+    text = f"{diff['mean']:+.3f}"
+    return text if diff["n"] < 2 else f"{text} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
 
 
 def _mean_sd(summary: dict, key: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -89,6 +90,19 @@ def write_result(name: str, payload: dict) -> Path:
     path = results_dir() / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+def paired(values: list[float]) -> dict:
+    """Mean and 95 % t-interval of paired differences (one per seed)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": values}
 
 
 class Timer:

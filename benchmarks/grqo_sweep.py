@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, results_dir, write_result
+from common import machine, paired, results_dir, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "grqo_sweep"
@@ -611,19 +611,6 @@ def probe_shares(run: Run) -> None:
     path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
     path.with_suffix(".tmp").replace(path)
     _add_seconds(run, "probe_seconds", time.perf_counter() - start)
-
-
-def paired(values: list[float]) -> dict:
-    """Mean and 95 % t-interval of paired differences (one per seed)."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": values}
 
 
 HEADLINES = {  # what the README reports, per domain: (evaluation, metric, category split)

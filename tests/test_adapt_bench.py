@@ -70,3 +70,34 @@ def test_run_skips_what_the_ledger_holds_unless_told_to_redo_it(bench):
     unfinished.mkdir(parents=True)
     (unfinished / "adapt.json").write_text(json.dumps({"plan": {}}))
     assert bench.pending(None, [0])[:2] == [("all_m10_grqo", 0), ("50_m10_sft", 0)]
+
+
+def test_grqo_is_compared_with_sft_at_the_same_k_and_budget_paired_by_seed(bench, capsys):
+    for arm, seeds_ap50 in {
+        "all_m10_sft": {0: 0.5, 1: 0.6, 2: 0.7},
+        "all_m10_grqo": {0: 0.52, 1: 0.64, 2: 0.7},
+        "10_m10_sft": {0: 0.4, 1: 0.4},
+        "10_m10_grqo": {1: 0.45},  # seed 0 missing: only seed 1 pairs
+        "50_m10_sft": {0: 0.3},  # no GRQO arm: no comparison
+    }.items():
+        for seed, ap50 in seeds_ap50.items():
+            (out := bench.folder(arm, seed)).mkdir(parents=True)
+            (out / "adapt.json").write_text(json.dumps(arm_record(ap50)))
+    cells = bench.grqo_minus_sft(bench.finished_arms())
+    assert sorted(cells) == ["10_m10", "all_m10"]
+    full = cells["all_m10"]
+    assert full["seeds"] == [0, 1, 2]
+    assert full["after/interactive/AP50"]["values"] == pytest.approx([0.02, 0.04, 0.0])
+    assert full["after/interactive/AP50"]["mean"] == pytest.approx(0.02)
+    assert full["after/interactive/AP"]["mean"] == pytest.approx(0.01)  # arm_record: AP = AP50/2
+    assert full["after/interactive/AP50"]["low"] < 0 < full["after/interactive/AP50"]["high"]
+    assert full["base_domain_after/interactive/AP"]["mean"] == pytest.approx(0.0)
+    one = cells["10_m10"]
+    assert one["seeds"] == [1] and one["after/cross_image/AP50"]["n"] == 1
+    rows = bench.paired_table(cells).splitlines()
+    assert rows[2].startswith("| all | 10 | 3 | +0.020 [-0.030, +0.070] |")
+    assert rows[3].startswith("| 10 | 10 | 1 | +0.050 |")  # one seed: no interval
+    bench.report()
+    written = json.loads((bench.results_dir() / "adapt.json").read_text())
+    assert written["grqo_minus_sft"]["all_m10"]["seeds"] == [0, 1, 2]
+    assert "| all | 10 | 3 | +0.020" in capsys.readouterr().out
