@@ -302,19 +302,16 @@ def report() -> Path:
     found = {domain: finished_arms(domain) for domain in DOMAINS}
     if not any(found.values()):
         sys.exit("no finished arm yet: python benchmarks/adapt.py run [--domain trees]")
+    compared = {domain: grqo_minus_sft(arms) for domain, arms in found.items()}
     # Each row names the machine its arm ran on; arm_machine is this report's.
     payload = {
         "setup": DOMAINS["bccd"].setup,
         "arm_machine": machine(),
         "arms": found["bccd"],
-        "grqo_minus_sft": grqo_minus_sft(found["bccd"]),
+        "grqo_minus_sft": compared["bccd"],
     }
     others = {
-        domain: {
-            "setup": DOMAINS[domain].setup,
-            "arms": arms,
-            "grqo_minus_sft": grqo_minus_sft(arms),
-        }
+        domain: {"setup": DOMAINS[domain].setup, "arms": arms, "grqo_minus_sft": compared[domain]}
         for domain, arms in found.items()
         if domain != "bccd" and arms
     }
@@ -326,8 +323,8 @@ def report() -> Path:
             name = "adapt.png" if domain == "bccd" else f"adapt_{domain}.png"
             _figure(arms, results_dir() / name, domain)
             print(table(arms, domain))
-            if cells := grqo_minus_sft(arms):
-                print(paired_table(cells, domain))
+            if compared[domain]:
+                print(paired_table(compared[domain], domain))
     return path
 
 
@@ -335,37 +332,37 @@ def table(arms: dict, domain: str = "bccd") -> str:
     """The README's table: AP50 on the domain's val split before -> after, and the base's own
     domain's AP after (before)."""
     spec = DOMAINS[domain]
-    lines = [
-        f"| k | minutes | objective | seeds | steps | {spec.label} AP50 interactive before → after "
-        f"| cross-image | {spec.base_domain} AP after (before) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for arm, data in arms.items():
         k, minutes, objective = arm.split("_")
         s = data["summary"]
         m = functools.partial(_mean_sd, s)
-        lines.append(
-            f"| {k} | {minutes[1:]} | {objective} | {s['seeds']} | {s['steps']['mean']:.0f} | "
-            f"{m('before/interactive/AP50')} → {m('after/interactive/AP50')} | "
-            f"{m('before/cross_image/AP50')} → {m('after/cross_image/AP50')} | "
-            f"{m('base_domain_after/interactive/AP')} ({m('base_domain_before/interactive/AP')}) |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            k, minutes[1:], objective, str(s["seeds"]), f"{s['steps']['mean']:.0f}",
+            f"{m('before/interactive/AP50')} → {m('after/interactive/AP50')}",
+            f"{m('before/cross_image/AP50')} → {m('after/cross_image/AP50')}",
+            f"{m('base_domain_after/interactive/AP')} ({m('base_domain_before/interactive/AP')})",
+        ])  # fmt: skip
+    head = ["k", "minutes", "objective", "seeds", "steps"]
+    head += [f"{spec.label} AP50 interactive before → after", "cross-image"]
+    return _markdown([*head, f"{spec.base_domain} AP after (before)"], rows)
 
 
 def paired_table(cells: dict, domain: str = "bccd") -> str:
     """GRQO minus SFT per k and budget: the mean difference and its 95 % t-interval over seeds."""
-    spec = DOMAINS[domain]
-    lines = [
-        f"| k | minutes | seeds | AP50 interactive | AP50 cross-image | AP interactive "
-        f"| AP cross-image | {spec.base_domain} AP after |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    head = ["k", "minutes", "seeds", "AP50 interactive", "AP50 cross-image", "AP interactive"]
+    head += ["AP cross-image", f"{DOMAINS[domain].base_domain} AP after"]
+    rows = []
     for cell, data in cells.items():
         k, minutes = cell.split("_")
-        shown = " | ".join(_interval(data[key]) for key in PAIRED_KEYS)
-        lines.append(f"| {k} | {minutes[1:]} | {len(data['seeds'])} | {shown} |")
-    return "\n".join(lines)
+        shown = [_interval(data[key]) for key in PAIRED_KEYS]
+        rows.append([k, minutes[1:], str(len(data["seeds"])), *shown])
+    return _markdown(head, rows)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(cells) + " |" for cells in (head, *rows)]
+    return "\n".join([lines[0], "|---" * len(head) + "|", *lines[1:]])
 
 
 def _interval(diff: dict) -> str:
