@@ -16,10 +16,12 @@ from workbench.adapt import (
     base_config,
     make_plan,
     prepare_data,
+    replan,
     resolution,
 )
 from workbench.data.coco import CocoDetection
 from workbench.inputs import InputError
+from workbench.optim import lr_factor
 from workbench.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,15 +100,54 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
     assert plan.steps == int(0.95 * 540 / 3.0) == planned.train.max_steps
     assert planned.train.max_minutes == pytest.approx(9.0)
     assert plan.epochs == -(-plan.steps // 2) and plan.lr_drop_epochs == [round(0.8 * 171 / 2)]
-    assert planned.train.warmup_steps == plan.steps // 10
+    assert planned.train.warmup_steps == plan.steps // 10 == plan.replan_after
     text = "\n".join(plan.lines("models/sft"))
     assert "171 steps" in text and "KL reference is the base model" in text
+    assert "re-planned from the pace of the 17 warm-up steps" in text
     fixed, limited = make_plan(
         cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, steps=7, **common
     )
     assert fixed.steps == limited.train.max_steps == 7 and limited.train.max_minutes == 9.0
+    assert fixed.replan_after is None  # --steps is a count to keep
     with pytest.raises(InputError, match="--minutes 1 leaves 0 s after 70 s"):
         make_plan(cfg, minutes=1, seconds_per_step=3.0, setup_seconds=70.0, **common)
+
+
+def test_after_the_warm_up_the_rest_is_replanned_from_its_pace(tmp_path, bccd_voc):
+    found = prepare_data(str(labelimg_folder(bccd_voc, tmp_path / "cells", 20)), tmp_path / "d")
+    cfg = adapt_config(
+        str(SFT),
+        found,
+        tmp_path / "run",
+        objective="sft",
+        seed=0,
+        train_images=16,
+        min_size=256,
+        max_size=342,
+    )
+    common = dict(held_out=4, categories=["RBC"], box_px=40.0, train_images=16)
+    plan, planned = make_plan(cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, **common)
+    assert (plan.steps, plan.replan_after) == (171, 17)
+    # The 17 warm-up steps ran at 2 s, the first at 5 s (it starts the data), 40 s in all: 3 s
+    # of loading and saving, which the rest pays once more.
+    walls = [5.0] + [2.0] * 16
+    faster, record = replan(planned, trained=17, images=16, walls=walls, spent=40.0, seconds=540.0)
+    steps = 17 + int(0.95 * (540 - 40 - 3) / 2.0)
+    assert record["seconds_per_step"] == 2.0 and record["steps"] == steps == 253
+    train = faster.train
+    assert (train.max_steps, train.warmup_steps, train.epochs) == (253, 17, 127)
+    assert train.max_minutes == pytest.approx(500 / 60) and train.lr_drop_epochs == (101,)
+    # The steps taken keep their learning rates; the drop moved with the step count.
+    assert all(lr_factor(s, train, 2) == lr_factor(s, planned.train, 2) for s in range(17))
+    assert planned.train.lr_drop_epochs == (68,) and lr_factor(140, train, 2) == 1.0
+    # Far slower than the probe: 3 steps are left, and the drop cannot move into the warm-up's
+    # epochs (round(0.8 * 20 / 2) = 8 starts at step 16): it waits for epoch 9, at step 18.
+    slower, record = replan(
+        planned, trained=17, images=16, walls=[2.0] * 17, spent=34.0, seconds=40.4
+    )
+    assert record["steps"] == slower.train.max_steps == 20
+    assert slower.train.lr_drop_epochs == (9,)
+    assert all(lr_factor(s, slower.train, 2) == lr_factor(s, planned.train, 2) for s in range(17))
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +169,20 @@ def test_adapt_trains_within_its_budget_and_scores_before_and_after(adapted, cap
     record = json.loads((out / "adapt.json").read_text())
     plan, trained = record["plan"], record["train"]
     assert (plan["train_images"], plan["held_out_images"]) == (16, 4)
-    assert 1 <= trained["steps"] <= plan["steps"]
+    # A warm-up of 4 steps or more re-plans the rest from its pace (99 steps here became 84).
+    final = record["replan"] if plan["replan_after"] else plan
+    assert ("re-planned after" in printed) == bool(plan["replan_after"])
+    assert 1 <= trained["steps"] <= final["steps"] == trained["planned_steps"]
     # Either every planned step ran or the time limit stopped it: never more than planned.
-    assert trained["stopped_by_time_limit"] or trained["steps"] == plan["steps"]
+    assert trained["stopped_by_time_limit"] or trained["steps"] == final["steps"]
+    # Every warm-up step was logged, with the learning rates of the schedule it started with.
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    warm = [r for r in rows if r["step"] < (plan["replan_after"] or 0)]
+    assert [r["step"] for r in warm] == list(range(plan["replan_after"] or 0))
+    assert all(
+        r["lr"] == pytest.approx(plan["lr"] * (0.1 + 0.9 * r["step"] / plan["warmup_steps"]))
+        for r in warm
+    )
     for when in ("before", "after"):
         assert set(record[when]) == {"interactive", "cross_image"}
         for scores in record[when].values():

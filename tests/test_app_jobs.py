@@ -129,3 +129,15 @@ def test_drawn_boxes_with_a_negative_class_are_refused(bccd_voc, tmp_path):
     assert said == "1 image in the training set; boxes: RBC 1"
     with pytest.raises(InputError, match="upload an image on this tab"):
         add_drawn(drawn, None, 2048)
+
+
+def test_progress_counts_against_the_re_planned_steps_once_there_are_some(tmp_path):
+    from workbench.app.jobs import _training_progress
+
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(f'{{"step": {s}}}' for s in range(25)) + '\n{"step": 2'  # a line being written
+    )
+    record = {"plan": {"steps": 100}}
+    assert _training_progress(tmp_path, record) == 0.25
+    record["replan"] = {"steps": 50}
+    assert _training_progress(tmp_path, record) == 0.5

@@ -24,7 +24,10 @@ The plan (:class:`Plan`), printed with the reason for each choice:
   the steps, x0.1 for the last fifth: the fine-tune recipe of the ``bccd_ft`` arms of
   ``benchmarks/grqo_sweep.py``, with its horizontal flips (0.5) and crops (0.3);
 - steps: what fits the budget at the step time of 3 steps of the real model on the real data,
-  measured first; ``train.max_minutes`` stops training at the budget whatever happens.
+  measured first; then re-planned once the warm-up (a tenth of the steps) has trained, from its
+  steps' wall-clock pace, which a 3-step probe reads too high or too low by up to a third; the
+  warm-up keeps its schedule, the rest (the step count, the drop) is fitted to what is left of
+  the budget. ``train.max_minutes`` stops training at the budget whatever happens.
 
 OUT is an ordinary run folder (``config.yaml``, ``checkpoints/``, ``metrics.jsonl``) that ``eval``,
 ``predict``, the app (``python app.py --sft OUT``), the notebooks and ``fiftyone export
@@ -43,7 +46,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from workbench.config import Config, load_config, to_dict
+from workbench.config import Config, TrainConfig, load_config, to_dict
 from workbench.data.coco import CocoDetection
 from workbench.data.coco_json import load_coco_json
 from workbench.data.dataset import DatasetError, DetectionDataset
@@ -55,6 +58,7 @@ HELD_OUT = 0.2  # the held-out share of a json or folder without its own splits
 MIN_BOX_PX = 16  # the median box's shorter side, in model input pixels, below which we upsize
 MAX_MIN_SIZE = 512
 PROBE_STEPS = 3
+REPLAN_MIN_STEPS = 4  # a shorter warm-up has too few steps to time: its plan stands
 LR = 1e-4
 PROTOCOLS = ("interactive", "cross_image")
 
@@ -93,6 +97,9 @@ class Plan:
     train_minutes: float  # the hard limit on training itself (train.max_minutes)
     hflip_prob: float
     crop_prob: float
+    # The warm-up steps after which the rest is re-planned from their pace (None: ``--steps``
+    # fixed the count, or the warm-up is under REPLAN_MIN_STEPS steps).
+    replan_after: int | None = None
 
     def lines(self, base: str) -> list[str]:
         drop = f", x0.1 from epoch {self.lr_drop_epochs[0]}" if self.lr_drop_epochs else ", no drop"
@@ -114,8 +121,13 @@ class Plan:
             ),
             f"  measured {self.seconds_per_step:.2f} s per step ({PROBE_STEPS} steps, "
             f"{self.setup_seconds:.0f} s with loading) -> {self.steps} steps "
-            f"({self.epochs} epochs) in the {self.train_minutes:.1f} min left; training stops "
-            "at the budget in any case",
+            f"({self.epochs} epochs) in the {self.train_minutes:.1f} min left"
+            + (
+                f", re-planned from the pace of the {self.replan_after} warm-up steps"
+                if self.replan_after
+                else ""
+            )
+            + "; training stops at the budget in any case",
         ]
 
 
@@ -348,8 +360,6 @@ def make_plan(
 ) -> tuple[Plan, Config]:
     """The steps that fit what is left of ``minutes`` after setup (or exactly ``steps``, which
     the budget still stops), and the schedule over them."""
-    from workbench.data.loader import steps_per_epoch
-
     left = minutes * 60 - setup_seconds
     if left < 2 * seconds_per_step:
         raise InputError(
@@ -357,26 +367,11 @@ def make_plan(
             f"loading and measuring, under two steps of {seconds_per_step:.1f} s: give more "
             "minutes"
         )
+    fixed = steps is not None
     if steps is None:
         steps = max(2, int(0.95 * left / seconds_per_step))  # 5 %: checkpoints, the last save
-    per_epoch = steps_per_epoch(train_images, cfg.train.batch_size)
-    epochs = math.ceil(steps / per_epoch)
-    drop = round(0.8 * steps / per_epoch)
-    drops = (drop,) if 1 <= drop < epochs else ()
     warmup = max(1, steps // 10)
-    cfg = replace(
-        cfg,
-        train=replace(
-            cfg.train,
-            max_steps=steps,
-            epochs=epochs,
-            warmup_steps=warmup,
-            lr_drop_epochs=drops,
-            max_minutes=left / 60,
-            log_every=max(1, min(10, steps // 20)),
-            checkpoint_every=max(10, steps // 5),
-        ),
-    )
+    cfg = replace(cfg, train=schedule(cfg.train, steps, train_images, warmup, left))
     plan = Plan(
         objective=cfg.train.objective,
         minutes=minutes,
@@ -389,16 +384,73 @@ def make_plan(
         batch_size=cfg.train.batch_size,
         lr=cfg.train.lr,
         warmup_steps=warmup,
-        lr_drop_epochs=list(drops),
+        lr_drop_epochs=list(cfg.train.lr_drop_epochs),
         steps=steps,
-        epochs=epochs,
+        epochs=cfg.train.epochs,
         seconds_per_step=seconds_per_step,
         setup_seconds=setup_seconds,
         train_minutes=left / 60,
         hflip_prob=cfg.data.hflip_prob,
         crop_prob=cfg.data.crop_prob,
+        replan_after=None if fixed or warmup < REPLAN_MIN_STEPS else warmup,
     )
     return plan, cfg
+
+
+def schedule(
+    train: TrainConfig, steps: int, images: int, warmup: int, seconds: float, trained: int = 0
+) -> TrainConfig:
+    """``train`` set to ``steps`` steps within ``seconds`` on ``images`` training images:
+    a warm-up over ``warmup`` steps, x0.1 from the epoch at 80 % of the steps (never one that
+    starts before step ``trained``, whose learning rates are spent), a log line every 5 % of the
+    steps (at most every 10) and a checkpoint every 20 %."""
+    from workbench.data.loader import steps_per_epoch
+
+    per_epoch = steps_per_epoch(images, train.batch_size)
+    epochs = math.ceil(steps / per_epoch)
+    drop = max(round(0.8 * steps / per_epoch), math.ceil(trained / per_epoch))
+    return replace(
+        train,
+        max_steps=steps,
+        epochs=epochs,
+        warmup_steps=warmup,
+        lr_drop_epochs=(drop,) if 1 <= drop < epochs else (),
+        max_minutes=seconds / 60,
+        log_every=max(1, min(10, steps // 20)),
+        checkpoint_every=max(10, steps // 5),
+    )
+
+
+def warmup_pace(run: Path, steps: int, batch_size: int) -> list[float]:
+    """The wall-clock seconds of each of the first ``steps`` steps in ``run``'s metrics (logged
+    every step), from one log line to the next: what a step's own timer leaves out counts too
+    (loading the batch, GRQO's gradient measurement every ``grqo.grad_norm_every`` steps)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [batch_size / r["samples_per_s"] for r in rows if r.get("step", steps) < steps]
+
+
+def replan(
+    cfg: Config, *, trained: int, images: int, walls: list[float], spent: float, seconds: float
+) -> tuple[Config, dict[str, Any]]:
+    """``cfg`` after ``trained`` warm-up steps that took ``spent`` of the ``seconds`` of training:
+    the steps that fit what is left at their pace (the mean of ``walls`` after the first, whose
+    batch loading starts the data), less one more start of training (``spent`` beyond the steps:
+    building the model, the last save). The warm-up is kept, the drop moves."""
+    pace = statistics.fmean(walls[1:]) if len(walls) > 1 else walls[0]
+    left = seconds - spent
+    starting = max(0.0, spent - sum(walls))
+    steps = trained + max(0, int(0.95 * (left - starting) / pace))
+    train = schedule(cfg.train, steps, images, cfg.train.warmup_steps, left, trained=trained)
+    record = {
+        "after_steps": trained,
+        "seconds_per_step": pace,
+        "spent_seconds": spent,
+        "steps": steps,
+        "epochs": train.epochs,
+        "lr_drop_epochs": list(train.lr_drop_epochs),
+        "train_minutes": left / 60,
+    }
+    return replace(cfg, train=train), record
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -555,7 +607,13 @@ def _train_and_score(
 
     record_path = out / "adapt.json"
     started = time.monotonic()
-    summary = train(cfg, resume=resume, progress=progress)
+    summary, after = None, record["plan"].get("replan_after")
+    if after and "replan" not in record:
+        cfg, summary = _warm_up(out, cfg, record, after, resume, progress, say)
+        resume = True
+    if summary is None:
+        # After a re-plan the last checkpoint may be the warm-up's, saved with its schedule.
+        summary = train(cfg, resume=resume, progress=progress, allow_changes="replan" in record)
     record["train"] = {
         "steps": summary["global_step"],
         "planned_steps": cfg.train.max_steps,
@@ -577,6 +635,45 @@ def _train_and_score(
     write_atomic(record_path, json.dumps(record, indent=2))
     say(f"wrote {record_path}; the adapted model is the run folder {out}")
     return record
+
+
+def _warm_up(
+    out: Path, cfg: Config, record: dict, after: int, resume: bool, progress: bool, say
+) -> tuple[Config, dict | None]:
+    """Train the warm-up's ``after`` steps, logging each, then re-plan the rest from their pace
+    (recorded under ``replan`` in adapt.json with the new config): the new config and ``None``,
+    or the config and the training summary when the budget ran out in the warm-up."""
+    from workbench.experiment import train
+
+    started = time.monotonic()
+    warm = replace(cfg, train=replace(cfg.train, max_steps=after, log_every=1))
+    summary = train(warm, resume=resume, progress=progress)
+    if summary["stopped_by_time_limit"]:
+        return cfg, summary
+    walls = warmup_pace(out, after, cfg.train.batch_size)
+    # A resumed warm-up's earlier part ran in another process: its steps are its time.
+    spent = sum(walls) if resume else time.monotonic() - started
+    cfg, record["replan"] = replan(
+        cfg,
+        trained=after,
+        images=record["plan"]["train_images"],
+        walls=walls,
+        spent=spent,
+        seconds=60 * record["plan"]["train_minutes"],
+    )
+    record["config"] = to_dict(cfg)
+    write_atomic(out / "adapt.json", json.dumps(record, indent=2))
+    say(_replan_line(record["replan"]))
+    return cfg, None
+
+
+def _replan_line(done: dict) -> str:
+    drop = f", x0.1 from epoch {done['lr_drop_epochs'][0]}" if done["lr_drop_epochs"] else ""
+    return (
+        f"re-planned after the {done['after_steps']} warm-up steps ({done['spent_seconds']:.0f} s):"
+        f" {done['seconds_per_step']:.2f} s per step -> {done['steps']} steps "
+        f"({done['epochs']} epochs{drop}) in the {done['train_minutes']:.1f} min left"
+    )
 
 
 def _forgetting(base: str, adapted: Path, images: int, say) -> dict[str, Any]:

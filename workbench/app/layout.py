@@ -57,9 +57,10 @@ ADAPT_HELP = """**Teach the model new objects.** Upload an image below, draw a b
 object of the classes to learn and name each (its label is the class), then **Add**; repeat on
 several images (a fifth is held out to score the result). Or upload a labelled dataset as a
 zip: a LabelImg, VOC or YOLO folder, or a COCO json with its images. **Start** fine-tunes the
-chosen model in the background (`python -m workbench adapt`): it times three steps, trains for
-what fits the budget, and scores the model before and after on the held-out images. One
-fine-tune runs at a time and takes every core, so detection here slows down meanwhile."""
+chosen model in the background (`python -m workbench adapt`): it times three steps, plans what
+fits the budget, re-plans from the pace of its warm-up, and scores the model before and after on
+the held-out images. One fine-tune runs at a time and takes every core, so detection here slows
+down meanwhile."""
 
 ANNOTATOR_HELP = (
     ": drag a box around one example object, then name it in the dialog: pick a class offered "
