@@ -176,6 +176,12 @@ def pending(
 
 def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bool = False) -> None:
     spec = DOMAINS[domain]
+    unknown = sorted(set(only or ()) - set(arm_names(domain)))
+    if unknown:
+        sys.exit(
+            f"--only {' '.join(unknown)}: no such {domain} arm; the arms are "
+            f"{', '.join(arm_names(domain))}"
+        )
     for seed in seeds:
         base = spec.base(seed)
         if not ((base / "checkpoints").is_dir() or (base / "checkpoint.json").is_file()):

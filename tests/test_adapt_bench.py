@@ -70,6 +70,9 @@ def test_run_skips_what_the_ledger_holds_unless_told_to_redo_it(bench):
     unfinished.mkdir(parents=True)
     (unfinished / "adapt.json").write_text(json.dumps({"plan": {}}))
     assert bench.pending(None, [0])[:2] == [("all_m10_grqo", 0), ("50_m10_sft", 0)]
+    # A misspelt arm is named, with the ones there are, instead of running nothing.
+    with pytest.raises(SystemExit, match=r"--only kall_m10_sft: no such bccd arm; .*all_m10_sft"):
+        bench.run(["kall_m10_sft", "all_m10_sft"], [0])
 
 
 def test_grqo_is_compared_with_sft_at_the_same_k_and_budget_paired_by_seed(bench, capsys):
