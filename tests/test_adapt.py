@@ -5,24 +5,30 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from testing_constants import cli_in_process as cli
 
 from workbench.adapt import (
     MIN_BOX_PX,
     adapt_config,
     base_config,
+    logged_pace,
     make_plan,
     prepare_data,
     replan,
     resolution,
+    schedule,
 )
+from workbench.config import load_config
 from workbench.data.coco import CocoDetection
 from workbench.inputs import InputError
 from workbench.optim import lr_factor
 from workbench.predictor import Predictor
+from workbench.run_folder import RunFolderError
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = REPO / "models" / "sft"
@@ -103,7 +109,7 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
     assert planned.train.warmup_steps == plan.steps // 10 == plan.replan_after
     text = "\n".join(plan.lines("models/sft"))
     assert "171 steps" in text and "KL reference is the base model" in text
-    assert "re-planned from the pace of the 17 warm-up steps" in text
+    assert "re-planned from the pace after the 17 warm-up steps and again halfway" in text
     fixed, limited = make_plan(
         cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, steps=7, **common
     )
@@ -128,26 +134,80 @@ def test_after_the_warm_up_the_rest_is_replanned_from_its_pace(tmp_path, bccd_vo
     common = dict(held_out=4, categories=["RBC"], box_px=40.0, train_images=16)
     plan, planned = make_plan(cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, **common)
     assert (plan.steps, plan.replan_after) == (171, 17)
-    # The 17 warm-up steps ran at 2 s, the first at 5 s (it starts the data), 40 s in all: 3 s
-    # of loading and saving, which the rest pays once more.
-    walls = [5.0] + [2.0] * 16
-    faster, record = replan(planned, trained=17, images=16, walls=walls, spent=40.0, seconds=540.0)
-    steps = 17 + int(0.95 * (540 - 40 - 3) / 2.0)
-    assert record["seconds_per_step"] == 2.0 and record["steps"] == steps == 253
+    # The 17 warm-up steps ran at 2 s a step; a start of training costs 3 s (the rest's, and
+    # the next re-plan's, halfway through the rest); 500 s are left.
+    faster, first = replan(
+        planned, trained=17, images=16, pace=2.0, left=500.0, starting=3.0, last=False
+    )
+    assert first["steps"] == 17 + int(0.97 * (500 - 2 * 3) / 2.0) == 256
+    assert first["next_at"] == (17 + 256) // 2 == 136
     train = faster.train
-    assert (train.max_steps, train.warmup_steps, train.epochs) == (253, 17, 127)
-    assert train.max_minutes == pytest.approx(500 / 60) and train.lr_drop_epochs == (101,)
+    assert (train.max_steps, train.warmup_steps, train.epochs) == (256, 17, 128)
+    assert train.max_minutes == pytest.approx(500 / 60) and train.lr_drop_epochs == (102,)
     # The steps taken keep their learning rates; the drop moved with the step count.
     assert all(lr_factor(s, train, 2) == lr_factor(s, planned.train, 2) for s in range(17))
     assert planned.train.lr_drop_epochs == (68,) and lr_factor(140, train, 2) == 1.0
-    # Far slower than the probe: 3 steps are left, and the drop cannot move into the warm-up's
-    # epochs (round(0.8 * 20 / 2) = 8 starts at step 16): it waits for epoch 9, at step 18.
-    slower, record = replan(
-        planned, trained=17, images=16, walls=[2.0] * 17, spent=34.0, seconds=40.4
+    # Halfway, a faster pace buys more steps, and the plan is final.
+    final, second = replan(
+        faster, trained=136, images=16, pace=1.8, left=260.0, starting=3.0, last=True
     )
-    assert record["steps"] == slower.train.max_steps == 20
+    assert second["steps"] == 136 + int(0.97 * 257 / 1.8) == 274 and second["next_at"] is None
+    assert final.train.warmup_steps == 17 and final.train.lr_drop_epochs == (110,)
+    assert all(lr_factor(s, final.train, 2) == lr_factor(s, train, 2) for s in range(136))
+    # Far slower than the probe: 3 steps are left, too few to re-plan again halfway, and the
+    # drop cannot move into the warm-up's epochs (round(0.8 * 20 / 2) = 8 starts at step 16):
+    # it waits for epoch 9, at step 18.
+    slower, record = replan(
+        planned, trained=17, images=16, pace=2.0, left=6.4, starting=0.0, last=False
+    )
+    assert record["steps"] == slower.train.max_steps == 20 and record["next_at"] is None
     assert slower.train.lr_drop_epochs == (9,)
     assert all(lr_factor(s, slower.train, 2) == lr_factor(s, planned.train, 2) for s in range(17))
+
+
+def test_a_re_planned_run_trains_what_its_final_plan_would_have_from_the_start(tmp_path):
+    """Warm-up, re-plan, then the rest resumed under the new schedule: the same weights, bit for
+    bit, as one run planned that way from the start (the tiny detector on 16 shapes images)."""
+    from workbench.experiment import train
+    from workbench.model.build import from_pretrained
+
+    cfg = load_config(
+        REPO / "configs" / "tiny_shapes_sft.yaml",
+        [
+            "data.shapes_train_images=16",
+            "data.shapes_val_images=2",
+            "data.shapes_image_size=96",
+            "data.min_size=96",
+            "data.max_size=96",
+            "train.eval_every_epochs=0",
+            f"train.out_dir={tmp_path / 'split'}",
+        ],
+    )
+    # 12 steps of 4 images (4 an epoch), a warm-up of 6 steps, the drop at epoch 2 (step 8).
+    planned = replace(cfg, train=schedule(cfg.train, 12, 16, 6, 600.0))
+    assert planned.train.lr_drop_epochs == (2,)
+    train(replace(planned, train=replace(planned.train, max_steps=6, log_every=1)), progress=False)
+    pace, seconds = logged_pace(tmp_path / "split", 0, 6, 4)
+    assert 0 < 5 * pace < seconds  # the first step also started the data
+    # At 1 s a step, 16.9 s left buy 16 more steps: 22 in all, the drop moved to epoch 4.
+    final, _ = replan(planned, trained=6, images=16, pace=1.0, left=16.9, starting=0.0, last=True)
+    final = replace(final, train=replace(final.train, max_minutes=None))  # steps decide here
+    assert (final.train.max_steps, final.train.lr_drop_epochs) == (22, (4,))
+    with pytest.raises(RunFolderError, match="lr_drop_epochs"):  # why adapt allows the change
+        train(final, resume=True, progress=False)
+    train(final, resume=True, allow_changes=True, progress=False)
+    straight = replace(final, train=replace(final.train, out_dir=str(tmp_path / "straight")))
+    train(straight, progress=False)
+
+    def lrs(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["lr"] for r in rows}
+
+    split, one = lrs(tmp_path / "split"), lrs(tmp_path / "straight")
+    assert max(split) == max(one) == 21 and all(split[s] == one[s] for s in split.keys() & one)
+    a = from_pretrained(tmp_path / "split").state_dict()
+    b = from_pretrained(tmp_path / "straight").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +229,15 @@ def test_adapt_trains_within_its_budget_and_scores_before_and_after(adapted, cap
     record = json.loads((out / "adapt.json").read_text())
     plan, trained = record["plan"], record["train"]
     assert (plan["train_images"], plan["held_out_images"]) == (16, 4)
-    # A warm-up of 4 steps or more re-plans the rest from its pace (99 steps here became 84).
-    final = record["replan"] if plan["replan_after"] else plan
-    assert ("re-planned after" in printed) == bool(plan["replan_after"])
+    # A warm-up of 4 steps or more re-plans the rest from the pace the run logs.
+    replans = record.get("replans", [])
+    final = replans[-1] if replans else plan
+    assert ("re-planned at step" in printed) == bool(plan["replan_after"]) == bool(replans)
+    # After the warm-up, then where each re-plan said the next would be, the last saying none.
+    points = [r["after_steps"] for r in replans]
+    if replans:
+        assert points == [plan["replan_after"], *[r["next_at"] for r in replans[:-1]]]
+    assert not replans or replans[-1]["next_at"] is None
     assert 1 <= trained["steps"] <= final["steps"] == trained["planned_steps"]
     # Either every planned step ran or the time limit stopped it: never more than planned.
     assert trained["stopped_by_time_limit"] or trained["steps"] == final["steps"]

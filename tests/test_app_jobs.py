@@ -139,5 +139,5 @@ def test_progress_counts_against_the_re_planned_steps_once_there_are_some(tmp_pa
     )
     record = {"plan": {"steps": 100}}
     assert _training_progress(tmp_path, record) == 0.25
-    record["replan"] = {"steps": 50}
+    record["replans"] = [{"steps": 80}, {"steps": 50}]
     assert _training_progress(tmp_path, record) == 0.5

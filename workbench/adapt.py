@@ -24,10 +24,11 @@ The plan (:class:`Plan`), printed with the reason for each choice:
   the steps, x0.1 for the last fifth: the fine-tune recipe of the ``bccd_ft`` arms of
   ``benchmarks/grqo_sweep.py``, with its horizontal flips (0.5) and crops (0.3);
 - steps: what fits the budget at the step time of 3 steps of the real model on the real data,
-  measured first; then re-planned once the warm-up (a tenth of the steps) has trained, from its
-  steps' wall-clock pace, which a 3-step probe reads too high or too low by up to a third; the
-  warm-up keeps its schedule, the rest (the step count, the drop) is fitted to what is left of
-  the budget. ``train.max_minutes`` stops training at the budget whatever happens.
+  measured first. Three steps read the pace up to a third off, and the first epochs run slower
+  than the rest, so the rest is re-planned from the wall-clock pace the run logs: once the
+  warm-up (a tenth of the steps) has trained, and again halfway through the rest. Each re-plan
+  keeps the learning rates of the steps taken and fits the step count and the drop to what is
+  left of the budget; ``train.max_minutes`` stops training at the budget whatever happens.
 
 OUT is an ordinary run folder (``config.yaml``, ``checkpoints/``, ``metrics.jsonl``) that ``eval``,
 ``predict``, the app (``python app.py --sft OUT``), the notebooks and ``fiftyone export
@@ -58,7 +59,10 @@ HELD_OUT = 0.2  # the held-out share of a json or folder without its own splits
 MIN_BOX_PX = 16  # the median box's shorter side, in model input pixels, below which we upsize
 MAX_MIN_SIZE = 512
 PROBE_STEPS = 3
-REPLAN_MIN_STEPS = 4  # a shorter warm-up has too few steps to time: its plan stands
+REPLAN_MIN_STEPS = 4  # fewer steps are too few to time: the plan stands
+# The share of the time left that a re-plan fills: the pace it measured already counts the
+# checkpoints, so this is for the noise of a pace.
+MARGIN = 0.97
 LR = 1e-4
 PROTOCOLS = ("interactive", "cross_image")
 
@@ -97,8 +101,8 @@ class Plan:
     train_minutes: float  # the hard limit on training itself (train.max_minutes)
     hflip_prob: float
     crop_prob: float
-    # The warm-up steps after which the rest is re-planned from their pace (None: ``--steps``
-    # fixed the count, or the warm-up is under REPLAN_MIN_STEPS steps).
+    # The warm-up steps after which the rest is first re-planned (None: ``--steps`` fixed the
+    # count, or the warm-up is under REPLAN_MIN_STEPS steps).
     replan_after: int | None = None
 
     def lines(self, base: str) -> list[str]:
@@ -123,7 +127,8 @@ class Plan:
             f"{self.setup_seconds:.0f} s with loading) -> {self.steps} steps "
             f"({self.epochs} epochs) in the {self.train_minutes:.1f} min left"
             + (
-                f", re-planned from the pace of the {self.replan_after} warm-up steps"
+                f", re-planned from the pace after the {self.replan_after} warm-up steps and "
+                "again halfway"
                 if self.replan_after
                 else ""
             )
@@ -421,34 +426,47 @@ def schedule(
     )
 
 
-def warmup_pace(run: Path, steps: int, batch_size: int) -> list[float]:
-    """The wall-clock seconds of each of the first ``steps`` steps in ``run``'s metrics (logged
-    every step), from one log line to the next: what a step's own timer leaves out counts too
-    (loading the batch, GRQO's gradient measurement every ``grqo.grad_norm_every`` steps)."""
+def logged_pace(run: Path, start: int, end: int, batch_size: int) -> tuple[float, float]:
+    """Wall-clock seconds per step that ``run``'s metrics log for steps ``start`` to ``end - 1``,
+    from one log line to the next, so what a step's own timer leaves out counts too (loading its
+    batch, a checkpoint, GRQO's gradient measurement every ``grqo.grad_norm_every`` steps), and
+    the seconds in all. The first line after ``start`` also times starting the data: it counts
+    in all, and in the pace only when it is the only line."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [batch_size / r["samples_per_s"] for r in rows if r.get("step", steps) < steps]
+    rows = [r for r in rows if start <= r.get("step", -1) < end]
+    previous = [start - 1] + [r["step"] for r in rows[:-1]]
+    steps = [r["step"] - before for r, before in zip(rows, previous, strict=True)]
+    seconds = [n * batch_size / r["samples_per_s"] for n, r in zip(steps, rows, strict=True)]
+    timed = (seconds[1:], steps[1:]) if len(rows) > 1 else (seconds, steps)
+    return sum(timed[0]) / sum(timed[1]), sum(seconds)
 
 
 def replan(
-    cfg: Config, *, trained: int, images: int, walls: list[float], spent: float, seconds: float
+    cfg: Config,
+    *,
+    trained: int,
+    images: int,
+    pace: float,
+    left: float,
+    starting: float,
+    last: bool,
 ) -> tuple[Config, dict[str, Any]]:
-    """``cfg`` after ``trained`` warm-up steps that took ``spent`` of the ``seconds`` of training:
-    the steps that fit what is left at their pace (the mean of ``walls`` after the first, whose
-    batch loading starts the data), less one more start of training (``spent`` beyond the steps:
-    building the model, the last save). The warm-up is kept, the drop moves."""
-    pace = statistics.fmean(walls[1:]) if len(walls) > 1 else walls[0]
-    left = seconds - spent
-    starting = max(0.0, spent - sum(walls))
-    steps = trained + max(0, int(0.95 * (left - starting) / pace))
+    """``cfg`` after ``trained`` steps with ``left`` seconds of training to go: the steps that fit
+    at ``pace`` seconds a step, less ``starting`` seconds for each start of training still to
+    come (building the model, the last save: the rest's, and unless ``last`` the next
+    re-plan's, halfway through the rest). The warm-up is kept, the drop moves."""
+    starts = 1 if last else 2
+    steps = trained + max(0, int(MARGIN * (left - starts * starting) / pace))
     train = schedule(cfg.train, steps, images, cfg.train.warmup_steps, left, trained=trained)
+    half = (trained + steps) // 2
     record = {
         "after_steps": trained,
         "seconds_per_step": pace,
-        "spent_seconds": spent,
         "steps": steps,
         "epochs": train.epochs,
         "lr_drop_epochs": list(train.lr_drop_epochs),
         "train_minutes": left / 60,
+        "next_at": None if last or half - trained < REPLAN_MIN_STEPS else half,
     }
     return replace(cfg, train=train), record
 
@@ -603,17 +621,9 @@ def _train_and_score(
     say,
     resume: bool = False,
 ) -> dict[str, Any]:
-    from workbench.experiment import train
-
     record_path = out / "adapt.json"
     started = time.monotonic()
-    summary, after = None, record["plan"].get("replan_after")
-    if after and "replan" not in record:
-        cfg, summary = _warm_up(out, cfg, record, after, resume, progress, say)
-        resume = True
-    if summary is None:
-        # After a re-plan the last checkpoint may be the warm-up's, saved with its schedule.
-        summary = train(cfg, resume=resume, progress=progress, allow_changes="replan" in record)
+    cfg, summary = _train_replanning(out, cfg, record, resume, progress, say)
     record["train"] = {
         "steps": summary["global_step"],
         "planned_steps": cfg.train.max_steps,
@@ -637,42 +647,55 @@ def _train_and_score(
     return record
 
 
-def _warm_up(
-    out: Path, cfg: Config, record: dict, after: int, resume: bool, progress: bool, say
-) -> tuple[Config, dict | None]:
-    """Train the warm-up's ``after`` steps, logging each, then re-plan the rest from their pace
-    (recorded under ``replan`` in adapt.json with the new config): the new config and ``None``,
-    or the config and the training summary when the budget ran out in the warm-up."""
+def _train_replanning(
+    out: Path, cfg: Config, record: dict, resume: bool, progress: bool, say
+) -> tuple[Config, dict]:
+    """Train ``cfg``: a new run with a re-plan point (the warm-up's end) trains up to it, fits
+    the rest to what is left of the budget at the pace measured since the last point, and does
+    so once more halfway through the rest (each re-plan is kept in adapt.json's ``replans``,
+    the config with it). A resumed run trains to its last plan. Returns the config trained and
+    the training summary."""
     from workbench.experiment import train
 
-    started = time.monotonic()
-    warm = replace(cfg, train=replace(cfg.train, max_steps=after, log_every=1))
-    summary = train(warm, resume=resume, progress=progress)
-    if summary["stopped_by_time_limit"]:
-        return cfg, summary
-    walls = warmup_pace(out, after, cfg.train.batch_size)
-    # A resumed warm-up's earlier part ran in another process: its steps are its time.
-    spent = sum(walls) if resume else time.monotonic() - started
-    cfg, record["replan"] = replan(
-        cfg,
-        trained=after,
-        images=record["plan"]["train_images"],
-        walls=walls,
-        spent=spent,
-        seconds=60 * record["plan"]["train_minutes"],
-    )
-    record["config"] = to_dict(cfg)
-    write_atomic(out / "adapt.json", json.dumps(record, indent=2))
-    say(_replan_line(record["replan"]))
-    return cfg, None
+    budget, started = 60 * record["plan"]["train_minutes"], time.monotonic()
+    point = None if resume else record["plan"].get("replan_after")
+    mark, starting = 0, 0.0
+    while point:
+        begun = time.monotonic()
+        log_every = 1 if mark == 0 else cfg.train.log_every  # a short warm-up: log each step
+        stage = replace(cfg, train=replace(cfg.train, max_steps=point, log_every=log_every))
+        summary = train(stage, resume=mark > 0, allow_changes=mark > 0, progress=progress)
+        if summary["stopped_by_time_limit"]:
+            return cfg, summary
+        pace, stepping = logged_pace(out, mark, point, cfg.train.batch_size)
+        starting = max(starting, time.monotonic() - begun - stepping)
+        cfg, done = replan(
+            cfg,
+            trained=point,
+            images=record["plan"]["train_images"],
+            pace=pace,
+            left=budget - (time.monotonic() - started),
+            starting=starting,
+            last=mark > 0,
+        )
+        record.setdefault("replans", []).append(done)
+        record["config"] = to_dict(cfg)
+        write_atomic(out / "adapt.json", json.dumps(record, indent=2))
+        say(_replan_line(done))
+        mark, point = point, done["next_at"]
+    # After a re-plan the last checkpoint may be an earlier stage's, saved with its schedule.
+    changed = bool(record.get("replans"))
+    summary = train(cfg, resume=resume or mark > 0, allow_changes=changed, progress=progress)
+    return cfg, summary
 
 
 def _replan_line(done: dict) -> str:
     drop = f", x0.1 from epoch {done['lr_drop_epochs'][0]}" if done["lr_drop_epochs"] else ""
+    again = f"; again at step {done['next_at']}" if done["next_at"] else ""
     return (
-        f"re-planned after the {done['after_steps']} warm-up steps ({done['spent_seconds']:.0f} s):"
-        f" {done['seconds_per_step']:.2f} s per step -> {done['steps']} steps "
-        f"({done['epochs']} epochs{drop}) in the {done['train_minutes']:.1f} min left"
+        f"re-planned at step {done['after_steps']}: {done['seconds_per_step']:.2f} s per step "
+        f"-> {done['steps']} steps ({done['epochs']} epochs{drop}) in the "
+        f"{done['train_minutes']:.1f} min left{again}"
     )
 
 

@@ -4,7 +4,7 @@ Python, no gradio).
 A job is ``python -m workbench adapt ...`` in its own process group, so cancelling stops it and
 everything it started, and a crash in it cannot take the app down. Its output goes to
 ``OUT.log`` beside the run folder; progress is read from what the run writes (``adapt.json``'s
-plan, or its re-plan after the warm-up; the training steps in ``metrics.jsonl``) and the phase
+plan, or its latest re-plan; the training steps in ``metrics.jsonl``) and the phase
 from the log's lines. A finished job's run folder is an ordinary checkpoint the app can load.
 
 The boxes a user draws on several images become the job's data through :class:`TrainingSet`:
@@ -155,7 +155,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _training_progress(out: Path, record: dict) -> float:
-    planned = record.get("replan", record.get("plan", {})).get("steps")
+    planned = (record.get("replans") or [record.get("plan", {})])[-1].get("steps")
     metrics = out / "metrics.jsonl"
     if not planned or not metrics.is_file():
         return 0.0
