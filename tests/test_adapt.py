@@ -177,6 +177,7 @@ def test_a_re_planned_run_trains_what_its_final_plan_would_have_from_the_start(t
             "data.shapes_train_images=16",
             "data.shapes_val_images=2",
             "data.shapes_image_size=96",
+            "data.shapes_object_size=[12, 40]",
             "data.min_size=96",
             "data.max_size=96",
             "train.eval_every_epochs=0",
