@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testing_constants import QUICK_SHAPES, TINY
 from testing_constants import cli_in_process as cli
 
 from workbench.adapt import (
@@ -85,20 +86,25 @@ def test_small_objects_raise_the_resolution_until_the_median_box_is_16_px(tmp_pa
     assert max_size / min_size == pytest.approx(base.data.max_size / base.data.min_size, 0.01)
 
 
-def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fifth(
-    tmp_path, bccd_voc
-):
+def sixteen_photos(bccd_voc: Path, tmp_path: Path, objective: str):
+    """The adapt config of models/sft on 16 of 20 BCCD photos in a LabelImg folder, 256 px."""
     found = prepare_data(str(labelimg_folder(bccd_voc, tmp_path / "cells", 20)), tmp_path / "d")
-    cfg = adapt_config(
+    return adapt_config(
         str(SFT),
         found,
         tmp_path / "run",
-        objective="grqo",
+        objective=objective,
         seed=0,
         train_images=16,
         min_size=256,
         max_size=342,
     )
+
+
+def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fifth(
+    tmp_path, bccd_voc
+):
+    cfg = sixteen_photos(bccd_voc, tmp_path, "grqo")
     assert cfg.train.batch_size == 8 and cfg.grqo.reference_policy == "frozen"
     common = dict(held_out=4, categories=["RBC"], box_px=40.0, train_images=16)
     plan, planned = make_plan(cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, **common)
@@ -120,17 +126,7 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
 
 
 def test_after_the_warm_up_the_rest_is_replanned_from_its_pace(tmp_path, bccd_voc):
-    found = prepare_data(str(labelimg_folder(bccd_voc, tmp_path / "cells", 20)), tmp_path / "d")
-    cfg = adapt_config(
-        str(SFT),
-        found,
-        tmp_path / "run",
-        objective="sft",
-        seed=0,
-        train_images=16,
-        min_size=256,
-        max_size=342,
-    )
+    cfg = sixteen_photos(bccd_voc, tmp_path, "sft")
     common = dict(held_out=4, categories=["RBC"], box_px=40.0, train_images=16)
     plan, planned = make_plan(cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, **common)
     assert (plan.steps, plan.replan_after) == (171, 17)
@@ -172,17 +168,7 @@ def test_a_re_planned_run_trains_what_its_final_plan_would_have_from_the_start(t
     from workbench.model.build import from_pretrained
 
     cfg = load_config(
-        REPO / "configs" / "tiny_shapes_sft.yaml",
-        [
-            "data.shapes_train_images=16",
-            "data.shapes_val_images=2",
-            "data.shapes_image_size=96",
-            "data.shapes_object_size=[12, 40]",
-            "data.min_size=96",
-            "data.max_size=96",
-            "train.eval_every_epochs=0",
-            f"train.out_dir={tmp_path / 'split'}",
-        ],
+        TINY, [*QUICK_SHAPES, "train.eval_every_epochs=0", f"train.out_dir={tmp_path / 'split'}"]
     )
     # 12 steps of 4 images (4 an epoch), a warm-up of 6 steps, the drop at epoch 2 (step 8).
     planned = replace(cfg, train=schedule(cfg.train, 12, 16, 6, 600.0))
