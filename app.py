@@ -50,13 +50,17 @@ def build_demo(
         # annotator payloads are read (and checked) by workbench.app.inputs; models take turns
         lane = dict(concurrency_limit=settings.concurrency, concurrency_id="model")
         heavy, hidden = dict(preprocess=False, **lane), dict(api_visibility="private")
-        ui.example.input(
+        # on a change of choice only: the dropdown repeats its choice as an input event when it
+        # loses focus (a click on the image or on Detect), which must not reload the example
+        ui.example.change(
             guard(on.load_example, status), *io.load_example, api_name="load_example"
         ).success(on.show_example, *io.show_example, **hidden)
         for event in (ui.classes.submit, ui.classes.blur):
             event(on.offer_classes, *io.offer_classes, **hidden)
+        # an upload clears the annotator first: one lane keeps the two events in order
+        target_lane = dict(concurrency_limit=1, concurrency_id="target")
         for event in (ui.target.upload, ui.target.clear):
-            event(on.new_target, *io.new_target, **hidden, preprocess=False)
+            event(on.new_target, *io.new_target, **hidden, **target_lane, preprocess=False)
         ui.reference.upload(on.new_reference, *io.new_reference, **hidden, preprocess=False)
         compare = guard(on.compare, status, {ui.compared: False})
         ui.detect.click(compare, *io.compare, api_name="compare", **heavy).then(

@@ -7,10 +7,12 @@ searches several uploaded images with the drawn prompts and downloads the COCO j
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,18 @@ pytestmark = [
 ]
 
 
+LOADS = Counter()
+
+
+def counted(fn, name):
+    @functools.wraps(fn)
+    def run(*args):
+        LOADS[name] += 1
+        return fn(*args)
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def server():
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -55,6 +69,9 @@ def server():
         predictors.append(Predictor(build_detector("tiny").eval(), min_size=128, max_size=256))
     models = {"sft": predictors[0], "grqo": predictors[1]}
     demo = app.build_demo(models, settings=Settings(max_detections=30))
+    for block_fn in demo.fns.values():  # the server's own handler, counted as it runs
+        if block_fn.api_name == "load_example":
+            block_fn.fn = counted(block_fn.fn, "load_example")
     yield launch_demo(demo)
     demo.close()
 
@@ -125,6 +142,7 @@ def test_draw_a_box_detect_and_inspect_queries(page):
 
     page.locator("#target input[type=file]").first.set_input_files(str(IMAGE))
     # the 256 px image comes back enlarged to draw on, then the canvas paints it
+    page.wait_for_function("document.querySelector('#status').innerText.includes('New image')")
     page.wait_for_function(
         "document.querySelector('#target canvas')?.getBoundingClientRect().width >= 480"
     )
@@ -167,8 +185,12 @@ def choose_example(page, name: str) -> None:
     field = page.locator("#example input")
     field.click()
     page.locator("ul[role='listbox'] li", has_text=name).first.click()
+    # the example's own status line (an earlier search of the same image names it too) and the
+    # previous image's results cleared
     page.wait_for_function(
-        "name => document.querySelector('#status').innerText.includes(name)", arg=name.split("/")[1]
+        """name => document.querySelector('#status').innerText.includes(`Example ${name}:`)
+            && !document.querySelector('#queries').innerText.includes('score')""",
+        arg=name,
     )
 
 
@@ -271,3 +293,21 @@ def test_search_many_images_with_the_drawn_prompts(page):
     assert [i["file_name"] for i in coco["images"]] == [p.name for p in images]
     detections = int(status.split(" images, ")[1].split(" detections")[0])
     assert len(coco["annotations"]) == detections
+
+
+def test_choosing_an_example_loads_it_once(page, server):
+    """Gradio's dropdown repeats its choice as an input event when it loses focus; a second load
+    would reset the boxes being drawn and could wipe the search a quick Detect started."""
+    before = LOADS["load_example"]
+    choose_example(page, "shapes/shapes_000003.png")
+    page.locator("#detect").click()  # the list has lost its focus by now
+    page.wait_for_function(
+        "document.querySelector('#status').innerText.includes('Searched shapes_000003.png')"
+    )
+    page.wait_for_function("document.querySelector('#queries').innerText.includes('score')")
+    page.wait_for_function(RESULTS_IDLE)
+    assert LOADS["load_example"] == before + 1
+    set_threshold(page, "0.9")  # the search is still there to re-filter
+    page.wait_for_function(
+        "document.querySelector('#status').innerText.includes('found nothing scoring >= 0.90')"
+    )

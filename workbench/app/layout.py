@@ -344,7 +344,10 @@ class Events:
                 [ui.session, ui.example],
                 [ui.session, ui.target, ui.classes, ui.gt_file, ui.status],
             ),
-            show_example=([ui.session, ui.classes], [ui.session, ui.target, *results]),
+            show_example=(
+                [ui.session, ui.example, ui.classes],
+                [ui.session, ui.target, *results],
+            ),
             new_target=(
                 [ui.session, ui.target],
                 [ui.session, ui.target, ui.gt_file, ui.example, *results, ui.status],
@@ -398,6 +401,8 @@ class Events:
         return {**images, **empty, ui.top_image: None, ui.query_summary: ""}
 
     def load_example(self, state, example_name):
+        if not example_name:  # emptied by an upload, which cleared the page itself
+            return {self.ui.session: state}
         state, v = handlers.load_example(self.examples, example_name, state)
         ui = self.ui
         return {
@@ -408,8 +413,10 @@ class Events:
             ui.status: v.status,
         }
 
-    def show_example(self, state, class_names):
+    def show_example(self, state, example_name, class_names):
         """After an example is loaded: its classes offered as labels, old results cleared."""
+        if not example_name:
+            return {self.ui.session: state}
         state = state if isinstance(state, Session) else Session()
         labels = label_update(state, _names(class_names))
         return {self.ui.session: state, self.ui.target: labels, **self._cleared(state)}
