@@ -114,16 +114,22 @@ def canvas_painted(annotator: str) -> str:
 def drag_box(page, start, end, label: str, annotator: str = "#target") -> None:
     """Drag from ``start`` to ``end`` (pixels from the canvas centre, where the annotator draws
     the image) and name the box in the label dialog the annotator opens."""
-    canvas = page.locator(f"{annotator} canvas").first
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx + start[0], cy + start[1])
-    page.mouse.down()
-    page.mouse.move(cx + end[0], cy + end[1], steps=8)
-    page.mouse.up()
     name = page.locator('#model-box-edit input[aria-label="Label"]')
-    name.wait_for(state="visible")
+    canvas = page.locator(f"{annotator} canvas").first
+    for attempt in range(3):
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx + start[0], cy + start[1])
+        page.mouse.down()
+        page.mouse.move(cx + end[0], cy + end[1], steps=8)
+        page.mouse.up()
+        try:  # no dialog, no box: a drag the annotator missed while it re-rendered (busy CPU)
+            name.wait_for(state="visible", timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     name.fill(label)
     name.press("Enter")  # confirms the dialog
     ok = page.locator("#model-box-edit button", has_text="OK")
