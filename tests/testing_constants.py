@@ -114,6 +114,8 @@ def canvas_painted(annotator: str) -> str:
 def drag_box(page, start, end, label: str, annotator: str = "#target") -> None:
     """Drag from ``start`` to ``end`` (pixels from the canvas centre, where the annotator draws
     the image) and name the box in the label dialog the annotator opens."""
+    from playwright.sync_api import TimeoutError as NoDialog
+
     name = page.locator('#model-box-edit input[aria-label="Label"]')
     canvas = page.locator(f"{annotator} canvas").first
     for attempt in range(3):
@@ -127,7 +129,7 @@ def drag_box(page, start, end, label: str, annotator: str = "#target") -> None:
         try:  # no dialog, no box: a drag the annotator missed while it re-rendered (busy CPU)
             name.wait_for(state="visible", timeout=10_000)
             break
-        except Exception:
+        except NoDialog:
             if attempt == 2:
                 raise
     name.fill(label)
