@@ -237,6 +237,9 @@ def _row(record: dict) -> dict:
         "stopped_by_time_limit": trained["stopped_by_time_limit"],
         "train_minutes": trained["seconds"] / 60,
     }
+    alpha = record.get("config", {}).get("grqo", {}).get("alpha")
+    if alpha is not None:  # the advantage weight the arm trained with, for the table's label
+        flat["grqo_alpha"] = alpha
     for when in ("before", "after"):
         for protocol, scores in record[when].items():
             for key in ("AP", "AP50"):
@@ -330,23 +333,27 @@ def report() -> Path:
             _figure(arms, results_dir() / name, domain)
             print(table(arms, domain))
             if compared[domain]:
-                print(paired_table(compared[domain], domain))
+                print(paired_table(compared[domain], arms, domain))
     return path
 
 
 def table(arms: dict, domain: str = "bccd") -> str:
-    """The README's table: AP50 on the domain's val split before -> after, and the base's own
-    domain's AP after (before)."""
+    """The README's table, as the README shows it: AP50 on the domain's val split before ->
+    after, and the base's own domain's AP after (before)."""
     spec = DOMAINS[domain]
     rows = []
     for arm, data in arms.items():
         k, minutes, objective = arm.split("_")
         s = data["summary"]
         m = functools.partial(_mean_sd, s)
+        seeds = sorted(int(seed) for seed in data["per_seed"])
         rows.append([
-            k, minutes[1:], objective, str(s["seeds"]), f"{s['steps']['mean']:.0f}",
-            f"{m('before/interactive/AP50')} → {m('after/interactive/AP50')}",
-            f"{m('before/cross_image/AP50')} → {m('after/cross_image/AP50')}",
+            _k(k, s),
+            minutes[1:], _objective(objective, s),
+            str(len(seeds)) if len(seeds) > 1 else f"1 (seed {seeds[0]})",
+            f"{s['steps']['mean']:.0f}",
+            f"{m('before/interactive/AP50')} → **{m('after/interactive/AP50')}**",
+            f"{m('before/cross_image/AP50')} → **{m('after/cross_image/AP50')}**",
             f"{m('base_domain_after/interactive/AP')} ({m('base_domain_before/interactive/AP')})",
         ])  # fmt: skip
     head = ["k", "minutes", "objective", "seeds", "steps"]
@@ -354,7 +361,18 @@ def table(arms: dict, domain: str = "bccd") -> str:
     return _markdown([*head, f"{spec.base_domain} AP after (before)"], rows)
 
 
-def paired_table(cells: dict, domain: str = "bccd") -> str:
+def _k(k: str, summary: dict) -> str:
+    return f"all ({summary['train_images']['mean']:.0f})" if k == "all" else k
+
+
+def _objective(objective: str, summary: dict) -> str:
+    if objective == "sft":
+        return "SFT"
+    alpha = summary.get("grqo_alpha", {}).get("mean")
+    return "GRQO" if alpha is None else f"GRQO α = {alpha:g}"
+
+
+def paired_table(cells: dict, arms: dict, domain: str = "bccd") -> str:
     """GRQO minus SFT per k and budget: the mean difference and its 95 % t-interval over seeds."""
     head = ["k", "minutes", "seeds", "AP50 interactive", "AP50 cross-image", "AP interactive"]
     head += ["AP cross-image", f"{DOMAINS[domain].base_domain} AP after"]
@@ -362,7 +380,8 @@ def paired_table(cells: dict, domain: str = "bccd") -> str:
     for cell, data in cells.items():
         k, minutes = cell.split("_")
         shown = [_interval(data[key]) for key in PAIRED_KEYS]
-        rows.append([k, minutes[1:], str(len(data["seeds"])), *shown])
+        label = _k(k, arms[f"{cell}_sft"]["summary"])
+        rows.append([label, minutes[1:], str(len(data["seeds"])), *shown])
     return _markdown(head, rows)
 
 
@@ -372,8 +391,12 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _interval(diff: dict) -> str:
-    text = f"{diff['mean']:+.3f}"
-    return text if diff["n"] < 2 else f"{text} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+    """``+0.004 [−0.092, +0.099]`` (typographic minus), bold when the interval excludes 0."""
+    signed = lambda x: f"{x:+.3f}".replace("-", "−")  # noqa: E731
+    if diff["n"] < 2:
+        return signed(diff["mean"])
+    text = f"{signed(diff['mean'])} [{signed(diff['low'])}, {signed(diff['high'])}]"
+    return f"**{text}**" if diff["low"] > 0 or diff["high"] < 0 else text
 
 
 def _mean_sd(summary: dict, key: str) -> str:

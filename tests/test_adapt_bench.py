@@ -97,10 +97,12 @@ def test_grqo_is_compared_with_sft_at_the_same_k_and_budget_paired_by_seed(bench
     assert full["base_domain_after/interactive/AP"]["mean"] == pytest.approx(0.0)
     one = cells["10_m10"]
     assert one["seeds"] == [1] and one["after/cross_image/AP50"]["n"] == 1
-    rows = bench.paired_table(cells).splitlines()
-    assert rows[2].startswith("| all | 10 | 3 | +0.020 [-0.030, +0.070] |")
+    rows = bench.paired_table(cells, bench.finished_arms()).splitlines()
+    assert rows[2].startswith("| all (205) | 10 | 3 | +0.020 [−0.030, +0.070] |")
     assert rows[3].startswith("| 10 | 10 | 1 | +0.050 |")  # one seed: no interval
+    excluding_zero = {"mean": -0.027, "low": -0.033, "high": -0.021, "n": 3}
+    assert bench._interval(excluding_zero) == "**−0.027 [−0.033, −0.021]**"
     bench.report()
     written = json.loads((bench.results_dir() / "adapt.json").read_text())
     assert written["grqo_minus_sft"]["all_m10"]["seeds"] == [0, 1, 2]
-    assert "| all | 10 | 3 | +0.020" in capsys.readouterr().out
+    assert "| all (205) | 10 | 3 | +0.020" in capsys.readouterr().out

@@ -248,7 +248,7 @@ def test_adapt_report_averages_seeds_and_skips_unfinished_arms(tmp_path, monkeyp
     assert summary["base_domain_before/interactive/AP"]["mean"] == pytest.approx(0.3)
     assert (tmp_path / "results" / "adapt.png").stat().st_size > 0
     row = capsys.readouterr().out.splitlines()[2]
-    assert row.startswith("| all | 10 | sft | 2 | 170 | 0.000 ± 0.000 → 0.600 ± 0.141 |")
+    assert row.startswith("| all (205) | 10 | SFT | 2 | 170 | 0.000 ± 0.000 → **0.600 ± 0.141** |")
 
 
 def test_adapt_report_adds_trees_beside_bccd_and_keeps_bccd_keys(tmp_path, monkeypatch, capsys):
