@@ -6,12 +6,12 @@
     python benchmarks/adapt.py report   # results/adapt.json + adapt.png (+ adapt_trees.png)
 
 ``--domain bccd`` (the default): the base has never seen the domain, the shapes-only SFT model
-of ``benchmarks/grqo_sweep.py`` (``runs/grqo_sweep/shapes/sft/seed<k>``, one per seed; that
-sweep trains it first) adapted to BCCD blood cells with
-``python -m workbench adapt bccd --from BASE --forgetting``: k in {10, 50, all} training
-images, budgets of 5, 10 and 20 minutes, SFT and GRQO, seeds 0-2. Each arm is scored on BCCD's
-held-out val split before and after (interactive and cross-image prompts), and on 100 shapes
-validation images after (forgetting).
+of ``benchmarks/grqo_sweep.py`` (``runs/grqo_sweep/shapes/sft/seed<k>``, one per seed; ``run``
+trains a missing one first with ``grqo_sweep.py train``, the sweep's recipe) adapted to BCCD
+blood cells with ``python -m workbench adapt bccd --from BASE --forgetting``: k in {10, 50, all}
+training images, budgets of 5, 10 and 20 minutes, SFT and GRQO, seeds 0-2. Each arm is scored
+on BCCD's held-out val split before and after (interactive and cross-image prompts), and on 100
+shapes validation images after (forgetting).
 
 Arms run one at a time: the budget is wall-clock minutes on the whole machine, so nothing else
 may run beside them (``run`` refuses while a GRQO sweep worker runs; pause the sweep with
@@ -23,7 +23,9 @@ The committed ``adapt.json`` is the grid's ledger: a seed of an arm it holds is 
 machine, and ``report`` adds the seeds finished here to the ones it holds (a seed finished here
 replaces its record; ``run --redo`` runs the seeds the ledger holds again, here). Each row names
 the CPU and the commit its arm ran on (``bench_code.json``, written beside the arm's
-``adapt.json``): both set how many steps a budget of minutes buys. ``report`` also sets GRQO
+``adapt.json``): both set how many steps a budget of minutes buys; and the sha256 of the base's
+weights it started from (``base``), since a base trained again on a new machine differs from the
+lost one (null for arms that ran before they named it). ``report`` also sets GRQO
 against SFT at each k and budget, paired by seed (``grqo_minus_sft``: the mean difference in AP50,
 AP and the base domain's AP, with a 95 % t-interval once two seeds pair).
 
@@ -63,7 +65,8 @@ KS = ("all", "50", "10")
 MINUTES = (10, 5, 20)
 OBJECTIVES = ("sft", "grqo")
 SEEDS = (0, 1, 2)
-CODE_FILE = "bench_code.json"  # beside a finished arm's adapt.json: the commit and CPU it ran on
+SWEEP_RUNNING = "the GRQO sweep is running; stop it first (budgets are wall-clock)"
+CODE_FILE = "bench_code.json"  # beside a finished arm's adapt.json: its commit, CPU and base
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Domain:
     ks: tuple[str, ...]
     base: Callable[[int], Path]
     base_hint: str  # how to make a missing base
+    train_bases: Callable[[list[int]], list[str]] | None  # the command that makes them, if any
     forgetting_images: int
     setup: str
     label: str  # the domain's name in tables and figures
@@ -85,7 +89,13 @@ DOMAINS = {
         "bccd",
         KS,
         lambda seed: BASES / f"seed{seed}",
-        "python benchmarks/grqo_sweep.py run trains it first",
+        "python benchmarks/grqo_sweep.py train shapes/sft/seed<k> trains it",
+        lambda seeds: [
+            sys.executable,
+            str(REPO / "benchmarks" / "grqo_sweep.py"),
+            "train",
+            *(f"shapes/sft/seed{seed}" for seed in seeds),
+        ],
         100,
         "shapes-only SFT base -> BCCD, python -m workbench adapt bccd --forgetting",
         "BCCD",
@@ -96,6 +106,7 @@ DOMAINS = {
         ("all", "10"),
         lambda seed: DEFAULT_SFT,
         "it ships with the repository (models/defaults.json)",
+        None,
         187,  # the shapes+bccd val mixture: 100 shapes images, then BCCD's 87
         "default SFT model (models/sft: shapes + BCCD) -> deepforest trees, python -m workbench "
         "adapt trees --from models/sft --forgetting --forgetting-images 187",
@@ -174,6 +185,28 @@ def pending(
     ]
 
 
+def missing_bases(todo: list[tuple[str, int]], domain: str = "bccd") -> list[int]:
+    """The seeds of ``todo`` whose base holds no weights here (a new machine: the sweep's
+    ledger stands for its runs, but an arm starts from the base's weights)."""
+    base = DOMAINS[domain].base
+    return sorted({seed for _, seed in todo if not has_weights(base(seed))})
+
+
+def has_weights(run: Path) -> bool:
+    """A run folder with a checkpoint, or a model folder as the app's defaults are."""
+    return (run / "checkpoints").is_dir() or (run / "checkpoint.json").is_file()
+
+
+def base_weights(base: Path) -> str:
+    """The sha256 of a base's weights, from its manifest: a base trained again on a new machine
+    differs from the lost one, so each arm names the one it started from."""
+    from workbench.checkpoint import find_latest
+
+    latest = base if (base / "checkpoint.json").is_file() else find_latest(base)
+    manifest = json.loads((latest / "checkpoint.json").read_text())
+    return manifest["files"]["model.safetensors"]["sha256"]
+
+
 def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bool = False) -> None:
     spec = DOMAINS[domain]
     unknown = sorted(set(only or ()) - set(arm_names(domain)))
@@ -182,16 +215,22 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bo
             f"--only {' '.join(unknown)}: no such {domain} arm; the arms are "
             f"{', '.join(arm_names(domain))}"
         )
-    for seed in seeds:
-        base = spec.base(seed)
-        if not ((base / "checkpoints").is_dir() or (base / "checkpoint.json").is_file()):
-            sys.exit(f"{base} is missing: {spec.base_hint}")
+    todo = pending(only, seeds, domain, redo)
     # BCCD is the data of the bccd grid and half the forgetting data of the trees grid.
     env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
-    for arm, seed in pending(only, seeds, domain, redo):
+    missing = missing_bases(todo, domain)
+    if missing:
+        if spec.train_bases is None:
+            sys.exit(f"{spec.base(missing[0])} is missing: {spec.base_hint}")
+        if sweep_is_running():
+            sys.exit(SWEEP_RUNNING)
+        print(f"== training the missing bases of seeds {missing}: {spec.base_hint}", flush=True)
+        if subprocess.run(spec.train_bases(missing), env=env, cwd=REPO).returncode:
+            sys.exit(f"training the bases of seeds {missing} failed")
+    for arm, seed in todo:
         out = folder(arm, seed, domain)
         if sweep_is_running():
-            sys.exit("the GRQO sweep is running; stop it first (budgets are wall-clock)")
+            sys.exit(SWEEP_RUNNING)
         k, minutes, objective = arm.split("_")
         command = [
             sys.executable, "-m", "workbench", "adapt", domain,
@@ -203,8 +242,13 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bo
             *(["--overwrite"] if out.exists() else []),
         ]  # fmt: skip
         print(f"== {domain} {arm} seed {seed}", flush=True)
-        # The code and the CPU an arm runs on set how many steps its minutes buy.
-        code = {"commit": git_commit(), "machine": _cpu(machine())}
+        # The code and the CPU an arm runs on set how many steps its minutes buy; the base, where
+        # it starts.
+        code = {
+            "commit": git_commit(),
+            "machine": _cpu(machine()),
+            "base": base_weights(spec.base(seed)),
+        }
         done = subprocess.run(command, env=env, cwd=REPO)
         if done.returncode:
             sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
@@ -272,7 +316,12 @@ def finished_arms(domain: str = "bccd") -> dict:
             if (record := finished(out := folder(arm, seed, domain))) is not None:
                 code = json.loads(c.read_text()) if (c := out / CODE_FILE).is_file() else {}
                 where = code.get("machine", _cpu(machine()))
-                rows[seed] = {"machine": where, "commit": code.get("commit"), **_row(record)}
+                rows[seed] = {
+                    "machine": where,
+                    "commit": code.get("commit"),
+                    "base": code.get("base"),  # None: ran before arms named their base
+                    **_row(record),
+                }
         rows = dict(sorted(rows.items()))
         if rows:
             arms[arm] = {"per_seed": rows, "summary": _summary(list(rows.values()))}

@@ -3,6 +3,7 @@
     python benchmarks/grqo_sweep.py run --workers 2   # train and evaluate whatever is missing
     python benchmarks/grqo_sweep.py status            # done / running / waiting, per run
     python benchmarks/grqo_sweep.py report            # benchmarks/results/grqo_sweep.json + PNG
+    python benchmarks/grqo_sweep.py train RUN ...     # weights only, e.g. shapes/sft/seed0
 
 The released config has alpha = 0.01, while a public question on the DINO-R1 repository (#7)
 reports 10e3 as the paper's best reward weight (research/dino-r1.md §11.2). Every arm uses the
@@ -33,10 +34,14 @@ the sha256 of the weights it started from (``origin``; null for runs recorded be
 fingerprinted, which share their seed's origin), and a GRQO arm is only ever paired with the SFT
 arm of the same seed *and* origin: when a retrained origin differs from the lost one (another
 CPU rounds differently), the SFT arm of that seed trains again from it, and the report keeps
-both pairs. After training, each run is evaluated on validation and
-on the held-out test split: interactive, cross-image with 1 exemplar (on test also the AP spread
-over 5 exemplar draws) and with 8 exemplars, with the query-level metrics; model selection reads
-validation only, the report gives test.
+both pairs. Once the ledger holds every run, ``run`` has nothing to train on a new machine;
+``train RUN ...`` trains the named runs' weights there (after the runs they start from, when
+those are gone too) without evaluating them: what ``benchmarks/adapt.py`` starts from.
+
+After training, each run is evaluated on validation and on the held-out test split:
+interactive, cross-image with 1 exemplar (on test also the AP spread over 5 exemplar draws) and
+with 8 exemplars, with the query-level metrics; model selection reads validation only, the
+report gives test.
 
 Every GRQO arm reports its gradient shares (``grad_norm_*``, ``grad_cos_*``, ``grad_share_*``),
 the mean of what training logged every 25 steps. A run evaluated here that logged none (trained
@@ -519,6 +524,40 @@ def spawn(workers: int) -> int:
     return max(p.wait() for p in procs)
 
 
+def to_train(names: list[str], runs: dict[str, Run]) -> list[Run]:
+    """The runs ``train`` trains, in order, for ``names``: each named run whose folder holds no
+    trained model, after the runs it starts from when theirs are gone too (recursively)."""
+    unknown = sorted(set(names) - set(runs))
+    if unknown:
+        sys.exit(f"no such run: {' '.join(unknown)}; `status` lists the sweep's runs")
+    out: list[Run] = []
+
+    def add(run: Run) -> None:
+        for name in run.after:
+            add(runs[name])
+        if not run.trained and run not in out:
+            out.append(run)
+
+    for name in names:
+        add(runs[name])
+    return out
+
+
+def train_named(names: list[str]) -> None:
+    """Train ``names`` here without evaluating them: the weights another benchmark starts from
+    (``benchmarks/adapt.py``'s shapes bases) on a machine that holds only the ledger, where
+    ``run`` has nothing left to do. Uses every core (one run at a time)."""
+    runs = {r.name: r for r in plan()}
+    for run in to_train(names, runs):
+        if not claim(run):
+            sys.exit(f"{run.name} is held by a running worker; wait for it or stop it")
+        print(f"== training {run.name}", flush=True)
+        try:
+            train_run(run, runs)
+        finally:
+            release(run)
+
+
 # --- results ------------------------------------------------------------------------------------
 
 
@@ -827,6 +866,8 @@ def main() -> int:
     run = sub.add_parser("run", help="start workers and wait for them")
     run.add_argument("--workers", type=int, default=2)
     sub.add_parser("work", help="one worker (what `run` starts)")
+    train = sub.add_parser("train", help="train the named runs (and their origins), no evaluation")
+    train.add_argument("names", nargs="+", metavar="RUN", help="e.g. shapes/sft/seed0")
     sub.add_parser("status")
     sub.add_parser("report")
     args = parser.parse_args()
@@ -836,6 +877,9 @@ def main() -> int:
     if args.command == "work":
         os.environ.setdefault("WORKBENCH_BCCD", str(BCCD_FOLDER))
         work()
+    elif args.command == "train":
+        os.environ.setdefault("WORKBENCH_BCCD", str(BCCD_FOLDER))
+        train_named(args.names)
     elif args.command == "status":
         status()
     else:

@@ -43,10 +43,10 @@ def test_a_report_keeps_the_ledgers_seeds_and_adds_the_ones_finished_here(bench,
     assert arm["per_seed"][0]["machine"] == other
     assert arm["per_seed"][1]["machine"]["cpu"] != "elsewhere"  # this machine
     assert arm["per_seed"][1]["commit"] is None  # finished before arms named their code
-    ran = {"commit": "c0ffee", "machine": {"cpu": "the arm's CPU", "cpu_flags": []}}
+    ran = {"commit": "c0ffee", "machine": {"cpu": "the arm's CPU", "cpu_flags": []}, "base": "b5"}
     (here / bench.CODE_FILE).write_text(json.dumps(ran))
     arm = bench.finished_arms()["all_m10_sft"]
-    assert arm["per_seed"][1]["commit"] == "c0ffee"
+    assert arm["per_seed"][1]["commit"] == "c0ffee" and arm["per_seed"][1]["base"] == "b5"
     assert arm["per_seed"][1]["machine"] == ran["machine"]
     assert arm["summary"]["after/interactive/AP50"]["mean"] == pytest.approx(0.55)
     bench.report()
@@ -73,6 +73,34 @@ def test_run_skips_what_the_ledger_holds_unless_told_to_redo_it(bench):
     # A misspelt arm is named, with the ones there are, instead of running nothing.
     with pytest.raises(SystemExit, match=r"--only kall_m10_sft: no such bccd arm; .*all_m10_sft"):
         bench.run(["kall_m10_sft", "all_m10_sft"], [0])
+
+
+def test_run_trains_the_missing_bases_with_the_sweeps_recipe(
+    bench, benchmark, tmp_path, monkeypatch
+):
+    from workbench.checkpoint import checkpoint_path
+
+    bases = tmp_path / "bases"
+    monkeypatch.setitem(bench.missing_bases.__globals__, "BASES", bases)
+    step = checkpoint_path(bases / "seed0", 300)  # a trained base: its latest checkpoint
+    step.mkdir(parents=True)
+    manifest = {"files": {"model.safetensors": {"bytes": 1, "sha256": "5eed0"}}}
+    (step / "checkpoint.json").write_text(json.dumps(manifest))
+    todo = [("all_m10_sft", 0), ("all_m10_grqo", 2), ("10_m5_sft", 1), ("10_m5_grqo", 2)]
+    assert bench.missing_bases(todo) == [1, 2]
+    assert bench.missing_bases(todo, "trees") == []  # models/sft ships with the repository
+    command = bench.DOMAINS["bccd"].train_bases([1, 2])
+    names = command[command.index("train") + 1 :]
+    assert names == ["shapes/sft/seed1", "shapes/sft/seed2"]
+    # The sweep knows them as runs (the bases follow its recipe) and trains their origins first.
+    sweep = benchmark("grqo_sweep.py", root=tmp_path / "sweep")
+    planned = sweep.to_train(names, {r.name: r for r in sweep.plan()})
+    assert [r.name for r in planned][1::2] == names
+    assert bench.DOMAINS["trees"].train_bases is None
+    # Each arm names the weights it started from, a run's latest checkpoint or a shipped model.
+    assert bench.base_weights(bases / "seed0") == "5eed0"
+    shipped = json.loads((bench.DEFAULT_SFT / "checkpoint.json").read_text())
+    assert bench.base_weights(bench.DEFAULT_SFT) == shipped["files"]["model.safetensors"]["sha256"]
 
 
 def test_grqo_is_compared_with_sft_at_the_same_k_and_budget_paired_by_seed(bench, capsys):

@@ -194,6 +194,22 @@ def test_arms_pair_with_sft_by_origin_and_a_new_origin_trains_sft_again(sweep):
     assert sorted(str(e["origin"]) for e in sweep.entries(sft)) == ["None", "c" * 64]
 
 
+def test_train_makes_the_named_runs_after_the_runs_they_start_from(sweep):
+    runs = {r.name: r for r in sweep.plan()}
+
+    def order(*names: str) -> list[str]:
+        return [r.name for r in sweep.to_train(list(names), runs)]
+
+    bases = ["shapes/sft/seed1", "shapes/sft/seed2"]
+    assert order(*bases) == ["shapes/base/seed1", *bases[:1], "shapes/base/seed2", *bases[1:]]
+    fake_trained(runs["shapes/base/seed1"].folder, "b" * 64)
+    assert order(bases[0]) == [bases[0]]  # its origin's weights are here
+    fake_trained(runs[bases[0]].folder, "c" * 64, origin="b" * 64)
+    assert order(*bases) == ["shapes/base/seed2", bases[1]]
+    with pytest.raises(SystemExit, match="no such run: shapes/sft/seed7;"):
+        order("shapes/sft/seed7")
+
+
 def test_the_fine_tuning_ablations_run_before_the_shapes_arms(sweep, monkeypatch):
     globals_ = sweep.plan.__globals__
     monkeypatch.setitem(globals_, "best_alpha", lambda domain, runs=None: 0.01)
