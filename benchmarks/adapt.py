@@ -193,8 +193,9 @@ def missing_bases(todo: list[tuple[str, int]], domain: str = "bccd") -> list[int
 
 
 def has_weights(run: Path) -> bool:
-    """A run folder with a checkpoint, or a model folder as the app's defaults are."""
-    return (run / "checkpoints").is_dir() or (run / "checkpoint.json").is_file()
+    """A run folder that finished training (a killed one has checkpoints but no summary, and
+    ``grqo_sweep.py train`` resumes it), or a model folder as the app's defaults are."""
+    return (run / "summary.json").is_file() or (run / "checkpoint.json").is_file()
 
 
 def base_weights(base: Path) -> str:

@@ -86,6 +86,9 @@ def test_run_trains_the_missing_bases_with_the_sweeps_recipe(
     step.mkdir(parents=True)
     manifest = {"files": {"model.safetensors": {"bytes": 1, "sha256": "5eed0"}}}
     (step / "checkpoint.json").write_text(json.dumps(manifest))
+    (bases / "seed0" / "summary.json").write_text("{}")
+    killed = checkpoint_path(bases / "seed1", 100)  # stopped mid-training: still to train
+    killed.mkdir(parents=True)
     todo = [("all_m10_sft", 0), ("all_m10_grqo", 2), ("10_m5_sft", 1), ("10_m5_grqo", 2)]
     assert bench.missing_bases(todo) == [1, 2]
     assert bench.missing_bases(todo, "trees") == []  # models/sft ships with the repository
