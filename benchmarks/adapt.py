@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit, machine, paired, results_dir, write_result
+from common import git_commit, machine, paired, results_dir, weights_id, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "adapt_bench" / "bccd"
@@ -198,16 +198,6 @@ def has_weights(run: Path) -> bool:
     return (run / "summary.json").is_file() or (run / "checkpoint.json").is_file()
 
 
-def base_weights(base: Path) -> str:
-    """The sha256 of a base's weights, from its manifest: a base trained again on a new machine
-    differs from the lost one, so each arm names the one it started from."""
-    from workbench.checkpoint import find_latest
-
-    latest = base if (base / "checkpoint.json").is_file() else find_latest(base)
-    manifest = json.loads((latest / "checkpoint.json").read_text())
-    return manifest["files"]["model.safetensors"]["sha256"]
-
-
 def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bool = False) -> None:
     spec = DOMAINS[domain]
     unknown = sorted(set(only or ()) - set(arm_names(domain)))
@@ -248,7 +238,7 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bo
         code = {
             "commit": git_commit(),
             "machine": _cpu(machine()),
-            "base": base_weights(spec.base(seed)),
+            "base": weights_id(spec.base(seed)),
         }
         done = subprocess.run(command, env=env, cwd=REPO)
         if done.returncode:

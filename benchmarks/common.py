@@ -24,6 +24,18 @@ def results_dir() -> Path:
     return folder
 
 
+def weights_id(folder: Path) -> str:
+    """The sha256 of a model's weights, from its manifest: a model folder's own (as the app's
+    defaults are saved) or a run folder's latest checkpoint's."""
+    from workbench.checkpoint import find_latest
+
+    latest = folder if (folder / "checkpoint.json").is_file() else find_latest(folder)
+    if latest is None:
+        raise FileNotFoundError(f"{folder} holds no checkpoint")
+    manifest = json.loads((latest / "checkpoint.json").read_text())
+    return manifest["files"]["model.safetensors"]["sha256"]
+
+
 def machine() -> dict:
     cpu, flags = "unknown", []
     if Path("/proc/cpuinfo").is_file():

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, paired, results_dir, write_result
+from common import machine, paired, results_dir, weights_id, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "grqo_sweep"
@@ -175,17 +175,6 @@ class Run:
         """The sha256 of the weights this run started from, written when its training began."""
         path = self.folder / "sweep_origin.json"
         return json.loads(path.read_text())["origin"] if path.is_file() else None
-
-
-def weights_id(folder: Path) -> str:
-    """The sha256 of a trained run's final weights (from its checkpoint manifest)."""
-    from workbench.checkpoint import find_latest
-
-    latest = find_latest(folder)
-    if latest is None:
-        raise FileNotFoundError(f"{folder} holds no checkpoint")
-    manifest = json.loads((latest / "checkpoint.json").read_text())
-    return manifest["files"]["model.safetensors"]["sha256"]
 
 
 # --- the ledger: what the committed report already holds ----------------------------------------

@@ -101,9 +101,9 @@ def test_run_trains_the_missing_bases_with_the_sweeps_recipe(
     assert [r.name for r in planned][1::2] == names
     assert bench.DOMAINS["trees"].train_bases is None
     # Each arm names the weights it started from, a run's latest checkpoint or a shipped model.
-    assert bench.base_weights(bases / "seed0") == "5eed0"
+    assert bench.weights_id(bases / "seed0") == "5eed0"
     shipped = json.loads((bench.DEFAULT_SFT / "checkpoint.json").read_text())
-    assert bench.base_weights(bench.DEFAULT_SFT) == shipped["files"]["model.safetensors"]["sha256"]
+    assert bench.weights_id(bench.DEFAULT_SFT) == shipped["files"]["model.safetensors"]["sha256"]
 
 
 def test_grqo_is_compared_with_sft_at_the_same_k_and_budget_paired_by_seed(bench, capsys):
