@@ -1,14 +1,22 @@
 """Training-step time of SFT and GRQO, measured in the same run, and where GRQO's extra time goes.
 
     python benchmarks/step_time.py [--sizes tiny small] [--steps 12] [--threads N]
-                                   [--no-reference-bf16]
+                                   [--no-reference-bf16] [--compile]
 
 For each size, SFT and GRQO steps alternate on the same batches (so load on the machine hits
 both alike); each step is forward + backward + AdamW. GRQO's extra work is split into the
 reference model's forward and the per-layer rewards; GRQO with ``grqo.reference_features=policy``
 (a documented deviation: the reference reuses the policy's image features) runs in the same
-rotation. Writes benchmarks/results/step_time.json; ``benchmarks/before_after.py step_time``
-compares it with an earlier commit's code.
+rotation, and so do SFT and GRQO under bf16 autocast (``train.amp=bf16``: ``sft_bf16_step_s``,
+``grqo_bf16_step_s``; ``..._loss_abs_change``: how far bf16 moves the loss of one step at the
+same weights, batch and seed), and SFT under bf16
+autocast with deformable attention on the torch path (``sft_bf16_torch_sampling_step_s``: the
+fused kernel took float32 only before, so this is how ``train.amp=bf16`` ran then).
+``--compile`` adds an SFT step of a second copy of the model with its backbone, then its
+encoder layers, wrapped in ``torch.compile`` (``sft_compiled_<part>_step_s``; the first call's
+seconds, which include the compilation, as ``..._first_step_s``). Writes
+benchmarks/results/step_time.json; ``benchmarks/before_after.py step_time`` compares it with an
+earlier commit's code.
 
 ``reference_bf16`` (per size): the GRQO reference forward alone, in float32 and under bf16
 autocast in turns on the same batches (the policy's selected tokens, the same exemplar draws):
@@ -35,6 +43,7 @@ from workbench.config import GRQOConfig, LossConfig
 from workbench.data.collate import collate
 from workbench.data.prompts import sample_training_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
+from workbench.model import deformable
 from workbench.model.build import build_detector
 from workbench.objectives import grqo as grqo_module
 from workbench.objectives.base import StepInfo
@@ -76,43 +85,83 @@ def _grqo_config(**changes) -> GRQOConfig:
     return GRQOConfig(**changes)
 
 
-def step(model, objective, optimizer, batch, k):
+def step(model, objective, optimizer, batch, k, amp: bool = False):
     start = time.perf_counter()
-    out = objective(model, batch, StepInfo(k, 0, 100))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):  # as train.amp=bf16 does
+        out = objective(model, batch, StepInfo(k, 0, 100))
     optimizer.zero_grad()
     out.loss.backward()
     optimizer.step()
     return time.perf_counter() - start
 
 
-def measure(size: str, steps: int) -> dict:
+def bf16_loss_change(model, objective, batch) -> float:
+    """|loss under bf16 autocast - loss in float32| for one forward at the same weights, batch
+    and random draws (prompts, denoising, dropout)."""
+    loss = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss[amp] = float(objective(model, batch, StepInfo(0, 0, 100)).loss)
+    return abs(loss[True] - loss[False])
+
+
+def compiled_copy(size: str, part: str):
+    """A second model (the same seed) with ``part`` ("backbone" or "encoder": each encoder layer)
+    wrapped in ``torch.compile``, and its optimizer."""
+    torch.manual_seed(0)
+    model = build_detector(size).train()
+    inner = model.model
+    if part == "backbone":
+        inner.backbone.conv_encoder = torch.compile(inner.backbone.conv_encoder)
+    else:
+        for i, layer in enumerate(inner.encoder.layers):
+            inner.encoder.layers[i] = torch.compile(layer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(params, lr=1e-5)
+
+
+def measure(size: str, steps: int, compile_parts: tuple[str, ...] = ()) -> dict:
     image_size, batch_size = SETTINGS[size]
     torch.manual_seed(0)
     model = build_detector(size).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    objectives = {
-        "sft": SFTObjective(LossConfig()),
-        "grqo": GRQOObjective(LossConfig(), _grqo_config()),
-    }
+    sft = SFTObjective(LossConfig())
+    objectives = {"sft": sft, "grqo": GRQOObjective(LossConfig(), _grqo_config())}
     if "reference_features" in GRQOConfig.__dataclass_fields__:  # the documented deviation
         objectives["grqo_policy_features"] = GRQOObjective(
             LossConfig(), _grqo_config(reference_features="policy")
         )
+    objectives["sft_bf16"] = sft
+    objectives["grqo_bf16"] = GRQOObjective(LossConfig(), _grqo_config())
+    objectives["sft_bf16_torch_sampling"] = sft
     grqo = objectives["grqo"]
     for objective in objectives.values():
         if hasattr(objective, "on_epoch_start"):
             objective.on_epoch_start(model, 0)
+    # Each run: (model, optimizer, objective, bf16 autocast)
+    runs = {name: (model, optimizer, obj, "_bf16" in name) for name, obj in objectives.items()}
+    for part in compile_parts:
+        runs[f"sft_compiled_{part}"] = (*compiled_copy(size, part), sft, False)
     reference = Stopwatch(grqo.reference_logits)
     grqo.reference_logits = reference
     rewards = Stopwatch(grqo_module.query_rewards)
     grqo_module.query_rewards = rewards
-    times = {name: [] for name in objectives}
+    times = {name: [] for name in runs}
+    first = {}
     data = batches(image_size, batch_size, 4)
     for k in range(steps + 2):  # two warm-up rounds
-        for name, objective in objectives.items():
+        for name, (net, opt, objective, amp) in runs.items():
             if k == 2 and name == "grqo":
                 reference.seconds = rewards.seconds = 0.0
-            seconds = step(model, objective, optimizer, data[k % len(data)], k)
+            backend = deformable._backend
+            if name.endswith("_torch_sampling"):
+                deformable.set_backend("torch")
+            try:
+                seconds = step(net, objective, opt, data[k % len(data)], k, amp)
+            finally:
+                deformable.set_backend(backend)
+            first.setdefault(name, seconds)
             if k >= 2:
                 times[name].append(seconds)
     grqo_module.query_rewards = rewards.fn
@@ -130,6 +179,14 @@ def measure(size: str, steps: int) -> dict:
     if "grqo_policy_features" in median:
         out["grqo_policy_features_step_s"] = median["grqo_policy_features"]
         out["grqo_policy_features_over_sft"] = median["grqo_policy_features"] / median["sft"]
+    compiled = (f"sft_compiled_{p}" for p in compile_parts)
+    for name in ("sft_bf16", "grqo_bf16", "sft_bf16_torch_sampling", *compiled):
+        out[f"{name}_step_s"] = median[name]
+        out[f"{name}_over_fp32"] = median[name] / median[name.split("_")[0]]
+    for name in ("sft", "grqo"):
+        out[f"{name}_bf16_loss_abs_change"] = bf16_loss_change(model, objectives[name], data[0])
+    for part in compile_parts:
+        out[f"sft_compiled_{part}_first_step_s"] = first[f"sft_compiled_{part}"]
     return out
 
 
@@ -177,15 +234,25 @@ def main() -> None:
     parser.add_argument(
         "--no-reference-bf16", action="store_true", help="skip the bf16 reference comparison"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time SFT with torch.compile'd parts"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {size: measure(size, args.steps) for size in args.sizes}
+    parts = ("backbone", "encoder") if args.compile else ()
+    results = {size: measure(size, args.steps, parts) for size in args.sizes}
     for size, r in results.items():
         print(
             f"{size}: SFT {r['sft_step_s']:.3f} s, GRQO {r['grqo_step_s']:.3f} s, "
-            f"ratio {r['grqo_over_sft']:.2f}"
+            f"ratio {r['grqo_over_sft']:.2f}; bf16 autocast: SFT {r['sft_bf16_step_s']:.3f} s, "
+            f"GRQO {r['grqo_bf16_step_s']:.3f} s"
         )
+        for part in parts:
+            print(
+                f"  SFT with torch.compile'd {part}: {r[f'sft_compiled_{part}_step_s']:.3f} s "
+                f"(first step {r[f'sft_compiled_{part}_first_step_s']:.1f} s)"
+            )
         if not args.no_reference_bf16:
             r["reference_bf16"] = ref = reference_bf16(size)
             print(

@@ -58,6 +58,12 @@ def test_step_time_and_the_bf16_reference(results, monkeypatch):
         tiny["sft_step_s"], tiny["grqo_step_s"], tiny["grqo_reference_forward_s_per_step"]
     )
     assert tiny["grqo_over_sft"] == pytest.approx(tiny["grqo_step_s"] / tiny["sft_step_s"])
+    for name in ("sft_bf16", "grqo_bf16"):  # the same steps under bf16 autocast
+        assert finite(tiny[f"{name}_step_s"]) and tiny[f"{name}_step_s"] > 0
+        fp32 = tiny[f"{name.split('_')[0]}_step_s"]
+        assert tiny[f"{name}_over_fp32"] == pytest.approx(tiny[f"{name}_step_s"] / fp32)
+    for name in ("sft", "grqo"):  # one step's loss at the same weights: bf16 only rounds
+        assert 0 < tiny[f"{name}_bf16_loss_abs_change"] < 1
     ref = tiny["reference_bf16"]
     assert isinstance(ref["cpu_bf16_units"], bool)
     assert finite(ref["fp32_s"], ref["bf16_s"]) and ref["fp32_s"] > 0 and ref["bf16_s"] > 0

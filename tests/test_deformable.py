@@ -114,13 +114,43 @@ def test_kernel_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(fn, (value, loc, weights), eps=1e-6, atol=1e-5)
 
 
-def test_kernel_is_used_for_float_cpu_tensors_only(backend):
+def test_kernel_is_used_for_float_cpu_tensors_unless_the_torch_path_is_chosen(backend):
     backend("auto")
     tensors, _, _ = inputs()
-    assert deformable._use_kernel(tensors[0]) == (deformable.load_kernel() is not None)
-    assert not deformable._use_kernel(tensors[0].to(torch.bfloat16))
+    built = deformable.load_kernel() is not None
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        assert deformable._use_kernel(tensors[0].to(dtype)) == built
+    assert not deformable._use_kernel(tensors[0].to(torch.int32))
     backend("torch")
     assert not deformable._use_kernel(tensors[0])
+
+
+def test_half_precision_inputs_are_sampled_in_float32_by_the_kernel(backend):
+    """Under bf16 autocast on a CPU ``value`` arrives in bf16: the kernel samples the same values
+    in float32 and hands back bf16; the gradients are the float32 kernel's, in bf16."""
+    if deformable.load_kernel() is None:
+        pytest.fail(f"the CPU kernel did not build here: {deformable.kernel_status()}")
+    backend("cpp")
+    tensors, spatial, start = inputs()
+    half = [t.detach().to(torch.bfloat16).requires_grad_() for t in tensors]
+    as_float = [t.detach().float().requires_grad_() for t in half]  # the same (rounded) values
+
+    def sample(values):
+        return LevelwiseDeformableSampling()(values[0], spatial, SHAPES, start, *values[1:], 64)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sample(half)
+    expected = sample(as_float)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.to(torch.bfloat16))
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).bfloat16()
+    grads = torch.autograd.grad(out, half, grad_out)
+    expected_grads = torch.autograd.grad(expected, as_float, grad_out.float())
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
+    backend("torch")  # and close to the torch path's own bf16 sampling
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = sample(half)
+    torch.testing.assert_close(out.float(), reference.float(), rtol=2e-2, atol=3e-2)
 
 
 def test_unknown_backend_is_refused():

@@ -5,15 +5,16 @@ transformers' pure-PyTorch ``MultiScaleDeformableAttention`` samples every level
 then weights and sums it; its backward scatters through ``grid_sample``'s generic kernel. Two
 faster drop-ins share its call signature:
 
-- ``cpp`` (CPU, float32/float64): ``csrc/ms_deform_attn.cpp``, one pass that samples, weights and
-  sums without materialising the samples, and a hand-written backward in one pass. Built on first
+- ``cpp`` (CPU, float32/float64; bf16 and fp16 inputs, as under autocast, are sampled in float32):
+  ``csrc/ms_deform_attn.cpp``, one pass that samples, weights and sums without materialising the
+  samples, and a hand-written backward in one pass. Built on first
   use with the machine's C++ compiler through ``torch.utils.cpp_extension`` (needs g++ and ninja;
   about a minute, in a child process stopped after ``WORKBENCH_KERNEL_BUILD_TIMEOUT`` seconds,
   900 by default; one build per source, torch version and CPU kind, kept in :func:`kernel_root`;
   a failed build is remembered there, not retried). ``make setup`` builds it ahead of time with
   ``python -m workbench.model.deformable`` (``--rebuild`` forgets an earlier build or failure).
 - ``torch``: each level's weighted samples summed as soon as they are drawn, which avoids the
-  stack; the fallback on GPUs, for other dtypes (autocast), and where no compiler is found.
+  stack; the fallback on GPUs and where no compiler is found.
 
 Both give transformers' result up to float rounding (tests/test_deformable.py; speed in
 benchmarks/results/deformable_attention.json). ``WORKBENCH_DEFORMABLE=torch`` (or ``cpp``, or the
@@ -228,7 +229,7 @@ def kernel_status() -> str:
 def _use_kernel(value: Tensor) -> bool:
     if _backend == "torch" or value.device.type != "cpu" or not fastpath.enabled():
         return False
-    if value.dtype not in (torch.float32, torch.float64):
+    if value.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         return False
     if load_kernel() is None:
         if _backend == "cpp":
@@ -266,8 +267,15 @@ def kernel_sampling(
     value: Tensor, shapes: Tensor, starts: Tensor, locations: Tensor, weights: Tensor
 ) -> Tensor:
     """``value [B, T, H, D]``, ``locations [B, Q, H, L, P, 2]`` in [0, 1], ``weights [B, Q, H, L,
-    P]`` -> ``[B, Q, H * D]`` through the C++ kernel (which must be loaded)."""
+    P]`` -> ``[B, Q, H * D]`` through the C++ kernel (which must be loaded).
+
+    Half-precision inputs (bf16 or fp16 autocast on a CPU gives ``value`` in bf16) are sampled
+    in float32, as autocast runs its own sums, and the result is returned in ``value``'s dtype.
+    """
     b, _, heads, dim = value.shape
+    dtype = value.dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        value, locations, weights = value.float(), locations.float(), weights.float()
     out = _KernelSampling.apply(
         value.transpose(1, 2).contiguous(),
         shapes.to(torch.int64).contiguous(),
@@ -275,7 +283,7 @@ def kernel_sampling(
         locations.contiguous(),
         weights.contiguous(),
     )
-    return out.view(b, out.shape[1], heads * dim)
+    return out.view(b, out.shape[1], heads * dim).to(dtype)
 
 
 def levelwise_sampling(
