@@ -14,6 +14,9 @@ reported as its median and minimum in ms:
 - ``predict_encoded``: ``predict(encoded, prompts)`` on a cached ``EncodedImage`` (re-prompting the
   same image: prompt encoder onwards); ``predict_bank``: ``predict(encoded, bank)`` with the
   prompts already embedded (a saved prompt bank: enhancer onwards); ``encode``: the backbone alone;
+- ``predict_image_bf16``, ``predict_encoded_bf16``: the first two with ``Predictor(...,
+  autocast="bf16")`` (bf16 autocast on the CPU; ``bf16_top_score_abs_change``: the largest change of
+  the image's top-100 scores, sorted, against float32);
 - ``model``: the detector's own forward (no Predictor input checks, no post-processing);
 - ``model_stacked``: the same weights with transformers' stacked deformable sampling put back in
   place of our level-by-level one (``workbench.model.deformable``);
@@ -129,6 +132,8 @@ def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
     image, prompts, prompt_set = image_and_prompts(image_size, num_prompts)
     predictor = Predictor(ours, min_size=image_size, max_size=image_size)
     encoded = predictor.encode(image)
+    predictor_bf16 = Predictor(ours, min_size=image_size, max_size=image_size, autocast="bf16")
+    encoded_bf16 = predictor_bf16.encode(image)
     tokens = encoded.features.tokens.shape[1]
     if tokens < ours.config.num_queries:  # transformers' query selection needs enough tokens
         raise SystemExit(
@@ -147,6 +152,8 @@ def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
                 "predict_image": lambda: predictor.predict(image, prompts),
                 "predict_encoded": lambda: predictor.predict(encoded, prompts),
                 "predict_bank": lambda: predictor.predict(encoded, bank),
+                "predict_image_bf16": lambda: predictor_bf16.predict(image, prompts),
+                "predict_encoded_bf16": lambda: predictor_bf16.predict(encoded_bf16, prompts),
                 "encode": lambda: predictor.encode(image),
                 "model": lambda: ours(pixels, mask, prompt_set),
                 "model_stacked": lambda: stacked(pixels, mask, prompt_set),
@@ -154,6 +161,10 @@ def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
             },
             repeats,
         )
+        top = [
+            p.predict(image, prompts, score_threshold=0.0).scores.sort(descending=True).values[:100]
+            for p in (predictor, predictor_bf16)
+        ]
     median = {name: v["median_ms"] for name, v in ms.items()}
     return {
         "image_size": image_size,
@@ -172,6 +183,9 @@ def measure(size: str, image_size: int, num_prompts: int, repeats: int) -> dict:
         "predictor_overhead_ms": median["predict_image"] - median["model"],
         "reprompt_speedup": median["predict_image"] / median["predict_encoded"],
         "bank_speedup": median["predict_image"] / median["predict_bank"],
+        "bf16_over_fp32": median["predict_image_bf16"] / median["predict_image"],
+        "reprompt_bf16_over_fp32": median["predict_encoded_bf16"] / median["predict_encoded"],
+        "bf16_top_score_abs_change": float((top[1] - top[0]).abs().max()),
     }
 
 

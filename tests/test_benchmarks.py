@@ -90,6 +90,8 @@ def test_predictor_latency(results, monkeypatch):
         "predict_image",
         "predict_encoded",
         "predict_bank",
+        "predict_image_bf16",
+        "predict_encoded_bf16",
         "encode",
         "model",
         "model_stacked",
@@ -99,6 +101,10 @@ def test_predictor_latency(results, monkeypatch):
     assert all(finite(v["median_ms"], v["min_ms"]) and v["min_ms"] > 0 for v in tiny["ms"].values())
     assert finite(tiny["ratio_predictor_over_hf"], tiny["reprompt_speedup"], tiny["bank_speedup"])
     assert tiny["image_tokens"] >= tiny["queries"] == 50
+    assert tiny["bf16_over_fp32"] == pytest.approx(
+        tiny["ms"]["predict_image_bf16"]["median_ms"] / tiny["ms"]["predict_image"]["median_ms"]
+    )
+    assert 0 <= tiny["bf16_top_score_abs_change"] < 1  # scores stay probabilities
 
 
 def test_coco_eval_speed_evaluators_agree(results, monkeypatch):
