@@ -15,8 +15,15 @@ from workbench.data.prompts import sample_training_prompts
 from workbench.data.synthetic import ShapesConfig, ShapesDataset
 from workbench.model.build import build_detector
 from workbench.objectives.base import StepInfo
-from workbench.objectives.grqo import GRQOObjective, WeakAdvantageWarning, k3_kl, mute_count
+from workbench.objectives.grqo import (
+    GRQOObjective,
+    WeakAdvantageWarning,
+    k3_kl,
+    mute_count,
+    query_rewards,
+)
 from workbench.objectives.sft import SFTObjective, run_detector
+from workbench.rewards import REWARDS, ROWWISE_REWARDS
 
 INFO = StepInfo(step=0, epoch=0, total_steps=10)
 
@@ -267,6 +274,31 @@ def test_a_weak_advantage_term_warns_once_naming_alpha(batch, alpha, warns):
         assert "grqo.alpha=0.01" in weak[0] and f"{shares[2]:.1e}" in weak[0]
     else:
         assert min(shares) > 0.01 and weak == []
+
+
+@pytest.mark.parametrize("reward", sorted(REWARDS))
+def test_rowwise_rewards_score_all_layers_at_once_with_the_same_values(batch, reward):
+    """A reward of ROWWISE_REWARDS is computed per image over every layer's queries stacked:
+    the same rewards and gradients as layer by layer (an image without boxes included)."""
+    model = detector().eval()
+    step = run_detector(model, batch)
+    last = step.targets[2]  # prompt-index labels
+    targets = [*step.targets[:2], last.select(torch.zeros(len(last), dtype=torch.bool))]
+    fn = REWARDS[reward]
+
+    def one_by_one(*args):  # the same function, not recognised as row-wise
+        return fn(*args)
+
+    got = query_rewards(step.outputs, targets, fn, LossConfig())
+    want = query_rewards(step.outputs, targets, one_by_one, LossConfig())
+    assert got.shape == want.shape == (len(step.outputs["aux_outputs"]) + 1, 3, want.shape[-1])
+    assert torch.isnan(got[:, 2]).all() and torch.isfinite(got[:, :2]).all()
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    if fn in ROWWISE_REWARDS:
+        logits = step.outputs["pred_logits"]
+        (g1,) = torch.autograd.grad(got[:, :2].sum(), logits, retain_graph=True)
+        (g2,) = torch.autograd.grad(want[:, :2].sum(), logits)
+        torch.testing.assert_close(g1, g2)
 
 
 def test_images_without_boxes_get_no_advantage(batch):

@@ -267,6 +267,9 @@ REWARDS: dict[str, QueryReward] = {
     "iou_alignment": iou_alignment_reward,
     "vision_r1": vision_r1_query_reward,
 }
+# Rewards whose value for a query depends on that query's prediction only (not on a matching
+# among the queries), so any set of queries can be scored in one call.
+ROWWISE_REWARDS = frozenset({matching_cost_reward, iou_alignment_reward})
 
 
 # --- advantages ------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from workbench.losses import drop_crowd
 from workbench.model.detector import unwrap
 from workbench.objectives.base import ObjectiveOutput, StepInfo, detach_metrics
 from workbench.objectives.sft import DetectorStep, SFTObjective, run_detector
-from workbench.rewards import REWARDS, StepSchedule, group_advantages
+from workbench.rewards import REWARDS, ROWWISE_REWARDS, StepSchedule, group_advantages
 from workbench.types import Batch, Target
 
 KL_EPS = 2e-9  # inside the ratio, as released
@@ -83,14 +83,31 @@ def layer_outputs(outputs: dict) -> list[dict]:
 
 
 def query_rewards(outputs: dict, targets: list[Target], reward_fn, loss_cfg: LossConfig) -> Tensor:
-    """``[L, B, Q]`` reward of every query of every layer; NaN rows for images without boxes."""
+    """``[L, B, Q]`` reward of every query of every layer; NaN rows for images without boxes.
+
+    A reward of :data:`~workbench.rewards.ROWWISE_REWARDS` (each query's reward depends on its
+    own row only) is computed once per image over all layers' queries stacked, ``[L * Q]`` rows,
+    instead of once per image and layer: the same values with ``L`` times fewer calls.
+    """
+    layers = layer_outputs(outputs)
+    targets = drop_crowd(targets)
+    if reward_fn in ROWWISE_REWARDS:
+        logits = torch.stack([layer["pred_logits"] for layer in layers], 1)  # [B, L, Q, U]
+        boxes = torch.stack([layer["pred_boxes"] for layer in layers], 1)  # [B, L, Q, 4]
+        rows = [
+            reward_fn(
+                logits[b].flatten(0, 1), boxes[b].flatten(0, 1), t.labels, t.boxes_cxcywh, loss_cfg
+            )
+            for b, t in enumerate(targets)
+        ]
+        return torch.stack(rows).view(boxes.shape[:3]).transpose(0, 1)
     per_layer = []
-    for layer in layer_outputs(outputs):
+    for layer in layers:
         rows = [
             reward_fn(
                 layer["pred_logits"][b], layer["pred_boxes"][b], t.labels, t.boxes_cxcywh, loss_cfg
             )
-            for b, t in enumerate(drop_crowd(targets))
+            for b, t in enumerate(targets)
         ]
         per_layer.append(torch.stack(rows))
     return torch.stack(per_layer)
