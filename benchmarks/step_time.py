@@ -9,9 +9,9 @@ reference model's forward and the per-layer rewards; GRQO with ``grqo.reference_
 (a documented deviation: the reference reuses the policy's image features) runs in the same
 rotation, and so do SFT and GRQO under bf16 autocast (``train.amp=bf16``: ``sft_bf16_step_s``,
 ``grqo_bf16_step_s``; ``..._loss_abs_change``: how far bf16 moves the loss of one step at the
-same weights, batch and seed), and SFT under bf16
-autocast with deformable attention on the torch path (``sft_bf16_torch_sampling_step_s``: the
-fused kernel took float32 only before, so this is how ``train.amp=bf16`` ran then).
+same weights, batch and seed), and SFT under bf16 autocast with deformable attention on the torch
+path (``sft_bf16_torch_sampling_step_s``: the fused kernel took float32 only before, so this is
+how ``train.amp=bf16`` ran then).
 ``--compile`` adds an SFT step of a second copy of the model with its backbone, then its
 encoder layers, wrapped in ``torch.compile`` (``sft_compiled_<part>_step_s``; the first call's
 seconds, which include the compilation, as ``..._first_step_s``). Writes

@@ -7,8 +7,8 @@ faster drop-ins share its call signature:
 
 - ``cpp`` (CPU, float32/float64; bf16 and fp16 inputs, as under autocast, are sampled in float32):
   ``csrc/ms_deform_attn.cpp``, one pass that samples, weights and sums without materialising the
-  samples, and a hand-written backward in one pass. Built on first
-  use with the machine's C++ compiler through ``torch.utils.cpp_extension`` (needs g++ and ninja;
+  samples, and a hand-written backward in one pass. Built on first use with the machine's C++
+  compiler through ``torch.utils.cpp_extension`` (needs g++ and ninja;
   about a minute, in a child process stopped after ``WORKBENCH_KERNEL_BUILD_TIMEOUT`` seconds,
   900 by default; one build per source, torch version and CPU kind, kept in :func:`kernel_root`;
   a failed build is remembered there, not retried). ``make setup`` builds it ahead of time with
@@ -269,8 +269,8 @@ def kernel_sampling(
     """``value [B, T, H, D]``, ``locations [B, Q, H, L, P, 2]`` in [0, 1], ``weights [B, Q, H, L,
     P]`` -> ``[B, Q, H * D]`` through the C++ kernel (which must be loaded).
 
-    Half-precision inputs (bf16 or fp16 autocast on a CPU gives ``value`` in bf16) are sampled
-    in float32, as autocast runs its own sums, and the result is returned in ``value``'s dtype.
+    Half-precision inputs (under bf16 autocast on a CPU, ``value`` comes in bf16) are sampled in
+    float32, as autocast runs reductions, and the result is cast back to ``value``'s dtype.
     """
     b, _, heads, dim = value.shape
     dtype = value.dtype
