@@ -90,27 +90,23 @@ def query_rewards(outputs: dict, targets: list[Target], reward_fn, loss_cfg: Los
     instead of once per image and layer: the same values with ``L`` times fewer calls.
     """
     layers = layer_outputs(outputs)
-    targets = drop_crowd(targets)
-    if reward_fn in ROWWISE_REWARDS:
-        logits = torch.stack([layer["pred_logits"] for layer in layers], 1)  # [B, L, Q, U]
-        boxes = torch.stack([layer["pred_boxes"] for layer in layers], 1)  # [B, L, Q, 4]
-        rows = [
-            reward_fn(
+    logits = torch.stack([layer["pred_logits"] for layer in layers], 1)  # [B, L, Q, U]
+    boxes = torch.stack([layer["pred_boxes"] for layer in layers], 1)  # [B, L, Q, 4]
+
+    def per_image(b: int, t: Target) -> Tensor:  # [L, Q]
+        if reward_fn in ROWWISE_REWARDS:
+            flat = reward_fn(
                 logits[b].flatten(0, 1), boxes[b].flatten(0, 1), t.labels, t.boxes_cxcywh, loss_cfg
             )
-            for b, t in enumerate(targets)
-        ]
-        return torch.stack(rows).view(boxes.shape[:3]).transpose(0, 1)
-    per_layer = []
-    for layer in layers:
-        rows = [
-            reward_fn(
-                layer["pred_logits"][b], layer["pred_boxes"][b], t.labels, t.boxes_cxcywh, loss_cfg
-            )
-            for b, t in enumerate(targets)
-        ]
-        per_layer.append(torch.stack(rows))
-    return torch.stack(per_layer)
+            return flat.view(boxes.shape[1:3])
+        return torch.stack(
+            [
+                reward_fn(logits[b, k], boxes[b, k], t.labels, t.boxes_cxcywh, loss_cfg)
+                for k in range(len(layers))
+            ]
+        )
+
+    return torch.stack([per_image(b, t) for b, t in enumerate(drop_crowd(targets))], 1)
 
 
 def k3_kl(select_logits: Tensor, reference_logits: Tensor) -> Tensor:
