@@ -1,7 +1,8 @@
 """Training-step time of SFT and GRQO, measured in the same run, and where GRQO's extra time goes.
 
     python benchmarks/step_time.py [--sizes tiny small] [--steps 12] [--threads N]
-                                   [--no-reference-bf16] [--compile]
+                                   [--no-reference-bf16] [--compile] [--frozen-blocks 4]
+                                   [--image-size PX --batch-size B]
 
 For each size, SFT and GRQO steps alternate on the same batches (so load on the machine hits
 both alike); each step is forward + backward + AdamW. GRQO's extra work is split into the
@@ -14,7 +15,12 @@ path (``sft_bf16_torch_sampling_step_s``: the fused kernel took float32 only bef
 how ``train.amp=bf16`` ran then).
 ``--compile`` adds an SFT step of a second copy of the model with its backbone, then its
 encoder layers, wrapped in ``torch.compile`` (``sft_compiled_<part>_step_s``; the first call's
-seconds, which include the compilation, as ``..._first_step_s``). Writes
+seconds, which include the compilation, as ``..._first_step_s``). For a MobileNetV2 size
+(``small``), a second copy of the model with its first ``--frozen-blocks`` backbone blocks frozen
+(``train.frozen_backbone_blocks``; 0: no copy) takes SFT and GRQO steps in the same rotation
+(``sft_frozen_step_s``, ``grqo_frozen_step_s``; its GRQO reference continues from the policy's
+frozen blocks' output). ``--image-size`` / ``--batch-size`` replace a size's 256 px, batch 8
+(128 px, 4 for ``tiny``). Writes
 benchmarks/results/step_time.json; ``benchmarks/before_after.py step_time`` compares it with an
 earlier commit's code.
 
@@ -121,8 +127,26 @@ def compiled_copy(size: str, part: str):
     return model, torch.optim.AdamW(params, lr=1e-5)
 
 
-def measure(size: str, steps: int, compile_parts: tuple[str, ...] = ()) -> dict:
-    image_size, batch_size = SETTINGS[size]
+def frozen_copy(size: str, blocks: int):
+    """A second model (the same seed) with its first ``blocks`` backbone blocks frozen, its
+    optimizer and a GRQO objective of its own."""
+    torch.manual_seed(0)
+    model = build_detector(size).train()
+    model.freeze_backbone_blocks(blocks)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    grqo = GRQOObjective(LossConfig(), _grqo_config())
+    grqo.on_epoch_start(model, 0)
+    return model, optimizer, grqo
+
+
+def measure(
+    size: str,
+    steps: int,
+    compile_parts: tuple[str, ...] = (),
+    frozen_blocks: int = 0,
+    settings: tuple[int, int] | None = None,
+) -> dict:
+    image_size, batch_size = settings or SETTINGS[size]
     torch.manual_seed(0)
     model = build_detector(size).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -143,6 +167,11 @@ def measure(size: str, steps: int, compile_parts: tuple[str, ...] = ()) -> dict:
     runs = {name: (model, optimizer, obj, "_bf16" in name) for name, obj in objectives.items()}
     for part in compile_parts:
         runs[f"sft_compiled_{part}"] = (*compiled_copy(size, part), sft, False)
+    frozen_blocks = frozen_blocks if model.config.backbone == "mobilenet_v2" else 0
+    if frozen_blocks:
+        frozen, frozen_optimizer, frozen_grqo = frozen_copy(size, frozen_blocks)
+        runs["sft_frozen"] = (frozen, frozen_optimizer, sft, False)
+        runs["grqo_frozen"] = (frozen, frozen_optimizer, frozen_grqo, False)
     reference = Stopwatch(grqo.reference_logits)
     grqo.reference_logits = reference
     rewards = Stopwatch(grqo_module.query_rewards)
@@ -187,14 +216,20 @@ def measure(size: str, steps: int, compile_parts: tuple[str, ...] = ()) -> dict:
         out[f"{name}_bf16_loss_abs_change"] = bf16_loss_change(model, objectives[name], data[0])
     for part in compile_parts:
         out[f"sft_compiled_{part}_first_step_s"] = first[f"sft_compiled_{part}"]
+    if frozen_blocks:
+        out["frozen_backbone_blocks"] = frozen_blocks
+        out["sft_frozen_step_s"] = median["sft_frozen"]
+        out["sft_frozen_over_sft"] = median["sft_frozen"] / median["sft"]
+        out["grqo_frozen_step_s"] = median["grqo_frozen"]
+        out["grqo_frozen_over_sft_frozen"] = median["grqo_frozen"] / median["sft_frozen"]
     return out
 
 
-def reference_bf16(size: str, repeats: int = 3) -> dict:
+def reference_bf16(size: str, repeats: int = 3, settings: tuple[int, int] | None = None) -> dict:
     """GRQO's reference forward in float32 and under bf16 autocast, alternated on the same
     batches: median seconds per call, and the largest and mean absolute change of its
     objectness."""
-    image_size, batch_size = SETTINGS[size]
+    image_size, batch_size = settings or SETTINGS[size]
     torch.manual_seed(0)
     model = build_detector(size).train()
     grqo = GRQOObjective(LossConfig(), _grqo_config())
@@ -237,11 +272,27 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also time SFT with torch.compile'd parts"
     )
+    parser.add_argument(
+        "--frozen-blocks",
+        type=int,
+        default=4,
+        help="also time a copy with this many MobileNetV2 blocks frozen (0: not)",
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="replaces the size's")
+    parser.add_argument("--batch-size", type=int, default=None, help="replaces the size's")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = ("backbone", "encoder") if args.compile else ()
-    results = {size: measure(size, args.steps, parts) for size in args.sizes}
+
+    def settings(size: str) -> tuple[int, int]:
+        image_size, batch_size = SETTINGS[size]
+        return args.image_size or image_size, args.batch_size or batch_size
+
+    results = {
+        size: measure(size, args.steps, parts, args.frozen_blocks, settings(size))
+        for size in args.sizes
+    }
     for size, r in results.items():
         print(
             f"{size}: SFT {r['sft_step_s']:.3f} s, GRQO {r['grqo_step_s']:.3f} s, "
@@ -253,8 +304,14 @@ def main() -> None:
                 f"  SFT with torch.compile'd {part}: {r[f'sft_compiled_{part}_step_s']:.3f} s "
                 f"(first step {r[f'sft_compiled_{part}_first_step_s']:.1f} s)"
             )
+        if "sft_frozen_step_s" in r:
+            print(
+                f"  {r['frozen_backbone_blocks']} backbone blocks frozen: SFT "
+                f"{r['sft_frozen_step_s']:.3f} s ({r['sft_frozen_over_sft']:.2f}x), GRQO "
+                f"{r['grqo_frozen_step_s']:.3f} s, ratio {r['grqo_frozen_over_sft_frozen']:.2f}"
+            )
         if not args.no_reference_bf16:
-            r["reference_bf16"] = ref = reference_bf16(size)
+            r["reference_bf16"] = ref = reference_bf16(size, settings=settings(size))
             print(
                 f"  reference forward: float32 {ref['fp32_s']:.3f} s, bf16 {ref['bf16_s']:.3f} s; "
                 f"objectness moves by up to {ref['objectness_abs_change_max']:.3f}"

@@ -72,6 +72,24 @@ def test_step_time_and_the_bf16_reference(results, monkeypatch):
     assert 0 < ref["objectness_abs_change_mean"] <= ref["objectness_abs_change_max"]
 
 
+def test_step_time_with_frozen_backbone_blocks(results, monkeypatch):
+    run_script(
+        "step_time",
+        *("--sizes", "small", "--steps", "1", "--threads", "1", "--no-reference-bf16"),
+        *("--frozen-blocks", "4", "--image-size", "64", "--batch-size", "2"),
+        monkeypatch=monkeypatch,
+    )
+    small = read(results, "step_time")["sizes"]["small"]
+    assert (small["image_size"], small["batch_size"], small["frozen_backbone_blocks"]) == (64, 2, 4)
+    assert finite(small["sft_frozen_step_s"], small["grqo_frozen_step_s"])
+    assert small["sft_frozen_over_sft"] == pytest.approx(
+        small["sft_frozen_step_s"] / small["sft_step_s"]
+    )
+    assert small["grqo_frozen_over_sft_frozen"] == pytest.approx(
+        small["grqo_frozen_step_s"] / small["sft_frozen_step_s"]
+    )
+
+
 def test_predictor_latency(results, monkeypatch):
     run_script(
         "predictor_latency",

@@ -74,6 +74,7 @@ AT_LEAST_ZERO = [
     "train.checkpoint_every",
     "train.seed",
     "train.eval_every_epochs",
+    "train.frozen_backbone_blocks",
     "data.num_workers",
     "model.dn_number",
     "grqo.mute",

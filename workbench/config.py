@@ -278,7 +278,9 @@ class GRQOConfig:
     # "own": the reference computes its image features with its own backbone and neck (the
     # release); "policy": it reuses the policy's (detached) and runs only its prompt encoder,
     # enhancer and encoder head, a deviation from the release that saves the reference's
-    # backbone forward (about half its cost for the small detector).
+    # backbone forward (about half its cost for the small detector). Under "own", blocks frozen
+    # by train.frozen_backbone_blocks are not run twice: the reference continues from the
+    # policy's output of them (the same bits, since they hold the same weights in both).
     reference_features: Literal["own", "policy"] = "own"
     # SFT only for the first epochs / steps (the paper's "1+5": one epoch of SFT, five of GRQO).
     warmup_epochs: int = 0
@@ -343,6 +345,11 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-4
     backbone_lr_mult: float = 0.1
+    # Freeze the MobileNetV2 backbone's first N of 18 blocks (0: train all). They then run
+    # without autograd, and GRQO's reference continues from the policy's output of them (the
+    # same bits: frozen, they hold the same weights in both). 4 = the stem and the stride-2 and
+    # stride-4 blocks, as DETR leaves ResNet's stem and first stage untrained.
+    frozen_backbone_blocks: int = 0
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     warmup_factor: float = 0.1  # the warm-up starts at lr * warmup_factor
@@ -389,6 +396,12 @@ class TrainConfig:
             value = getattr(self, name)
             _require(_finite(value) and value >= 0, f"train.{name}", "must be >= 0", value)
         _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
+        _require(
+            self.frozen_backbone_blocks >= 0,
+            "train.frozen_backbone_blocks",
+            "must be >= 0 (0: the whole backbone trains)",
+            self.frozen_backbone_blocks,
+        )
         _require(
             0 <= self.warmup_factor <= 1,
             "train.warmup_factor",

