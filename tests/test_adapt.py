@@ -15,6 +15,7 @@ from testing_constants import cli_in_process as cli
 
 from workbench.adapt import (
     MIN_BOX_PX,
+    adapt,
     adapt_config,
     base_config,
     logged_pace,
@@ -86,7 +87,7 @@ def test_small_objects_raise_the_resolution_until_the_median_box_is_16_px(tmp_pa
     assert max_size / min_size == pytest.approx(base.data.max_size / base.data.min_size, 0.01)
 
 
-def sixteen_photos(bccd_voc: Path, tmp_path: Path, objective: str):
+def sixteen_photos(bccd_voc: Path, tmp_path: Path, objective: str, frozen_blocks: int = 0):
     """The adapt config of models/sft on 16 of 20 BCCD photos in a LabelImg folder, 256 px."""
     found = prepare_data(str(labelimg_folder(bccd_voc, tmp_path / "cells", 20)), tmp_path / "d")
     return adapt_config(
@@ -98,6 +99,7 @@ def sixteen_photos(bccd_voc: Path, tmp_path: Path, objective: str):
         train_images=16,
         min_size=256,
         max_size=342,
+        frozen_blocks=frozen_blocks,
     )
 
 
@@ -123,6 +125,17 @@ def test_the_plan_fits_the_steps_to_the_budget_and_drops_the_lr_for_the_last_fif
     assert fixed.replan_after is None  # --steps is a count to keep
     with pytest.raises(InputError, match="--minutes 1 leaves 0 s after 70 s"):
         make_plan(cfg, minutes=1, seconds_per_step=3.0, setup_seconds=70.0, **common)
+
+
+def test_frozen_backbone_blocks_reach_the_config_and_the_printed_plan(tmp_path, bccd_voc):
+    cfg = sixteen_photos(bccd_voc, tmp_path, "sft", frozen_blocks=4)
+    common = dict(held_out=4, categories=["RBC"], box_px=40.0, train_images=16)
+    plan, planned = make_plan(cfg, minutes=10, seconds_per_step=3.0, setup_seconds=60.0, **common)
+    assert planned.train.frozen_backbone_blocks == plan.frozen_backbone_blocks == 4
+    assert "backbone: its first 4 blocks frozen" in "\n".join(plan.lines("models/sft"))
+    with pytest.raises(InputError, match="--frozen-blocks -1: give a number of blocks >= 0"):
+        adapt("bccd", str(SFT), tmp_path / "never", frozen_blocks=-1)
+    assert not (tmp_path / "never").exists()
 
 
 def test_after_the_warm_up_the_rest_is_replanned_from_its_pace(tmp_path, bccd_voc):

@@ -137,3 +137,29 @@ def test_grqo_is_compared_with_sft_at_the_same_k_and_budget_paired_by_seed(bench
     written = json.loads((bench.results_dir() / "adapt.json").read_text())
     assert written["grqo_minus_sft"]["all_m10"]["seeds"] == [0, 1, 2]
     assert "| all (205) | 10 | 3 | +0.020" in capsys.readouterr().out
+
+
+def test_frozen_blocks_pairs_the_frozen_runs_with_the_whole_backbone_by_seed(benchmark, tmp_path):
+    bench = benchmark("frozen_blocks.py", root=tmp_path / "runs" / "frozen")
+    for blocks, seeds in {
+        0: {1: (0.60, 0.9), 2: (0.70, 1.0)},
+        4: {1: (0.62, 0.7), 2: (0.69, 0.8)},
+    }.items():
+        for seed, (ap50, seconds) in seeds.items():
+            (out := bench.folder(150, blocks, seed)).mkdir(parents=True)
+            (out / "adapt.json").write_text(json.dumps(arm_record(ap50)))
+            log = [{"step": k, "step_time": seconds + 0.1 * (k == 0)} for k in range(3)]
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (bench.folder(150, 0, 3)).mkdir(parents=True)  # started, not finished: no pair
+    command = bench.command(150, 4, 1)
+    assert command[command.index("--frozen-blocks") + 1] == "4"
+    assert command[command.index("--steps") + 1] == "150"
+    assert command[command.index("--from") + 1].endswith("shapes/sft/seed1")
+    written = json.loads(bench.report(4, 150).read_text())
+    assert written["seeds"] == [1, 2]
+    diff = written["frozen_minus_whole"]
+    assert diff["after/interactive/AP50"]["values"] == pytest.approx([0.02, -0.01])
+    assert diff["seconds_per_train_step"]["mean"] == pytest.approx(
+        -0.2
+    )  # medians 0.9, 1.0 -> 0.7, 0.8
+    assert written["runs"]["f4"]["2"]["after/interactive/AP50"] == pytest.approx(0.69)

@@ -115,6 +115,24 @@ def test_a_reference_whose_frozen_blocks_differ_computes_its_own_stem():
     assert shared_stem(objective.reference, model, features) is None
 
 
+def test_an_ema_reference_keeps_the_frozen_blocks_to_the_bit():
+    """The EMA moves the reference towards the policy; frozen blocks stay shared."""
+    model, data = small(4), batch()
+    objective = GRQOObjective(LossConfig(), GRQOConfig(reference_policy="ema", ema_decay=0.9))
+    objective.on_epoch_start(model, 0)
+    with torch.no_grad():  # the policy has trained
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.01)
+    step = run_detector(model, data)
+    before = blocks_of(objective.reference)[5].conv[0][0].weight.detach().clone()
+    for k in range(3):
+        objective.reference_logits(model, data, step, StepInfo(k, 0, 3))
+    assert not torch.equal(blocks_of(objective.reference)[5].conv[0][0].weight, before)
+    features = step.outputs["image_features"]
+    assert shared_stem(objective.reference, model, features) is features.stem
+
+
 def test_a_training_run_leaves_the_frozen_blocks_as_they_were(tmp_path):
     aug = train_transforms(DataConfig(min_size=48, max_size=64))
     data = ShapesDataset(4, seed=0, cfg=SHAPES, transforms=aug)

@@ -101,6 +101,7 @@ class Plan:
     train_minutes: float  # the hard limit on training itself (train.max_minutes)
     hflip_prob: float
     crop_prob: float
+    frozen_backbone_blocks: int  # the backbone's first blocks that keep the base's weights
     # The warm-up steps after which the rest is first re-planned (None: ``--steps`` fixed the
     # count, or the warm-up is under REPLAN_MIN_STEPS steps).
     replan_after: int | None = None
@@ -118,6 +119,11 @@ class Plan:
             f"  batch {self.batch_size}, lr {self.lr:g} (backbone x0.1), warm-up "
             f"{self.warmup_steps} steps{drop}",
             f"  augmentation: horizontal flips {self.hflip_prob:g}, crops {self.crop_prob:g}",
+            *(
+                [f"  backbone: its first {self.frozen_backbone_blocks} blocks frozen"]
+                if self.frozen_backbone_blocks
+                else []
+            ),
             *(
                 ["  GRQO: its KL reference is the base model, frozen"]
                 if self.objective == "grqo"
@@ -259,6 +265,7 @@ def adapt_config(
     train_images: int,
     min_size: int,
     max_size: int,
+    frozen_blocks: int = 0,
 ) -> Config:
     """The base's run config, pointed at the user's data with the fine-tune recipe."""
     cfg = base_config(base)
@@ -301,6 +308,7 @@ def adapt_config(
             eval_every_epochs=0,
             keep_checkpoints=1,
             amp="off",
+            frozen_backbone_blocks=frozen_blocks,
         ),
     )
 
@@ -397,6 +405,7 @@ def make_plan(
         train_minutes=left / 60,
         hflip_prob=cfg.data.hflip_prob,
         crop_prob=cfg.data.crop_prob,
+        frozen_backbone_blocks=cfg.train.frozen_backbone_blocks,
         replan_after=None if fixed or warmup < REPLAN_MIN_STEPS else warmup,
     )
     return plan, cfg
@@ -506,6 +515,7 @@ def adapt(
     images: int | None = None,
     steps: int | None = None,
     seed: int = 0,
+    frozen_blocks: int = 0,
     forgetting: bool = False,
     forgetting_images: int = 100,
     resume: bool = False,
@@ -524,6 +534,8 @@ def adapt(
         raise InputError(f"--images {images}: give a number of training images >= 1")
     if objective not in ("sft", "grqo"):
         raise InputError(f"--objective {objective!r}: choose sft or grqo")
+    if frozen_blocks < 0:
+        raise InputError(f"--frozen-blocks {frozen_blocks}: give a number of blocks >= 0")
     out = Path(out)
     record_path = out / "adapt.json"
     if resume:
@@ -549,6 +561,7 @@ def adapt(
         train_images=len(train_set),
         min_size=min_size,
         max_size=max_size,
+        frozen_blocks=frozen_blocks,
     )
     say(f"adapting {base} to {found.description}; measuring {PROBE_STEPS} steps ...")
     seconds_per_step, setup = measure_step(cfg)

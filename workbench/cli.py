@@ -270,6 +270,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         images=args.images,
         steps=args.steps,
         seed=args.seed,
+        frozen_blocks=args.frozen_blocks,
         forgetting=args.forgetting,
         forgetting_images=args.forgetting_images,
         resume=args.resume,
@@ -1115,6 +1116,13 @@ def build_parser() -> argparse.ArgumentParser:
         "runs; the budget still stops training)",
     )
     p.add_argument("--seed", type=int, default=0, help="data split, sample and training seed")
+    p.add_argument(
+        "--frozen-blocks",
+        type=int,
+        default=0,
+        help="keep the base's weights in the MobileNetV2 backbone's first N blocks "
+        "(train.frozen_backbone_blocks; fewer seconds per step; default: %(default)s)",
+    )
     p.add_argument(
         "--forgetting",
         action="store_true",

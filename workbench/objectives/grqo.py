@@ -389,4 +389,5 @@ def shared_stem(reference: nn.Module, model: nn.Module, features) -> FrozenStem 
 
 def _ema_update(reference: nn.Module, model: nn.Module, decay: float) -> None:
     for ref, cur in zip(reference.parameters(), model.parameters(), strict=True):
-        ref.mul_(decay).add_(cur.detach(), alpha=1 - decay)
+        if cur.requires_grad:  # a frozen weight is its own average, kept to the bit
+            ref.mul_(decay).add_(cur.detach(), alpha=1 - decay)
