@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_result
+from common import machine, shapes_config, write_result
 
 from workbench.config import GRQOConfig, LossConfig
 from workbench.data.collate import collate
@@ -60,7 +60,9 @@ SETTINGS = {"tiny": (128, 4), "small": (256, 8)}  # image size, batch size
 
 
 def batches(image_size: int, batch_size: int, count: int):
-    data = ShapesDataset(batch_size * count, seed=0, cfg=ShapesConfig(image_size=image_size))
+    # The default shapes (20-64 px objects) need 128 px or more; smaller images scale them.
+    cfg = ShapesConfig(image_size=image_size) if image_size >= 128 else shapes_config(image_size)
+    data = ShapesDataset(batch_size * count, seed=0, cfg=cfg)
     out = []
     for k in range(count):
         batch = collate([data[k * batch_size + i] for i in range(batch_size)])

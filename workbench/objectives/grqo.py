@@ -40,7 +40,7 @@ from workbench.config import GRQOConfig, LossConfig
 from workbench.data.prompts import sample_training_prompts
 from workbench.losses import drop_crowd
 from workbench.model.backbone import FrozenStem, same_frozen_blocks
-from workbench.model.detector import unwrap
+from workbench.model.detector import ImageFeatures, unwrap
 from workbench.objectives.base import ObjectiveOutput, StepInfo, detach_metrics
 from workbench.objectives.sft import DetectorStep, SFTObjective, run_detector
 from workbench.rewards import REWARDS, ROWWISE_REWARDS, StepSchedule, group_advantages
@@ -373,8 +373,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
 
 
-@torch.no_grad()
-def shared_stem(reference: nn.Module, model: nn.Module, features) -> FrozenStem | None:
+def shared_stem(
+    reference: nn.Module, model: nn.Module, features: ImageFeatures
+) -> FrozenStem | None:
     """The policy's output of its frozen backbone blocks (``train.frozen_backbone_blocks``) when
     the reference holds the same weights there, so the reference continues from it and the
     result is the same bits as its own; otherwise None."""
@@ -387,6 +388,7 @@ def shared_stem(reference: nn.Module, model: nn.Module, features) -> FrozenStem 
     return stem if same else None
 
 
+@torch.no_grad()
 def _ema_update(reference: nn.Module, model: nn.Module, decay: float) -> None:
     for ref, cur in zip(reference.parameters(), model.parameters(), strict=True):
         if cur.requires_grad:  # a frozen weight is its own average, kept to the bit
