@@ -207,8 +207,7 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bo
             f"{', '.join(arm_names(domain))}"
         )
     todo = pending(only, seeds, domain, redo)
-    # BCCD is the data of the bccd grid and half the forgetting data of the trees grid.
-    env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
+    env = bccd_env()
     missing = missing_bases(todo, domain)
     if missing:
         if spec.train_bases is None:
@@ -233,17 +232,24 @@ def run(only: list[str] | None, seeds: list[int], domain: str = "bccd", redo: bo
             *(["--overwrite"] if out.exists() else []),
         ]  # fmt: skip
         print(f"== {domain} {arm} seed {seed}", flush=True)
-        # The code and the CPU an arm runs on set how many steps its minutes buy; the base, where
-        # it starts.
-        code = {
-            "commit": git_commit(),
-            "machine": _cpu(machine()),
-            "base": weights_id(spec.base(seed)),
-        }
-        done = subprocess.run(command, env=env, cwd=REPO)
-        if done.returncode:
-            sys.exit(f"{arm} seed {seed} failed (status {done.returncode})")
-        (out / CODE_FILE).write_text(json.dumps(code))
+        run_arm(command, out, spec.base(seed), env, f"{arm} seed {seed}")
+
+
+def bccd_env() -> dict[str, str]:
+    """The environment of an arm: BCCD is the data of the bccd grid and half the forgetting
+    data of the trees grid."""
+    return {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(BCCD_FOLDER))}
+
+
+def run_arm(command: list[str], out: Path, base: Path, env: dict, name: str) -> None:
+    """Run one arm's ``workbench adapt`` command, then write ``CODE_FILE`` beside its
+    adapt.json: the code and the CPU an arm runs on set how many steps its minutes buy; the
+    base, where it starts."""
+    code = {"commit": git_commit(), "machine": _cpu(machine()), "base": weights_id(base)}
+    done = subprocess.run(command, env=env, cwd=REPO)
+    if done.returncode:
+        sys.exit(f"{name} failed (status {done.returncode})")
+    (out / CODE_FILE).write_text(json.dumps(code))
 
 
 def status(domain: str = "bccd") -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adapt as grid
-from common import git_commit, machine, paired, weights_id, write_result
+from common import paired, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "frozen_blocks_bench"
@@ -59,7 +58,7 @@ def run(blocks: int, steps: int, seeds: list[int]) -> None:
         for b in (0, blocks)
         if grid.finished(folder(steps, b, seed)) is None
     ]
-    env = {**os.environ, "WORKBENCH_BCCD": os.environ.get("WORKBENCH_BCCD", str(grid.BCCD_FOLDER))}
+    env = grid.bccd_env()
     missing = grid.missing_bases([("", seed) for _, seed in todo])
     if missing:
         print(f"== training the missing bases of seeds {missing}", flush=True)
@@ -67,14 +66,8 @@ def run(blocks: int, steps: int, seeds: list[int]) -> None:
             sys.exit(f"training the bases of seeds {missing} failed")
     for b, seed in todo:
         print(f"== {steps} steps, {b} blocks frozen, seed {seed}", flush=True)
-        code = {
-            "commit": git_commit(),
-            "machine": grid._cpu(machine()),
-            "base": weights_id(grid.DOMAINS["bccd"].base(seed)),
-        }
-        if subprocess.run(command(steps, b, seed), env=env, cwd=REPO).returncode:
-            sys.exit(f"{b} blocks frozen, seed {seed} failed")
-        (folder(steps, b, seed) / grid.CODE_FILE).write_text(json.dumps(code))
+        out, base = folder(steps, b, seed), grid.DOMAINS["bccd"].base(seed)
+        grid.run_arm(command(steps, b, seed), out, base, env, f"{b} blocks frozen, seed {seed}")
 
 
 def row(out: Path) -> dict | None:
@@ -125,16 +118,16 @@ def table(runs: dict, blocks: int, seeds: list[int], diff: dict) -> str:
         "base_domain_after/interactive/AP": "shapes AP after",
         "seconds_per_train_step": "s per step",
     }
-    lines = [
-        "| backbone | seeds | " + " | ".join(names.values()) + " |",
-        "|---" * (len(names) + 2) + "|",
+    rows = [
+        [
+            label,
+            str(len(seeds)),
+            *(" / ".join(f"{runs[b][s][k]:.3f}" for s in seeds) for k in names),
+        ]
+        for b, label in ((0, "all blocks train"), (blocks, f"first {blocks} blocks frozen"))
     ]
-    for b, label in ((0, "all blocks train"), (blocks, f"first {blocks} blocks frozen")):
-        cells = [" / ".join(f"{runs[b][s][key]:.3f}" for s in seeds) for key in names]
-        lines.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
-    cells = [grid._interval(diff[key]) for key in names]
-    lines.append(f"| frozen − all | {len(seeds)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows.append(["frozen − all", str(len(seeds)), *(grid._interval(diff[k]) for k in names)])
+    return grid._markdown(["backbone", "seeds", *names.values()], rows)
 
 
 def main() -> None:
