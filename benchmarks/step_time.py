@@ -114,26 +114,31 @@ def bf16_loss_change(model, objective, batch) -> float:
     return abs(loss[True] - loss[False])
 
 
+def fresh(size: str):
+    """A ``size`` model from seed 0 in training mode, and an AdamW over what it trains; every
+    copy a rotation times starts from the same weights."""
+    torch.manual_seed(0)
+    model = build_detector(size).train()
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+
 def compiled_copy(size: str, part: str):
     """A second model (the same seed) with ``part`` ("backbone" or "encoder": each encoder layer)
     wrapped in ``torch.compile``, and its optimizer."""
-    torch.manual_seed(0)
-    model = build_detector(size).train()
+    model, optimizer = fresh(size)
     inner = model.model
     if part == "backbone":
         inner.backbone.conv_encoder = torch.compile(inner.backbone.conv_encoder)
     else:
         for i, layer in enumerate(inner.encoder.layers):
             inner.encoder.layers[i] = torch.compile(layer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.AdamW(params, lr=1e-5)
+    return model, optimizer
 
 
 def frozen_copy(size: str, blocks: int):
     """A second model (the same seed) with its first ``blocks`` backbone blocks frozen, its
     optimizer and a GRQO objective of its own."""
-    torch.manual_seed(0)
-    model = build_detector(size).train()
+    model, _ = fresh(size)
     model.freeze_backbone_blocks(blocks)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     grqo = GRQOObjective(LossConfig(), _grqo_config())
@@ -149,9 +154,7 @@ def measure(
     settings: tuple[int, int] | None = None,
 ) -> dict:
     image_size, batch_size = settings or SETTINGS[size]
-    torch.manual_seed(0)
-    model = build_detector(size).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model, optimizer = fresh(size)
     sft = SFTObjective(LossConfig())
     objectives = {"sft": sft, "grqo": GRQOObjective(LossConfig(), _grqo_config())}
     if "reference_features" in GRQOConfig.__dataclass_fields__:  # the documented deviation
