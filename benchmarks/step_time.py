@@ -114,11 +114,14 @@ def bf16_loss_change(model, objective, batch) -> float:
     return abs(loss[True] - loss[False])
 
 
-def fresh(size: str):
-    """A ``size`` model from seed 0 in training mode, and an AdamW over what it trains; every
-    copy a rotation times starts from the same weights."""
+def fresh(size: str, frozen_blocks: int = 0):
+    """A ``size`` model from seed 0 in training mode with its first ``frozen_blocks`` backbone
+    blocks frozen, and an AdamW over what it trains; every copy a rotation times starts from
+    the same weights."""
     torch.manual_seed(0)
     model = build_detector(size).train()
+    if frozen_blocks:
+        model.freeze_backbone_blocks(frozen_blocks)
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
 
@@ -138,9 +141,7 @@ def compiled_copy(size: str, part: str):
 def frozen_copy(size: str, blocks: int):
     """A second model (the same seed) with its first ``blocks`` backbone blocks frozen, its
     optimizer and a GRQO objective of its own."""
-    model, _ = fresh(size)
-    model.freeze_backbone_blocks(blocks)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model, optimizer = fresh(size, blocks)
     grqo = GRQOObjective(LossConfig(), _grqo_config())
     grqo.on_epoch_start(model, 0)
     return model, optimizer, grqo
