@@ -120,8 +120,7 @@ def fresh(size: str, frozen_blocks: int = 0):
     the same weights."""
     torch.manual_seed(0)
     model = build_detector(size).train()
-    if frozen_blocks:
-        model.freeze_backbone_blocks(frozen_blocks)
+    model.freeze_backbone_blocks(frozen_blocks)  # 0: none
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
 
